@@ -1,0 +1,132 @@
+"""The mechanistic model: mole balances of A -> B -> C and the energy balance of the charge.
+
+    r1 = k1(T) c_A,  r2 = k2(T) c_B                          [mol/(m3*s)]
+    dc_A/dt = -r1,  dc_B/dt = r1 - r2,  dc_C/dt = r2
+    rho c_p V dT/dt = V (-dH1 r1 - dH2 r2) + UA (T_j - T)     [W]
+
+The right-hand side is one pure function, ``rhs(t, x, u, p)``; it knows nothing of integrators,
+FMI, OPC UA or Modbus. An optional rate correction (the hybrid part) replaces (r1, r2) by corrected
+rates; because the species balances are written in terms of the two rates, c_A + c_B + c_C is
+conserved by construction whatever the correction returns.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, NamedTuple, Sequence
+
+from twin_core.params import R_J_PER_MOL_K, ModelParams
+
+State = tuple[float, float, float, float]
+"""x = (c_A [mol/m3], c_B [mol/m3], c_C [mol/m3], T [K])."""
+
+RateCorrection = Callable[[float, Sequence[float], float, float], tuple[float, float]]
+"""(t [s], x, r1, r2 [mol/(m3*s)]) -> corrected (r1, r2) [mol/(m3*s)]."""
+
+
+class Coefficients(NamedTuple):
+    """Constants of the right-hand side, hoisted out of the hot path."""
+
+    k1_ref: float
+    k2_ref: float
+    inv_T_ref: float
+    E1_over_R: float
+    E2_over_R: float
+    q1: float  # -dH1 / (rho c_p)   [K*m3/mol]: temperature rise per mol/m3 converted by reaction 1
+    q2: float  # -dH2 / (rho c_p)
+    ua: float  # UA / (rho c_p V)   [1/s]
+
+
+@lru_cache(maxsize=256)
+def coefficients(p: ModelParams) -> Coefficients:
+    """Precompute the constants of ``rhs`` for parameter set ``p``."""
+    k, r = p.kinetics, p.reactor
+    rho_cp = r.density_kg_per_m3 * r.heat_capacity_J_per_kg_K
+    return Coefficients(
+        k1_ref=k.k1_ref_per_s,
+        k2_ref=k.k2_ref_per_s,
+        inv_T_ref=1.0 / k.T_ref_K,
+        E1_over_R=k.E1_J_per_mol / R_J_PER_MOL_K,
+        E2_over_R=k.E2_J_per_mol / R_J_PER_MOL_K,
+        q1=-k.dH1_J_per_mol / rho_cp,
+        q2=-k.dH2_J_per_mol / rho_cp,
+        ua=r.UA_W_per_K / (rho_cp * r.volume_m3),
+    )
+
+
+def rate_constants(T_K: float, c: Coefficients) -> tuple[float, float]:
+    """Arrhenius rate constants (k1, k2) [1/s] at temperature T_K."""
+    d = 1.0 / T_K - c.inv_T_ref
+    return c.k1_ref * math.exp(-c.E1_over_R * d), c.k2_ref * math.exp(-c.E2_over_R * d)
+
+
+def rates(x: Sequence[float], c: Coefficients) -> tuple[float, float]:
+    """Mechanistic reaction rates (r1, r2) [mol/(m3*s)] at state x."""
+    k1, k2 = rate_constants(x[3], c)
+    return k1 * x[0], k2 * x[1]
+
+
+def derivatives(t: float, x: Sequence[float], T_jacket_K: float, c: Coefficients,
+                correction: RateCorrection | None = None) -> State:
+    """dx/dt for coefficient set ``c``: the hot-path form of :func:`rhs`."""
+    cA, cB, _, T = x
+    d = 1.0 / T - c.inv_T_ref
+    r1 = c.k1_ref * math.exp(-c.E1_over_R * d) * cA
+    r2 = c.k2_ref * math.exp(-c.E2_over_R * d) * cB
+    if correction is not None:
+        r1, r2 = correction(t, x, r1, r2)
+    return (-r1, r1 - r2, r2, c.q1 * r1 + c.q2 * r2 + c.ua * (T_jacket_K - T))
+
+
+def rhs(t: float, x: Sequence[float], u: float, p: ModelParams,
+        correction: RateCorrection | None = None) -> State:
+    """Right-hand side dx/dt of the batch reactor.
+
+    t [s]; x = (c_A, c_B, c_C [mol/m3], T [K]); u = jacket temperature T_j [K]; p the parameters.
+    Returns (dc_A/dt, dc_B/dt, dc_C/dt [mol/(m3*s)], dT/dt [K/s]).
+    """
+    return derivatives(t, x, u, coefficients(p), correction)
+
+
+def isothermal_derivatives(t: float, x: Sequence[float], dT_dt_K_per_s: float, c: Coefficients,
+                           correction: RateCorrection | None = None) -> State:
+    """dx/dt when the reactor temperature is imposed (isothermal/temperature-programmed mode).
+
+    The species follow the same balances; T follows the programme (its slope is given), whatever
+    the jacket has to do to achieve it.
+    """
+    cA, cB, _, T = x
+    d = 1.0 / T - c.inv_T_ref
+    r1 = c.k1_ref * math.exp(-c.E1_over_R * d) * cA
+    r2 = c.k2_ref * math.exp(-c.E2_over_R * d) * cB
+    if correction is not None:
+        r1, r2 = correction(t, x, r1, r2)
+    return (-r1, r1 - r2, r2, dT_dt_K_per_s)
+
+
+class RateMultipliers:
+    """A rate correction that scales the two rates by constant factors: r_i -> f_i * r_i.
+
+    The hybrid twin evaluates its learned correction once per communication step and holds it
+    over the step with this class (the ONNX model is too costly to call inside every stage).
+    """
+
+    __slots__ = ("f1", "f2")
+
+    def __init__(self, f1: float = 1.0, f2: float = 1.0) -> None:
+        self.f1 = float(f1)
+        self.f2 = float(f2)
+
+    def __call__(self, t: float, x: Sequence[float], r1: float, r2: float) -> tuple[float, float]:
+        return self.f1 * r1, self.f2 * r2
+
+    def __repr__(self) -> str:
+        return f"RateMultipliers(f1={self.f1!r}, f2={self.f2!r})"
+
+
+def heat_release_W(x: Sequence[float], p: ModelParams, r: tuple[float, float] | None = None) -> float:
+    """Heat released by the reactions [W] at state x (mechanistic rates unless r is given)."""
+    r1, r2 = r if r is not None else rates(x, coefficients(p))
+    k = p.kinetics
+    return p.reactor.volume_m3 * (-k.dH1_J_per_mol * r1 - k.dH2_J_per_mol * r2)

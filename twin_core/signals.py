@@ -1,0 +1,195 @@
+"""The signal table: every signal of the twin declared once.
+
+Each signal has a name (also the FMI variable name and the OPC UA browse name), an SI unit, a role,
+min/max/nominal, a description and, where it crosses Modbus, its register binding. FMU variables,
+OPC UA nodes, the Modbus register maps and the register-map CSV are generated from these tables,
+never hand-copied.
+
+Units are written as FMI unit names (``mol/m3``, ``K``, ``s``, ``W/K``, ``J/mol``, ``1``); each maps
+to SI base-unit exponents in :data:`UNITS` for the FMU's UnitDefinitions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, fields
+from typing import Iterable, Literal
+
+from twin_core.params import ModelParams
+
+Role = Literal["parameter", "input", "output", "local"]
+VarType = Literal["Real", "Integer", "Boolean"]
+
+UNITS: dict[str, dict[str, int]] = {
+    # FMI 2.0 BaseUnit exponents (kg, m, s, A, K, mol, cd, rad).
+    "1": {},
+    "K": {"K": 1},
+    "s": {"s": 1},
+    "1/s": {"s": -1},
+    "mol/m3": {"mol": 1, "m": -3},
+    "m3": {"m": 3},
+    "kg/m3": {"kg": 1, "m": -3},
+    "J/mol": {"kg": 1, "m": 2, "s": -2, "mol": -1},
+    "J/(kg.K)": {"m": 2, "s": -2, "K": -1},
+    "W/K": {"kg": 1, "m": 2, "s": -3, "K": -1},
+    "K/s": {"K": 1, "s": -1},
+    "W": {"kg": 1, "m": 2, "s": -3},
+}
+DISPLAY_UNITS: dict[str, tuple[str, float, float]] = {
+    # display unit name -> (base unit, factor, offset): display = factor * value + offset
+    "degC": ("K", 1.0, -273.15),
+    "h": ("s", 1.0 / 3600.0, 0.0),
+    "mol/L": ("mol/m3", 1e-3, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class ModbusBinding:
+    """Where a signal sits in a Modbus map and how it is encoded.
+
+    table: ``input`` (input registers, FC4), ``holding`` (FC3/6/16), ``coil`` (FC1/5/15),
+    ``discrete`` (FC2). encoding: ``float32`` (two registers, high word first), ``int16`` (value
+    * scale rounded, signed), ``uint16``, ``uint32`` (two registers, high word first), ``bool``.
+    """
+
+    table: Literal["input", "holding", "coil", "discrete"]
+    address: int
+    encoding: Literal["float32", "int16", "uint16", "uint32", "bool"] = "float32"
+    scale: float = 1.0
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits) occupied."""
+        return 2 if self.encoding in ("float32", "uint32") else 1
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One signal of the twin (see module docstring)."""
+
+    name: str
+    unit: str
+    role: Role
+    description: str
+    min: float = -math.inf
+    max: float = math.inf
+    nominal: float = 1.0
+    start: float | None = None
+    type: VarType = "Real"
+    display_unit: str | None = None
+    param: str | None = None  # dotted ModelParams field this signal sets, for parameters
+    modbus: ModbusBinding | None = None
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"signal {self.name}: unit {self.unit!r} not in UNITS")
+        if self.display_unit is not None and DISPLAY_UNITS[self.display_unit][0] != self.unit:
+            raise ValueError(f"signal {self.name}: display unit {self.display_unit} does not apply to {self.unit}")
+        if not self.min <= self.max:
+            raise ValueError(f"signal {self.name}: min {self.min} > max {self.max}")
+
+
+def _default(param: str) -> float:
+    section, name = param.split(".")
+    return float(getattr(getattr(ModelParams(), section), name))
+
+
+def _p(name: str, unit: str, param: str, description: str, lo: float, hi: float, nominal: float,
+       display_unit: str | None = None) -> Signal:
+    return Signal(name, unit, "parameter", description, lo, hi, nominal, _default(param),
+                  display_unit=display_unit, param=param)
+
+
+T_LO_K, T_HI_K = 250.0, 500.0
+"""Range accepted for any temperature signal of the twin [K]."""
+C_HI = 20000.0
+"""Upper bound of any concentration signal [mol/m3]."""
+
+TWIN_SIGNALS: tuple[Signal, ...] = (
+    # -- parameters: kinetics
+    _p("k1_ref", "1/s", "kinetics.k1_ref_per_s", "Rate constant of A -> B at T_ref", 1e-9, 1.0, 1e-4),
+    _p("k2_ref", "1/s", "kinetics.k2_ref_per_s", "Rate constant of B -> C at T_ref", 1e-9, 1.0, 1e-4),
+    _p("T_ref", "K", "kinetics.T_ref_K", "Reference temperature of the Arrhenius laws", T_LO_K, T_HI_K, 350.0, "degC"),
+    _p("E1", "J/mol", "kinetics.E1_J_per_mol", "Activation energy of A -> B", 1e3, 3e5, 1e5),
+    _p("E2", "J/mol", "kinetics.E2_J_per_mol", "Activation energy of B -> C", 1e3, 3e5, 1e5),
+    _p("dH1", "J/mol", "kinetics.dH1_J_per_mol", "Reaction enthalpy of A -> B (negative: exothermic)", -5e5, 5e5, 1e5),
+    _p("dH2", "J/mol", "kinetics.dH2_J_per_mol", "Reaction enthalpy of B -> C (negative: exothermic)", -5e5, 5e5, 1e5),
+    # -- parameters: reactor
+    _p("V", "m3", "reactor.volume_m3", "Liquid volume of the charge", 1e-6, 100.0, 1.0),
+    _p("rho", "kg/m3", "reactor.density_kg_per_m3", "Density of the reaction mass", 100.0, 5000.0, 1000.0),
+    _p("cp", "J/(kg.K)", "reactor.heat_capacity_J_per_kg_K", "Specific heat capacity of the reaction mass", 100.0, 1e4, 2000.0),
+    _p("UA", "W/K", "reactor.UA_W_per_K", "Overall heat-transfer coefficient times area, reactor to jacket", 0.0, 1e6, 1000.0),
+    # -- parameters: charge
+    _p("c_A0", "mol/m3", "charge.c_A0_mol_per_m3", "Initial concentration of A", 0.0, C_HI, 1000.0),
+    _p("c_B0", "mol/m3", "charge.c_B0_mol_per_m3", "Initial concentration of B", 0.0, C_HI, 1000.0),
+    _p("c_C0", "mol/m3", "charge.c_C0_mol_per_m3", "Initial concentration of C", 0.0, C_HI, 1000.0),
+    _p("T0", "K", "charge.T0_K", "Initial temperature of the charge", T_LO_K, T_HI_K, 300.0, "degC"),
+    # -- inputs
+    Signal("T_jacket", "K", "input", "Jacket temperature (measured or commanded)", T_LO_K, T_HI_K, 300.0, 298.15,
+           display_unit="degC"),
+    # -- outputs
+    Signal("c_A", "mol/m3", "output", "Concentration of reactant A", 0.0, C_HI, 1000.0),
+    Signal("c_B", "mol/m3", "output", "Concentration of product B", 0.0, C_HI, 1000.0),
+    Signal("c_C", "mol/m3", "output", "Concentration of impurity C", 0.0, C_HI, 1000.0),
+    Signal("T", "K", "output", "Reactor temperature", T_LO_K, T_HI_K, 300.0, display_unit="degC"),
+    Signal("yield_B", "1", "output", "Yield of B: c_B / c_A0", 0.0, 1.0, 1.0),
+)
+
+
+def by_name(table: Iterable[Signal] = TWIN_SIGNALS) -> dict[str, Signal]:
+    """Signals of ``table`` keyed by name."""
+    return {s.name: s for s in table}
+
+
+def params_from_signals(values: dict[str, float], base: ModelParams | None = None) -> ModelParams:
+    """ModelParams with the parameter signals in ``values`` (by signal name) applied to ``base``."""
+    sigs = by_name()
+    changes = {}
+    for name, v in values.items():
+        s = sigs.get(name)
+        if s is None or s.param is None:
+            raise KeyError(f"{name} is not a parameter signal")
+        changes[s.param.replace(".", "__")] = v
+    return (base or ModelParams()).replace(**changes)
+
+
+COLUMNS = ("name", "unit", "display_unit", "role", "type", "min", "max", "nominal", "start", "description",
+           "modbus_table", "modbus_address", "modbus_encoding", "modbus_scale")
+
+
+def rows(table: Iterable[Signal] = TWIN_SIGNALS) -> list[dict[str, object]]:
+    """The table as a list of flat rows (the columns of :data:`COLUMNS`)."""
+    out = []
+    for s in table:
+        m = s.modbus
+        out.append({"name": s.name, "unit": s.unit, "display_unit": s.display_unit or "", "role": s.role,
+                    "type": s.type, "min": s.min, "max": s.max, "nominal": s.nominal,
+                    "start": "" if s.start is None else s.start, "description": s.description,
+                    "modbus_table": m.table if m else "", "modbus_address": m.address if m else "",
+                    "modbus_encoding": m.encoding if m else "", "modbus_scale": m.scale if m else ""})
+    return out
+
+
+def to_csv(table: Iterable[Signal] = TWIN_SIGNALS) -> str:
+    """The table as CSV text."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows(table))
+    return buf.getvalue()
+
+
+def to_text(table: Iterable[Signal] = TWIN_SIGNALS) -> str:
+    """The table as an aligned text table for the console."""
+    cols = ("name", "unit", "role", "min", "max", "nominal", "start", "description")
+    data = [[str(r[c]) for c in cols] for r in rows(table)]
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths)) for d in data]
+    return "\n".join(lines)
+
+
+_ = fields  # re-exported for generators that introspect Signal
