@@ -1,0 +1,36 @@
+"""Shared test helpers: free loopback ports and waiting for a server to accept connections."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0) -> None:
+    """Block until host:port accepts a TCP connection (readiness, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s} s") from None
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
