@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from twin_core.integrator import Tolerance
-from twin_core.model import RateMultipliers, State
+import numpy as np
+
+from twin_core.integrator import Tolerance, integrate
+from twin_core.model import RateMultipliers, State, derivatives
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 from twin_core.simulation import DEFAULT_TOLERANCE, StepState, Trajectory, Twin, output_times
-
-import numpy as np
 
 
 class CorrectionModel(Protocol):
@@ -80,9 +80,6 @@ class HybridTwin:
         x = tuple(self.params.charge.x0 if x0 is None else x0)
         out[0] = x
         h: float | None = None
-        from twin_core.integrator import integrate
-        from twin_core.model import derivatives
-
         c = self.twin._c
         held = self._held
 
