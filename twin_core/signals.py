@@ -14,8 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterable, Literal
+from typing import Literal
 
 from twin_core.params import ModelParams
 
@@ -45,24 +47,116 @@ DISPLAY_UNITS: dict[str, tuple[str, float, float]] = {
 }
 
 
+ModbusTable = Literal["input", "holding", "coil", "discrete"]
+ModbusEncoding = Literal["float32", "int16", "uint16", "uint32", "bool"]
+_ENCODING_RANGES: dict[str, tuple[int, int]] = {
+    "int16": (-0x8000, 0x7FFF),
+    "uint16": (0, 0xFFFF),
+    "uint32": (0, 0xFFFF_FFFF),
+    "bool": (0, 1),
+}
+INT16_NO_VALUE = -0x8000
+"""Raw int16 published when a scaled value has no number (NaN): 0x8000, the usual SCADA 'bad' marker."""
+
+
 @dataclass(frozen=True)
 class ModbusBinding:
     """Where a signal sits in a Modbus map and how it is encoded.
 
     table: ``input`` (input registers, FC4), ``holding`` (FC3/6/16), ``coil`` (FC1/5/15),
-    ``discrete`` (FC2). encoding: ``float32`` (two registers, high word first), ``int16`` (value
-    * scale rounded, signed), ``uint16``, ``uint32`` (two registers, high word first), ``bool``.
+    ``discrete`` (FC2). address: 0-based protocol address of the first register (or bit).
+    encoding: ``float32`` (IEEE 754 single, two registers, high word first, each word big-endian:
+    the bytes on the wire are the big-endian float, "ABCD"), ``int16`` (signed, two's complement),
+    ``uint16``, ``uint32`` (two registers, high word first), ``bool`` (one coil or discrete input).
+    Integer encodings are scaled: ``raw = round((value - offset) * scale)`` and
+    ``value = raw / scale + offset``; e.g. a temperature in K published as degC x 10 has
+    ``scale=10, offset=273.15``. float32 and bool ignore scale and offset.
     """
 
-    table: Literal["input", "holding", "coil", "discrete"]
+    table: ModbusTable
     address: int
-    encoding: Literal["float32", "int16", "uint16", "uint32", "bool"] = "float32"
+    encoding: ModbusEncoding = "float32"
     scale: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.table not in ("input", "holding", "coil", "discrete"):
+            raise ValueError(f"Modbus table {self.table!r} unknown")
+        if self.encoding not in ("float32", "int16", "uint16", "uint32", "bool"):
+            raise ValueError(f"Modbus encoding {self.encoding!r} unknown")
+        if isinstance(self.address, bool) or not isinstance(self.address, int):
+            raise TypeError(f"Modbus address must be an int, got {self.address!r}")
+        if not 0 <= self.address <= 0xFFFF - (self.width - 1):
+            raise ValueError(f"Modbus address {self.address} outside 0..65535")
+        if (self.encoding == "bool") != (self.table in ("coil", "discrete")):
+            raise ValueError(f"encoding {self.encoding} does not fit table {self.table}")
+        if not (math.isfinite(self.scale) and self.scale != 0.0 and math.isfinite(self.offset)):
+            raise ValueError(f"Modbus scale {self.scale} / offset {self.offset} must be finite, scale non-zero")
 
     @property
     def width(self) -> int:
         """Registers (or bits) occupied."""
         return 2 if self.encoding in ("float32", "uint32") else 1
+
+    def encode(self, value: float, *, saturate: bool = False) -> tuple[int, ...]:
+        """Raw 16-bit register words (or 0/1 bits) for ``value`` in the signal's SI unit.
+
+        Strict (default): raises ValueError when the value cannot be represented (NaN or out of range
+        for an integer encoding, beyond the float32 range). ``saturate=True`` is for publishing
+        measurements: integers are clamped to their range and NaN becomes :data:`INT16_NO_VALUE`
+        (int16) or 0; float32 overflows to +-inf.
+        """
+        v = float(value)
+        if self.encoding == "float32":
+            try:
+                packed = struct.pack(">f", v)
+            except OverflowError:
+                if not saturate:
+                    raise ValueError(f"{value!r} is beyond the float32 range") from None
+                packed = struct.pack(">f", math.copysign(math.inf, v))
+            return struct.unpack(">HH", packed)
+        lo, hi = _ENCODING_RANGES[self.encoding]
+        raw_f = v if self.encoding == "bool" else (v - self.offset) * self.scale
+        if not math.isfinite(raw_f):
+            if not saturate:
+                raise ValueError(f"{value!r} cannot be encoded as {self.encoding}")
+            if math.isnan(raw_f):
+                raw = INT16_NO_VALUE if self.encoding == "int16" else 0
+            else:
+                raw = hi if raw_f > 0 else lo
+        else:
+            raw = round(raw_f)
+            if not lo <= raw <= hi or (self.encoding == "int16" and raw == INT16_NO_VALUE):
+                if not saturate:
+                    raise ValueError(f"{value!r} is out of range for {self.encoding} (raw {raw})")
+                # -32768 is reserved for "no value", so saturation stops one short of it
+                raw = min(max(raw, lo + (self.encoding == "int16")), hi)
+        if self.encoding == "uint32":
+            return (raw >> 16) & 0xFFFF, raw & 0xFFFF
+        return (raw & 0xFFFF,)
+
+    def decode(self, words: Sequence[int]) -> float:
+        """Value in the signal's SI unit from the raw words (the inverse of :meth:`encode`).
+
+        Raises ValueError on a wrong number of words or a word outside 0..65535.
+        """
+        if len(words) != self.width:
+            raise ValueError(f"{self.encoding} needs {self.width} word(s), got {len(words)}")
+        if any(not 0 <= w <= 0xFFFF for w in words):
+            raise ValueError(f"register words must be 0..65535, got {list(words)}")
+        if self.encoding == "float32":
+            return struct.unpack(">f", struct.pack(">HH", *words))[0]
+        if self.encoding == "bool":
+            return float(bool(words[0]))
+        if self.encoding == "uint32":
+            raw = (words[0] << 16) | words[1]
+        elif self.encoding == "int16":
+            raw = words[0] - 0x10000 if words[0] & 0x8000 else words[0]
+            if raw == INT16_NO_VALUE:
+                return math.nan
+        else:
+            raw = words[0]
+        return raw / self.scale + self.offset
 
 
 @dataclass(frozen=True)
@@ -156,7 +250,7 @@ def params_from_signals(values: dict[str, float], base: ModelParams | None = Non
 
 
 COLUMNS = ("name", "unit", "display_unit", "role", "type", "min", "max", "nominal", "start", "description",
-           "modbus_table", "modbus_address", "modbus_encoding", "modbus_scale")
+           "modbus_table", "modbus_address", "modbus_encoding", "modbus_scale", "modbus_offset")
 
 
 def rows(table: Iterable[Signal] = TWIN_SIGNALS) -> list[dict[str, object]]:
@@ -168,7 +262,8 @@ def rows(table: Iterable[Signal] = TWIN_SIGNALS) -> list[dict[str, object]]:
                     "type": s.type, "min": s.min, "max": s.max, "nominal": s.nominal,
                     "start": "" if s.start is None else s.start, "description": s.description,
                     "modbus_table": m.table if m else "", "modbus_address": m.address if m else "",
-                    "modbus_encoding": m.encoding if m else "", "modbus_scale": m.scale if m else ""})
+                    "modbus_encoding": m.encoding if m else "", "modbus_scale": m.scale if m else "",
+                    "modbus_offset": m.offset if m else ""})
     return out
 
 
