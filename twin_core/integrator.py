@@ -171,43 +171,145 @@ def integrate(f: Rhs, t0: float, x0: Sequence[float], t1: float, tol: Tolerance,
         return x, (h0 if h0 else 0.0)
     if not span > 0.0:
         raise IntegrationError(f"integration interval must go forward: t0={t0}, t1={t1}")
-    h = span if h0 is None or h0 <= 0.0 else min(h0, span)
+    h = span if h0 is None or h0 <= 0.0 or h0 > span else h0
+    if len(x) == 4 and len(tol.atol) == 4:
+        return _integrate4(f, t0, x, t1, h, tol, stats, on_step)
+    return _integrate_n(f, t0, x, t1, h, tol, stats, on_step)
+
+
+def _count(stats: Stats | None, accepted: int, rejected: int, rhs_calls: int) -> None:
+    if stats is not None:
+        stats.accepted += accepted
+        stats.rejected += rejected
+        stats.rhs_calls += rhs_calls
+
+
+def _integrate_n(f: Rhs, t0: float, x: Vector, t1: float, h: float, tol: Tolerance, stats: Stats | None,
+                 on_step: Callable[[float, Vector, float, tuple], None] | None) -> tuple[Vector, float]:
+    """The general-length loop of :func:`integrate` (any number of states)."""
     h_min = 1e-12 * max(1.0, abs(t1))
     t = t0
-    four = len(x) == 4 and len(tol.atol) == 4
-    stages = _stages4 if four else _stages
-    norm = _error_norm4 if four else _error_norm
     k1 = f(t, x)
-    steps = 0
+    accepted = rejected = 0
     while True:
         remaining = t1 - t
         last = h >= remaining * (1.0 - 1e-12)
         h_try = remaining if last else h
-        x_new, err, ks = stages(f, t, x, h_try, k1)
-        if stats is not None:
-            stats.rhs_calls += 6
-        en = norm(x, x_new, err, tol)
+        x_new, err, ks = _stages(f, t, x, h_try, k1)
+        en = _error_norm(x, x_new, err, tol)
         if not math.isfinite(en):
             en = math.inf
         if en <= 1.0:
+            accepted += 1
             if on_step is not None:
                 on_step(t, x, h_try, ks)
-            if stats is not None:
-                stats.accepted += 1
             factor = MAX_FACTOR if en == 0.0 else min(MAX_FACTOR, max(MIN_FACTOR, SAFETY * en ** -0.2))
             # After a step shortened to land on t1, propose from the controller's own step size.
             h_next = max(h, h_try) * factor if last else h_try * factor
             x, k1 = x_new, ks[6]
             if last:
+                _count(stats, accepted, rejected, 1 + 6 * (accepted + rejected))
                 return x, h_next
             t = t + h_try
             h = h_next
         else:
-            if stats is not None:
-                stats.rejected += 1
+            rejected += 1
             h = h_try * max(MIN_FACTOR, SAFETY * en ** -0.2) if math.isfinite(en) else h_try * MIN_FACTOR
             if h < h_min:
+                _count(stats, accepted, rejected, 1 + 6 * (accepted + rejected))
                 raise IntegrationError(f"step size underflow at t={t} (h={h}); state {x}")
-        steps += 1
-        if steps > MAX_STEPS_PER_INTERVAL:
+        if accepted + rejected > MAX_STEPS_PER_INTERVAL:
+            _count(stats, accepted, rejected, 1 + 6 * (accepted + rejected))
+            raise IntegrationError(f"more than {MAX_STEPS_PER_INTERVAL} steps between t={t0} and t={t1}")
+
+
+def _integrate4(f: Rhs, t0: float, x: Vector, t1: float, h: float, tol: Tolerance, stats: Stats | None,
+                on_step: Callable[[float, Vector, float, tuple], None] | None) -> tuple[Vector, float]:
+    """:func:`_integrate_n` for four states with stages, error norm and controller inlined.
+
+    The co-simulation hot path (one call per communication step). Every expression is evaluated in
+    the same order as in :func:`_stages` / :func:`_error_norm`, so both loops give bit-identical
+    results (tests/test_core_integrator.py checks it); only Python call and lookup overhead is saved.
+    """
+    h_min = 1e-12 * max(1.0, abs(t1))
+    rtol = tol.rtol
+    at0, at1, at2, at3 = tol.atol
+    t = t0
+    x0, x1, x2, x3 = x
+    k1 = f(t, x)
+    a0, a1, a2, a3 = k1
+    accepted = rejected = 0
+    while True:
+        remaining = t1 - t
+        last = h >= remaining * (1.0 - 1e-12)
+        hh = remaining if last else h
+        ha = hh * A21
+        k2 = f(t + C2 * hh, (x0 + ha * a0, x1 + ha * a1, x2 + ha * a2, x3 + ha * a3))
+        b0, b1, b2, b3 = k2
+        k3 = f(t + C3 * hh, (x0 + hh * (A31 * a0 + A32 * b0), x1 + hh * (A31 * a1 + A32 * b1),
+                             x2 + hh * (A31 * a2 + A32 * b2), x3 + hh * (A31 * a3 + A32 * b3)))
+        c0, c1, c2, c3 = k3
+        k4 = f(t + C4 * hh, (x0 + hh * (A41 * a0 + A42 * b0 + A43 * c0),
+                             x1 + hh * (A41 * a1 + A42 * b1 + A43 * c1),
+                             x2 + hh * (A41 * a2 + A42 * b2 + A43 * c2),
+                             x3 + hh * (A41 * a3 + A42 * b3 + A43 * c3)))
+        d0, d1, d2, d3 = k4
+        k5 = f(t + C5 * hh, (x0 + hh * (A51 * a0 + A52 * b0 + A53 * c0 + A54 * d0),
+                             x1 + hh * (A51 * a1 + A52 * b1 + A53 * c1 + A54 * d1),
+                             x2 + hh * (A51 * a2 + A52 * b2 + A53 * c2 + A54 * d2),
+                             x3 + hh * (A51 * a3 + A52 * b3 + A53 * c3 + A54 * d3)))
+        e0, e1, e2, e3 = k5
+        k6 = f(t + hh, (x0 + hh * (A61 * a0 + A62 * b0 + A63 * c0 + A64 * d0 + A65 * e0),
+                        x1 + hh * (A61 * a1 + A62 * b1 + A63 * c1 + A64 * d1 + A65 * e1),
+                        x2 + hh * (A61 * a2 + A62 * b2 + A63 * c2 + A64 * d2 + A65 * e2),
+                        x3 + hh * (A61 * a3 + A62 * b3 + A63 * c3 + A64 * d3 + A65 * e3)))
+        g0, g1, g2, g3 = k6
+        y0 = x0 + hh * (B1 * a0 + B3 * c0 + B4 * d0 + B5 * e0 + B6 * g0)
+        y1 = x1 + hh * (B1 * a1 + B3 * c1 + B4 * d1 + B5 * e1 + B6 * g1)
+        y2 = x2 + hh * (B1 * a2 + B3 * c2 + B4 * d2 + B5 * e2 + B6 * g2)
+        y3 = x3 + hh * (B1 * a3 + B3 * c3 + B4 * d3 + B5 * e3 + B6 * g3)
+        x_new = (y0, y1, y2, y3)
+        k7 = f(t + hh, x_new)
+        m0, m1, m2, m3 = k7
+        # Scaled error per component: err_i / (atol_i + rtol * max(|x_i|, |x_new_i|)).
+        u, v = abs(x0), abs(y0)
+        s0 = hh * (E1 * a0 + E3 * c0 + E4 * d0 + E5 * e0 + E6 * g0 + E7 * m0) / (at0 + rtol * (u if u >= v else v))
+        u, v = abs(x1), abs(y1)
+        s1 = hh * (E1 * a1 + E3 * c1 + E4 * d1 + E5 * e1 + E6 * g1 + E7 * m1) / (at1 + rtol * (u if u >= v else v))
+        u, v = abs(x2), abs(y2)
+        s2 = hh * (E1 * a2 + E3 * c2 + E4 * d2 + E5 * e2 + E6 * g2 + E7 * m2) / (at2 + rtol * (u if u >= v else v))
+        u, v = abs(x3), abs(y3)
+        s3 = hh * (E1 * a3 + E3 * c3 + E4 * d3 + E5 * e3 + E6 * g3 + E7 * m3) / (at3 + rtol * (u if u >= v else v))
+        en = math.sqrt((s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3) * 0.25)
+        if en <= 1.0:  # False for NaN: a non-finite error rejects the step
+            accepted += 1
+            if on_step is not None:
+                on_step(t, x, hh, (k1, k2, k3, k4, k5, k6, k7))
+            if en == 0.0:
+                factor = MAX_FACTOR
+            else:
+                factor = SAFETY * en ** -0.2  # >= SAFETY > MIN_FACTOR since en <= 1
+                if factor > MAX_FACTOR:
+                    factor = MAX_FACTOR
+            x, k1 = x_new, k7
+            x0, x1, x2, x3 = y0, y1, y2, y3
+            a0, a1, a2, a3 = m0, m1, m2, m3
+            if last:
+                # After a step shortened to land on t1, propose from the controller's own step size.
+                if stats is not None:
+                    _count(stats, accepted, rejected, 1 + 6 * (accepted + rejected))
+                return x, (h if h >= hh else hh) * factor
+            t = t + hh
+            h = hh * factor
+        else:
+            rejected += 1
+            if math.isfinite(en):
+                h = hh * max(MIN_FACTOR, SAFETY * en ** -0.2)
+            else:
+                h = hh * MIN_FACTOR
+            if h < h_min:
+                _count(stats, accepted, rejected, 1 + 6 * (accepted + rejected))
+                raise IntegrationError(f"step size underflow at t={t} (h={h}); state {x}")
+        if accepted + rejected > MAX_STEPS_PER_INTERVAL:
+            _count(stats, accepted, rejected, 1 + 6 * (accepted + rejected))
             raise IntegrationError(f"more than {MAX_STEPS_PER_INTERVAL} steps between t={t0} and t={t1}")

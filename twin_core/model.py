@@ -79,6 +79,47 @@ def derivatives(t: float, x: Sequence[float], T_jacket_K: float, c: Coefficients
     return (-r1, r1 - r2, r2, c.q1 * r1 + c.q2 * r2 + c.ua * (T_jacket_K - T))
 
 
+def jacket_rhs(c: Coefficients, correction: RateCorrection | None = None
+               ) -> tuple[Callable[[float, Sequence[float]], State], list[float]]:
+    """:func:`derivatives` as a two-argument ``f(t, x)`` for the integrator, built once per twin.
+
+    Returns ``(f, u_cell)``: set ``u_cell[0]`` to the jacket temperature [K] before integrating.
+    The constants are closure variables instead of attribute lookups and a :class:`RateMultipliers`
+    correction is applied inline (its factors are read at every call, so a hybrid twin may change
+    them between steps). The arithmetic is that of :func:`derivatives`, in the same order, so
+    results are bit-identical (tests/test_core_integrator.py checks it). Not thread-safe: one
+    ``u_cell`` per closure.
+    """
+    k1_ref, k2_ref, inv_T_ref, E1_over_R, E2_over_R, q1, q2, ua = c
+    exp = math.exp
+    u_cell = [0.0]
+    if correction is None:
+        def f(t: float, x: Sequence[float]) -> State:
+            cA, cB, _, T = x
+            d = 1.0 / T - inv_T_ref
+            r1 = k1_ref * exp(-E1_over_R * d) * cA
+            r2 = k2_ref * exp(-E2_over_R * d) * cB
+            return (-r1, r1 - r2, r2, q1 * r1 + q2 * r2 + ua * (u_cell[0] - T))
+    elif type(correction) is RateMultipliers:
+        m = correction
+
+        def f(t: float, x: Sequence[float]) -> State:
+            cA, cB, _, T = x
+            d = 1.0 / T - inv_T_ref
+            r1 = m.f1 * (k1_ref * exp(-E1_over_R * d) * cA)
+            r2 = m.f2 * (k2_ref * exp(-E2_over_R * d) * cB)
+            return (-r1, r1 - r2, r2, q1 * r1 + q2 * r2 + ua * (u_cell[0] - T))
+    else:
+        corr = correction
+
+        def f(t: float, x: Sequence[float]) -> State:
+            cA, cB, _, T = x
+            d = 1.0 / T - inv_T_ref
+            r1, r2 = corr(t, x, k1_ref * exp(-E1_over_R * d) * cA, k2_ref * exp(-E2_over_R * d) * cB)
+            return (-r1, r1 - r2, r2, q1 * r1 + q2 * r2 + ua * (u_cell[0] - T))
+    return f, u_cell
+
+
 def rhs(t: float, x: Sequence[float], u: float, p: ModelParams,
         correction: RateCorrection | None = None) -> State:
     """Right-hand side dx/dt of the batch reactor.

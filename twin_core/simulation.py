@@ -14,7 +14,7 @@ import numpy as np
 
 from twin_core.errors import IntegrationError, ParameterError
 from twin_core.integrator import P, Stats, Tolerance, integrate
-from twin_core.model import RateCorrection, State, coefficients, derivatives, isothermal_derivatives
+from twin_core.model import RateCorrection, State, coefficients, derivatives, isothermal_derivatives, jacket_rhs
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 
@@ -79,10 +79,21 @@ class Twin:
     def __init__(self, params: ModelParams | None = None, correction: RateCorrection | None = None,
                  tolerance: Tolerance = DEFAULT_TOLERANCE) -> None:
         self.params = params if params is not None else ModelParams()
-        self.correction = correction
         self.tolerance = tolerance
         self.stats = Stats()
         self._c = coefficients(self.params)
+        self.correction = correction  # property: also builds the step's right-hand side
+
+    @property
+    def correction(self) -> RateCorrection | None:
+        """The rate correction (None: physics only)."""
+        return self._correction
+
+    @correction.setter
+    def correction(self, correction: RateCorrection | None) -> None:
+        self._correction = correction
+        # Built once, not per step: the jacket temperature goes into self._u_cell.
+        self._f_step, self._u_cell = jacket_rhs(self._c, correction)
 
     def initial_state(self) -> StepState:
         """The charge of the parameter set as a step state."""
@@ -94,13 +105,10 @@ class Twin:
             raise ParameterError("dt", dt, "communication step must be finite and > 0")
         if not math.isfinite(u):
             raise ParameterError("T_jacket", u, "must be finite")
-        c, corr = self._c, self.correction
-
-        def f(tt: float, xx: Sequence[float]) -> State:
-            return derivatives(tt, xx, u, c, corr)
-
-        h0 = state.h_s if state.h_s > 0.0 else dt
-        x, h = integrate(f, t, state.x, t + dt, self.tolerance, h0=h0, stats=self.stats)
+        self._u_cell[0] = u
+        h0 = state.h_s
+        x, h = integrate(self._f_step, t, state.x, t + dt, self.tolerance, h0=h0 if h0 > 0.0 else dt,
+                         stats=self.stats)
         return StepState(x, h)  # type: ignore[arg-type]
 
     def simulate(self, recipe: Recipe, t_end_s: float | None = None, dt_out_s: float = 60.0,
