@@ -1,0 +1,286 @@
+"""The PLC as a Modbus device, without sockets: the register image and request handling.
+
+:class:`PlcModbusDevice` turns one request PDU (function code + data) into one response PDU, using
+the register map generated from twin_core.plc_signals. pymodbus (pinned) decodes the request PDUs
+and encodes the responses; the checks and the translation to PLC calls are ours, so every refusal has
+the exception code the Modbus application protocol specifies:
+
+    01 illegal function  function code not implemented (only 1, 3, 4, 5, 6, 15, 16 are);
+    02 illegal address   any register or coil of the request outside the mapped addresses
+                         (gaps between blocks included, partial overlaps included);
+    03 illegal value     malformed PDU or quantity out of range; value NaN or outside the signal's
+                         min/max; half of a float32/uint32 written; a coil value other than
+                         0x0000/0xFF00; more than one command in one request; the PLC refused
+                         (PlcWriteError / PlcCommandError: wrong phase ...). Nothing changes.
+    04 device failure    the PLC raised another TwinError (a bug: logged).
+
+Reads never have side effects. After a successful write the image is refreshed at once, so a read
+that follows a write sees it (the scan loop refreshes it after every scan tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from collections.abc import Iterable, Sequence
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadCoilsResponse,
+    WriteMultipleCoilsRequest,
+    WriteMultipleCoilsResponse,
+    WriteSingleCoilResponse,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+    WriteMultipleRegistersRequest,
+    WriteMultipleRegistersResponse,
+    WriteSingleRegisterRequest,
+    WriteSingleRegisterResponse,
+)
+
+from plant_sim.interface import PlcCommandError, PlcPort, PlcWriteError
+from twin_core.errors import TwinError
+from twin_core.plc_signals import PLC_REGISTER_MAP, RegisterEntry
+
+log = logging.getLogger(__name__)
+
+FC_READ_COILS, FC_READ_HOLDING, FC_READ_INPUT = 0x01, 0x03, 0x04
+FC_WRITE_COIL, FC_WRITE_REGISTER, FC_WRITE_COILS, FC_WRITE_REGISTERS = 0x05, 0x06, 0x0F, 0x10
+SUPPORTED_FUNCTION_CODES = (FC_READ_COILS, FC_READ_HOLDING, FC_READ_INPUT, FC_WRITE_COIL, FC_WRITE_REGISTER,
+                            FC_WRITE_COILS, FC_WRITE_REGISTERS)
+"""FC2 (discrete inputs) is absent because the PLC has none; FC 0x17, 0x16, 0x07, 0x08, 0x14, 0x2B are
+not implemented: all answer exception 01."""
+
+MAX_READ_REGISTERS = 125
+MAX_WRITE_REGISTERS = 123
+MAX_READ_COILS = 2000
+MAX_WRITE_COILS = 1968
+COIL_ON, COIL_OFF = 0xFF00, 0x0000
+
+
+class ModbusRequestError(TwinError):
+    """A request refused with a Modbus exception code (see the module docstring)."""
+
+    def __init__(self, code: ExcCodes, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"exception {int(code):02d} ({code.name}): {reason}")
+
+
+def exception_pdu(function_code: int, code: int) -> bytes:
+    """The exception response PDU: function code | 0x80, exception code."""
+    resp = ExceptionResponse(function_code & 0x7F, code)
+    return bytes([resp.function_code]) + resp.encode()
+
+
+def _pdu_bytes(resp: ModbusPDU) -> bytes:
+    return bytes([resp.function_code]) + resp.encode()
+
+
+class PlcModbusDevice:
+    """Register image of a PLC and the handler of Modbus request PDUs (no I/O; not thread-safe).
+
+    The snapshot keys are the register map's signal names (the simulation hooks included); writes
+    go to ``plc.write_setting`` / ``plc.write_settings`` (settings, sim_sensor_fault), commands to
+    ``plc.command`` (coil ``cmd_<name>`` -> ``command(name)``; coil ``sim_inject_runaway`` ->
+    ``write_setting("sim_inject_runaway", 0 or 1)``).
+    """
+
+    def __init__(self, plc: PlcPort, entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> None:
+        self.plc = plc
+        self.entries = tuple(entries)
+        # (table, address) -> (entry, index of the word inside the entry)
+        self._owner: dict[str, dict[int, tuple[RegisterEntry, int]]] = {t: {} for t in ("coil", "input", "holding")}
+        for e in self.entries:
+            if e.binding.table not in self._owner:
+                raise ValueError(f"{e.name}: table {e.binding.table} not served by the PLC")
+            for i, a in enumerate(e.addresses):
+                self._owner[e.binding.table][a] = (e, i)
+        self._image: dict[str, dict[int, int]] = {t: dict.fromkeys(o, 0) for t, o in self._owner.items()}
+        self.requests = 0
+        self.exceptions = 0
+
+    # -- image ---------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-encode the whole image from ``plc.snapshot()`` (measurements saturate, see encode)."""
+        snap = self.plc.snapshot()
+        for e in self.entries:
+            if e.kind == "command":
+                continue  # command coils read back 0
+            words = e.binding.encode(snap[e.signal.name], saturate=True)
+            img = self._image[e.binding.table]
+            for a, w in zip(e.addresses, words, strict=True):
+                img[a] = w
+
+    def read_words(self, table: str, address: int, count: int) -> list[int]:
+        """Raw words (or 0/1 bits) of the image; ModbusRequestError(02) if any is unmapped."""
+        self._check_mapped(table, address, count)
+        img = self._image[table]
+        return [img[a] for a in range(address, address + count)]
+
+    # -- requests ------------------------------------------------------------------------------
+    def handle(self, pdu: bytes) -> bytes:
+        """Response PDU for one request PDU (an exception response when refused)."""
+        self.requests += 1
+        fc = pdu[0] if pdu else 0
+        try:
+            if fc in (FC_READ_HOLDING, FC_READ_INPUT):
+                return self._read_registers(fc, pdu)
+            if fc == FC_READ_COILS:
+                return self._read_coils(pdu)
+            if fc == FC_WRITE_REGISTER:
+                return self._write_register(pdu)
+            if fc == FC_WRITE_REGISTERS:
+                return self._write_registers(pdu)
+            if fc == FC_WRITE_COIL:
+                return self._write_coil(pdu)
+            if fc == FC_WRITE_COILS:
+                return self._write_coils(pdu)
+            raise ModbusRequestError(ExcCodes.ILLEGAL_FUNCTION, f"function code 0x{fc:02X} not supported")
+        except ModbusRequestError as exc:
+            self.exceptions += 1
+            log.info("refused FC 0x%02X: %s", fc, exc)
+            return exception_pdu(fc, exc.code)
+
+    def _check_mapped(self, table: str, address: int, count: int) -> None:
+        owner = self._owner[table]
+        for a in range(address, address + count):
+            if a not in owner:
+                raise ModbusRequestError(ExcCodes.ILLEGAL_ADDRESS, f"{table} address {a} is not mapped")
+
+    @staticmethod
+    def _decode(req: ModbusPDU, pdu: bytes, fixed_len: int | None = None) -> None:
+        if fixed_len is not None and len(pdu) != fixed_len:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"PDU of {len(pdu)} bytes, expected {fixed_len}")
+        try:
+            req.decode(pdu[1:])
+        except (ValueError, IndexError, struct.error) as exc:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"malformed request: {exc}") from None
+
+    def _read_registers(self, fc: int, pdu: bytes) -> bytes:
+        req = ReadHoldingRegistersRequest() if fc == FC_READ_HOLDING else ReadInputRegistersRequest()
+        self._decode(req, pdu, 5)  # pymodbus checks 1 <= count <= 125
+        words = self.read_words("holding" if fc == FC_READ_HOLDING else "input", req.address, req.count)
+        cls = ReadHoldingRegistersResponse if fc == FC_READ_HOLDING else ReadInputRegistersResponse
+        return _pdu_bytes(cls(registers=words))
+
+    def _read_coils(self, pdu: bytes) -> bytes:
+        req = ReadCoilsRequest()
+        self._decode(req, pdu, 5)  # pymodbus checks 1 <= count <= 2000
+        bits = self.read_words("coil", req.address, req.count)
+        return _pdu_bytes(ReadCoilsResponse(bits=[bool(b) for b in bits]))
+
+    def _entries_covered(self, table: str, address: int, count: int) -> list[RegisterEntry]:
+        """Entries a write of ``count`` words at ``address`` touches; each must be covered whole."""
+        self._check_mapped(table, address, count)
+        owner = self._owner[table]
+        out: list[RegisterEntry] = []
+        end = address + count
+        for a in range(address, end):
+            e, i = owner[a]
+            if i == 0:
+                if e.binding.address + e.binding.width > end:
+                    raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"write covers only part of {e.name}")
+                out.append(e)
+            elif a == address:
+                raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"write starts inside {e.name}")
+        return out
+
+    @staticmethod
+    def _value(e: RegisterEntry, words: Sequence[int]) -> float:
+        """Decoded, range-checked value of a write to ``e``."""
+        if e.access == "R":
+            raise ModbusRequestError(ExcCodes.ILLEGAL_ADDRESS, f"{e.name} is read-only")
+        v = e.binding.decode(words)
+        s = e.signal
+        if math.isnan(v) or not s.min <= v <= s.max:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"{e.name}={v!r} outside [{s.min}, {s.max}]")
+        return int(v) if s.type in ("Integer", "Boolean") else v
+
+    def _apply_settings(self, values: dict[str, float]) -> None:
+        try:
+            if len(values) == 1:
+                ((name, v),) = values.items()
+                self.plc.write_setting(name, v)
+            else:
+                self.plc.write_settings(values)
+        except PlcWriteError as exc:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"PLC refused: {exc}") from None
+        except TwinError as exc:
+            log.error("PLC failed on write %s: %s", values, exc)
+            raise ModbusRequestError(ExcCodes.DEVICE_FAILURE, f"PLC failed: {exc}") from None
+        self.refresh()
+
+    def _write_register(self, pdu: bytes) -> bytes:
+        req = WriteSingleRegisterRequest()
+        self._decode(req, pdu, 5)
+        (e,) = self._entries_covered("holding", req.address, 1)
+        self._apply_settings({e.signal.name: self._value(e, req.registers)})
+        return _pdu_bytes(WriteSingleRegisterResponse(address=req.address, registers=list(req.registers)))
+
+    def _write_registers(self, pdu: bytes) -> bytes:
+        req = WriteMultipleRegistersRequest()
+        self._decode(req, pdu)
+        if not 1 <= req.count <= MAX_WRITE_REGISTERS or req.byte_count != 2 * req.count \
+                or len(pdu) != 6 + 2 * req.count:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"quantity {req.count} / byte count {req.byte_count} "
+                                     f"/ PDU length {len(pdu)} inconsistent")
+        values: dict[str, float] = {}
+        for e in self._entries_covered("holding", req.address, req.count):
+            k = e.binding.address - req.address
+            values[e.signal.name] = self._value(e, req.registers[k:k + e.binding.width])
+        self._apply_settings(values)
+        return _pdu_bytes(WriteMultipleRegistersResponse(address=req.address, count=req.count))
+
+    def _apply_coil(self, e: RegisterEntry, on: bool) -> None:
+        if e.kind == "command":
+            if not on:
+                return  # writing 0 to a command coil is a no-op: it always reads back 0
+            name = e.signal.name.removeprefix("cmd_")
+            try:
+                self.plc.command(name)
+            except PlcCommandError as exc:
+                raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"PLC refused {name}: {exc}") from None
+            except TwinError as exc:
+                log.error("PLC failed on command %s: %s", name, exc)
+                raise ModbusRequestError(ExcCodes.DEVICE_FAILURE, f"PLC failed: {exc}") from None
+            self.refresh()
+        else:
+            self._apply_settings({e.signal.name: int(on)})
+
+    def _write_coil(self, pdu: bytes) -> bytes:
+        if len(pdu) != 5:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"PDU of {len(pdu)} bytes, expected 5")
+        address, raw = struct.unpack(">HH", pdu[1:5])
+        if raw not in (COIL_ON, COIL_OFF):
+            # pymodbus would read any non-zero value as ON; the protocol allows only these two
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"coil value 0x{raw:04X} is neither 0xFF00 nor 0x0000")
+        self._check_mapped("coil", address, 1)
+        self._apply_coil(self._owner["coil"][address][0], raw == COIL_ON)
+        return _pdu_bytes(WriteSingleCoilResponse(address=address, bits=[raw == COIL_ON]))
+
+    def _write_coils(self, pdu: bytes) -> bytes:
+        req = WriteMultipleCoilsRequest()
+        self._decode(req, pdu)
+        n_bytes = (req.count + 7) // 8
+        if not 1 <= req.count <= MAX_WRITE_COILS or req.byte_count != n_bytes or len(pdu) != 6 + n_bytes:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"quantity {req.count} / byte count {req.byte_count} "
+                                     f"/ PDU length {len(pdu)} inconsistent")
+        self._check_mapped("coil", req.address, req.count)
+        targets = [(self._owner["coil"][req.address + k][0], bool(b)) for k, b in enumerate(req.bits)]
+        # Commands are not transactional: two in one request could half-succeed, so one at most.
+        if sum(1 for e, on in targets if on and e.kind == "command") > 1:
+            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, "more than one command in one request")
+        for e, on in targets:
+            if e.kind != "command":
+                self._value(e, [int(on)])
+        for e, on in targets:
+            self._apply_coil(e, on)
+        return _pdu_bytes(WriteMultipleCoilsResponse(address=req.address, count=req.count))

@@ -1,0 +1,328 @@
+"""The simulated PLC's Modbus TCP server and its scan loop.
+
+One asyncio event loop runs both: the PLC scan loop (``plc.scan()`` every ``scan_s`` of plant time,
+``speed`` times faster than real time) and a Modbus TCP server whose register image is refreshed from
+``plc.snapshot()`` after the scans of each tick. The server is the PLC's only interface: writes and
+commands go to the PLC through :class:`plant_sim.modbus_device.PlcModbusDevice`.
+
+Why our own TCP layer: Modbus TCP lets a client send several requests without waiting (pipelining,
+e.g. several ADUs in one TCP segment). pymodbus 3.16's server answers only the first ADU of a segment.
+Patching its framer/transaction manager would tie us to private, churning internals; instead the
+connection handler here reads MBAP-framed ADUs from an ``asyncio.StreamReader`` one after another and
+writes each response before reading the next request, so every request is answered, in order, with
+its own transaction id, and TCP back-pressure (``drain``) bounds memory. pymodbus still decodes the
+request PDUs and encodes the responses (modbus_device), and is the client in tests and gateways.
+docs/modbus.md explains the encoding and the map.
+
+Entry points: :func:`serve` (async), :func:`run` (blocking, SIGINT/SIGTERM stop it cleanly),
+:class:`PlcModbusServer` (explicit lifecycle), :class:`PlcServerThread` (background thread for
+tests and benchmarks). :func:`format_register_map` and :func:`register_map_csv` print the map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import signal
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from plant_sim.interface import PlcPort
+from plant_sim.modbus_device import PlcModbusDevice
+from twin_core.errors import ParameterError
+from twin_core.plc_signals import format_register_map, register_map_csv
+
+__all__ = ["PlcModbusServer", "PlcServerThread", "format_register_map", "register_map_csv", "run", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5020
+MBAP_HEADER = struct.Struct(">HHHB")  # transaction id, protocol id (0), length (unit id + PDU), unit id
+MAX_PDU_BYTES = 253
+MIN_TICK_S = 0.005
+"""Shortest wall-clock interval between scan ticks [s]: at high speed several scans run per tick,
+which keeps the loop's own overhead (wake-ups, image refresh) small."""
+MAX_TICK_BUSY_S = 0.02
+"""Longest the scan loop runs scans without yielding to the server [s of wall time]."""
+MAX_BACKLOG_S = 0.5
+"""When the loop falls this far behind its schedule [s of wall time] it stops trying to catch up and
+restarts the schedule from now (plant time then runs slower than asked; counted in ``slips``)."""
+DEFAULT_MAX_CONNECTIONS = 16
+
+T = TypeVar("T")
+
+
+def _check_speed(speed: float) -> float:
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or math.isnan(speed) or speed < 0:
+        raise ParameterError("speed", speed, "must be a number >= 0 (0 = paused, inf = as fast as possible)")
+    return float(speed)
+
+
+class PlcModbusServer:
+    """A PLC served over Modbus TCP. The constructor does no I/O; ``await start()`` binds the port and
+    starts the scan loop, ``await stop()`` closes everything (also ``async with``).
+
+    plc: the PLC (plant_sim.plc.Plc or anything with the PlcPort methods);
+    scan_s: plant time per scan [s] (None: ``plc.scan_s``);
+    speed: plant seconds per wall second (0 pauses the scan loop; ``math.inf`` runs it flat out);
+    port: TCP port (0 picks a free one: see ``port`` after start).
+    """
+
+    def __init__(self, plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0, *,
+                 scan_s: float | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self.plc = plc
+        self.host = host
+        self.port = port
+        self.speed = _check_speed(speed)
+        if scan_s is None:
+            scan_s = getattr(plc, "scan_s", None)
+            if scan_s is None:
+                raise ParameterError("scan_s", None, "not given and the PLC has no scan_s attribute")
+        if not (isinstance(scan_s, (int, float)) and math.isfinite(scan_s) and scan_s > 0):
+            raise ParameterError("scan_s", scan_s, "must be a finite number > 0")
+        self.scan_s = float(scan_s)
+        self.max_connections = max_connections
+        self.device = PlcModbusDevice(plc)
+        self.scans = 0
+        self.slips = 0
+        self._server: asyncio.Server | None = None
+        self._scan_task: asyncio.Task[None] | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self) -> None:
+        """Refresh the image, bind the port and start the scan loop."""
+        self.device.refresh()
+        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._scan_task = asyncio.create_task(self._scan_loop(), name="plc-scan-loop")
+        log.info("PLC Modbus server on %s:%d, speed %g, scan %g s", self.host, self.port, self.speed, self.scan_s)
+
+    async def stop(self) -> None:
+        """Stop the scan loop, close the listening socket and every connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._scan_task is not None:
+            self._scan_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scan_task
+        # Closing the transports ends each handler's read with EOF, so they finish normally.
+        for writer in self._connections.values():
+            writer.close()
+        if self._connections:
+            _, pending = await asyncio.wait(set(self._connections), timeout=2.0)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        log.info("PLC Modbus server stopped after %d scans (%d schedule slips)", self.scans, self.slips)
+
+    async def __aenter__(self) -> PlcModbusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait(self, stop_event: asyncio.Event | None = None) -> None:
+        """Run until ``stop_event`` is set (None: until cancelled); a failing scan loop re-raises here."""
+        if self._scan_task is None:
+            raise RuntimeError("server not started")
+        waiters: set[asyncio.Future[Any]] = {self._scan_task}
+        stopper = asyncio.ensure_future(stop_event.wait()) if stop_event is not None else None
+        if stopper is not None:
+            waiters.add(stopper)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+        if self._scan_task.done() and not self._scan_task.cancelled():
+            self._scan_task.result()  # re-raise a PLC failure
+
+    # -- scan loop ------------------------------------------------------------------------------
+    async def _scan_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.speed == 0.0:
+            return  # paused: plant time stands still, the server still answers
+        flat_out = math.isinf(self.speed)
+        period = 0.0 if flat_out else self.scan_s / self.speed  # wall seconds per scan
+        tick = MIN_TICK_S if flat_out else max(period, MIN_TICK_S)
+        t0, n0 = loop.time(), self.scans  # scan n is due at t0 + (n - n0) * period: never accumulated
+        while True:
+            now = loop.time()
+            due = math.inf if flat_out else n0 + math.floor((now - t0) / period)
+            busy_until = now + MAX_TICK_BUSY_S
+            ran = 0
+            while self.scans < due:
+                self.plc.scan()
+                self.scans += 1
+                ran += 1
+                if ran % 8 == 0 and loop.time() > busy_until:
+                    break  # let the server answer; the rest of the backlog runs next tick
+            if ran:
+                self.device.refresh()
+            if flat_out:
+                await asyncio.sleep(0)
+                continue
+            if (due - self.scans) * period > MAX_BACKLOG_S:
+                if self.slips == 0:
+                    log.warning("scan loop cannot keep up with speed %g: plant time runs slower", self.speed)
+                self.slips += 1
+                t0, n0 = loop.time(), self.scans
+            elif self.scans < due:
+                await asyncio.sleep(0)  # backlog left: let the server answer, then go on
+                continue
+            next_due = t0 + (self.scans - n0 + 1) * period
+            await asyncio.sleep(max(0.0, max(next_due, now + tick) - loop.time()))
+
+    # -- connections ----------------------------------------------------------------------------
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        peer = writer.get_extra_info("peername")
+        if len(self._connections) >= self.max_connections:
+            log.warning("refusing connection from %s: %d connections open", peer, len(self._connections))
+            writer.close()
+            return
+        if task is not None:
+            self._connections[task] = writer
+        log.debug("connection from %s", peer)
+        try:
+            while True:
+                header = await reader.readexactly(MBAP_HEADER.size)
+                tid, pid, length, unit = MBAP_HEADER.unpack(header)
+                if pid != 0 or not 2 <= length <= MAX_PDU_BYTES + 1:
+                    # the byte stream cannot be re-synchronised: drop the connection, as PLCs do
+                    log.warning("closing %s: bad MBAP header (protocol %d, length %d)", peer, pid, length)
+                    break
+                pdu = await reader.readexactly(length - 1)
+                response = self.device.handle(pdu)
+                writer.write(MBAP_HEADER.pack(tid, 0, len(response) + 1, unit) + response)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass  # client closed the connection (possibly mid-request)
+        except ConnectionError as exc:
+            log.debug("connection %s lost: %s", peer, exc)
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler (one stuck writing). Python 3.11's start_server callback calls
+            # task.exception() on it, which raises for a cancelled task: end normally instead.
+            log.debug("connection %s cancelled at shutdown", peer)
+        finally:
+            if task is not None:
+                self._connections.pop(task, None)
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+
+async def serve(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0,
+                stop_event: asyncio.Event | None = None, ready: asyncio.Event | None = None, *,
+                scan_s: float | None = None) -> None:
+    """Run the PLC scan loop and its Modbus TCP server until ``stop_event`` is set or the task is
+    cancelled; sockets are closed either way. ``ready`` is set once the port accepts connections.
+    speed: plant seconds per wall second (0 = paused, inf = flat out); scan_s: None = plc.scan_s."""
+    server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s)
+    async with server:
+        if ready is not None:
+            ready.set()
+        await server.wait(stop_event)
+
+
+def run(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0, *,
+        scan_s: float | None = None) -> None:
+    """Blocking: serve until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly (no traceback)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)  # main thread on POSIX only
+        await serve(plc, host, port, speed, stop_event=stop, scan_s=scan_s)
+
+    with contextlib.suppress(KeyboardInterrupt):  # where signal handlers are unavailable
+        asyncio.run(main())
+
+
+class PlcServerThread:
+    """The server in a background thread with its own event loop (tests, benchmarks).
+
+        with PlcServerThread(plc, speed=100) as srv:
+            client = ModbusTcpClient("127.0.0.1", port=srv.port)
+
+    ``__enter__`` returns once the port accepts connections (or re-raises why it could not start);
+    ``call(fn, *args)`` runs ``fn`` in the server's thread, between scans and requests, so the PLC can
+    be inspected safely; ``__exit__`` stops the server and joins the thread.
+    """
+
+    def __init__(self, plc: PlcPort, port: int = 0, speed: float = 1.0, host: str = DEFAULT_HOST, *,
+                 scan_s: float | None = None, start_timeout_s: float = 20.0) -> None:
+        self.server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s)
+        self.start_timeout_s = start_timeout_s
+        self._thread = threading.Thread(target=self._run, name="plc-modbus-server", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        return self.server.port
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with self.server:
+                self._ready.set()
+                await self.server.wait(self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # handed to the caller's thread by __enter__/stop, not swallowed
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> PlcServerThread:
+        self._thread.start()
+        if not self._ready.wait(self.start_timeout_s):
+            raise TimeoutError(f"PLC server not ready after {self.start_timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the server and wait for its thread; re-raises an error of the scan loop."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout_s: float = 10.0) -> T:
+        """Run ``fn(*args)`` in the server's event loop thread and return its result."""
+        if self._loop is None:
+            raise RuntimeError("server thread not running")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller's thread, not swallowed
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(job)
+        return fut.result(timeout_s)
