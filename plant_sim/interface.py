@@ -88,7 +88,13 @@ COMMANDS = ("start", "hold", "resume", "abort", "reset", "ack_alarms")
 SIMULATION_HOOKS = ("inject_runaway", "sensor_fault")
 """Simulation-only inputs (documented as such, in a separate address block): inject a runaway
 (coil ``sim_inject_runaway``) and a sensor fault on T_reactor (holding ``sim_sensor_fault``:
-0 none, 1 stuck, 2 drift, 3 spike, 4 dropout)."""
+0 none, 1 stuck, 2 drift, 3 spike, 4 dropout).
+
+On the PLC side (plant_sim.plc.Plc) both hooks are settings, writable in every phase and present in
+``snapshot()``: ``write_setting("sim_inject_runaway", 1)`` (or ``command("inject_runaway")``) starts
+the runaway, 0 stops it (the interlock trip and Reset also stop it and set it back to 0);
+``write_setting("sim_sensor_fault", code)`` starts fault ``code`` on T_reactor, 0 clears it. Bad
+values raise PlcWriteError like any other setting."""
 
 
 class PlcPort(Protocol):
