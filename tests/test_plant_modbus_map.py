@@ -192,3 +192,15 @@ def test_text_map_lists_every_register() -> None:
     for e in PLC_REGISTER_MAP:
         assert f" {e.name} " in text
     assert "high word first" in text
+
+
+def test_setting_ranges_agree_with_the_plc() -> None:
+    """The signal table's min/max (what the server checks, what integrators read) are the PLC's own."""
+    from plant_sim.plc import SETTING_SPECS
+
+    writable = {e.signal.name: e.signal for e in PLC_REGISTER_MAP if e.access != "R" and e.kind != "command"}
+    assert set(writable) == set(SETTING_SPECS)
+    for name, spec in SETTING_SPECS.items():
+        sig = writable[name]
+        assert (sig.min, sig.max) == ((0.0 if spec.zero_ok else spec.lo), spec.hi), name
+        assert (sig.type in ("Integer", "Boolean")) == spec.integer, name

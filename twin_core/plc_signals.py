@@ -34,6 +34,14 @@ RECIPE_MAX_POINTS = 16
 
 BATCH_TIME_MAX_S = 7 * 86400.0
 """Longest batch time the PLC accepts in a recipe or publishes meaningfully [s] (one week)."""
+RECIPE_TIME_MAX_S = 172800.0
+"""Longest programme time and end time a recipe may have [s] (48 h)."""
+RECIPE_T_RANGE_K = (273.15, 423.15)
+"""Jacket programme temperatures the PLC accepts [K] (0 .. 150 degC: the jacket utilities' range)."""
+LIMIT_T_RANGE_K = (303.15, 473.15)
+"""T_trip and T_high_alarm the PLC accepts [K] (30 .. 200 degC)."""
+SAMPLE_INTERVAL_MAX_S = 86400.0
+"""Longest lab sample interval [s]; the PLC also requires >= 60 s unless 0 (no sampling)."""
 PLANT_TIME_MAX_S = 1e9
 """Upper end of the PLC clock's range [s]; float32 resolves it to 64 s there, to 1/16 s below 2**21 s (24 days)."""
 UINT16_MAX = 0xFFFF
@@ -129,26 +137,26 @@ _RECIPE_POINTS: tuple[Signal, ...] = tuple(
     for i in range(RECIPE_MAX_POINTS)
     for sig in (
         _s(f"recipe_time_{i}", "s", _hr(HR_RECIPE_POINTS + 4 * i), f"Batch time of programme point {i}",
-           0.0, BATCH_TIME_MAX_S, 3600.0, "h"),
+           0.0, RECIPE_TIME_MAX_S, 3600.0, "h"),
         _s(f"recipe_T_{i}", "K", _hr(HR_RECIPE_POINTS + 4 * i + 2), f"Jacket temperature setpoint at point {i} "
-           "(linear between points)", T_LO_K, T_HI_K, 350.0, "degC"),
+           "(linear between points)", *RECIPE_T_RANGE_K, 350.0, "degC"),
     )
 )
 
 PLC_SETTINGS: tuple[Signal, ...] = (
     # -- limits
     _s("T_trip", "K", _hr(HR_LIMITS + 0), "Interlock trip limit on the reactor temperature (abort with full "
-       "cooling)", T_LO_K, T_HI_K, 400.0, "degC"),
-    _s("T_high_alarm", "K", _hr(HR_LIMITS + 2), "High reactor temperature alarm limit", T_LO_K, T_HI_K, 390.0,
-       "degC"),
+       "cooling)", *LIMIT_T_RANGE_K, 400.0, "degC"),
+    _s("T_high_alarm", "K", _hr(HR_LIMITS + 2), "High reactor temperature alarm limit (<= T_trip)",
+       *LIMIT_T_RANGE_K, 390.0, "degC"),
     # -- recipe header, then the programme points
     _s("recipe_n_points", "1", _hr(HR_RECIPE + 0, "uint16"), "Valid programme points", 1, RECIPE_MAX_POINTS, 1.0),
     _s("recipe_mode", "1", _hr(HR_RECIPE + 1, "uint16"), "0 = jacket temperature programme (the only mode)",
        0, 0, 1.0),
     _s("recipe_end_time", "s", _hr(HR_RECIPE + 2), "End condition: batch time at which Reacting ends and "
-       "Cooling starts", 0.0, BATCH_TIME_MAX_S, 3600.0, "h"),
+       "Cooling starts", 1.0, RECIPE_TIME_MAX_S, 3600.0, "h"),
     _s("recipe_sample_interval", "s", _hr(HR_RECIPE + 4), "Lab sample every this many seconds of batch time "
-       "(0 = none)", 0.0, BATCH_TIME_MAX_S, 3600.0, "h"),
+       "(0 = none, else >= 60 s)", 0.0, SAMPLE_INTERVAL_MAX_S, 3600.0, "h"),
     *_RECIPE_POINTS,
 )
 
