@@ -37,7 +37,7 @@ def plot_trajectory(tr: Trajectory, path: str | Path, title: str = "") -> None:
 
     t_h = tr.t_s / 3600.0
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for col, label in zip(range(3), ("A", "B (product)", "C (impurity)")):
+    for col, label in zip(range(3), ("A", "B (product)", "C (impurity)"), strict=True):
         ax1.plot(t_h, tr.x[:, col] / 1000.0, label=label)
     ax1.set_ylabel("concentration [mol/L]")
     ax1.legend()
@@ -62,6 +62,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     summary = analysis.summarize(tr, params)
     print(f"Batch '{recipe.name}' ({recipe.mode} programme), {tr.t_s[-1] / 3600:.2f} h, outputs every {args.dt:g} s")
     print(analysis.format_summary(summary))
+    econ = analysis.Economics()
+    e = analysis.economic_stop(tr, params, econ)
+    print(f"  economic stop (value {econ.value_B_per_mol:g}/mol B, vessel {econ.cost_per_h:g}/h, "
+          f"C <= {100 * econ.impurity_spec_fraction:g} %): {e.t_stop_s / 3600:.2f} h, yield B {100 * e.yield_B:.1f} %, "
+          f"impurity C {100 * e.impurity_fraction:.1f} %, profit {e.profit:.0f} per batch ({e.limited_by.replace('_', ' ')})")
     if args.csv:
         write_trajectory_csv(tr, args.csv)
         print(f"wrote {args.csv}")
@@ -97,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", nargs="?", const="-", default=None, metavar="FILE", help="CSV to FILE (or stdout)")
     p.set_defaults(func=cmd_signals)
 
-    from twin_core.optimize import register as register_optimize
+    # The offline tools live in their own modules; importing them here keeps one entry point per package.
+    from twin_core import optimize, sensitivity, study
 
-    register_optimize(sub)
+    optimize.register(sub)
+    study.register(sub)
+    sensitivity.register(sub)

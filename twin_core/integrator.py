@@ -12,8 +12,8 @@ Local error control: a step is accepted when the RMS over components of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from twin_core.errors import IntegrationError, ParameterError
 

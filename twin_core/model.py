@@ -13,8 +13,9 @@ conserved by construction whatever the correction returns.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 from twin_core.params import R_J_PER_MOL_K, ModelParams
 

@@ -7,8 +7,8 @@ wires them together. Output times are t0 + n*dt_out, never accumulated by repeat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -154,7 +154,7 @@ class Twin:
         edges = [0.0, *recipe.breakpoints(t_end), t_end]
         h: float | None = None
         state = tuple(x)
-        for a, b in zip(edges[:-1], edges[1:]):
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
             state, h = integrate(f, a, state, b, self.tolerance, h0=h, stats=self.stats, on_step=on_step)
         if filled != len(t_out):
             raise IntegrationError(f"dense output filled {filled} of {len(t_out)} points")
