@@ -152,7 +152,8 @@ class PlcModbusServer:
     async def _scan_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if self.speed == 0.0:
-            return  # paused: plant time stands still, the server still answers
+            await asyncio.Event().wait()  # paused: plant time stands still, the server still answers
+            return
         flat_out = math.isinf(self.speed)
         period = 0.0 if flat_out else self.scan_s / self.speed  # wall seconds per scan
         tick = MIN_TICK_S if flat_out else max(period, MIN_TICK_S)
