@@ -1,0 +1,186 @@
+"""Model-health statistics of the soft sensor: chi-square bounds, a windowed innovation test,
+a two-sided CUSUM and a stuck-reading detector. Plain Python, no I/O, no scipy.
+
+Every detector keeps its state in plain floats and lists and exposes ``get_state``/``set_state``
+so that the estimator (and the FMU that carries it) can checkpoint it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+# Acklam's rational approximation of the standard normal quantile (relative error < 1.2e-9).
+_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+      -3.066479806614716e01, 2.506628277459239e00)
+_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+      -1.328068155288572e01)
+_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+      4.374664141464968e00, 2.938163982698783e00)
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+
+def normal_quantile(p: float) -> float:
+    """z with P(N(0,1) <= z) = p, for 0 < p < 1 (Acklam's algorithm)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"probability must be within (0, 1), got {p!r}")
+    lo = 0.02425
+    if p < lo:
+        q = math.sqrt(-2.0 * math.log(p))
+        return ((((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5])
+                / ((((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0))
+    if p > 1.0 - lo:
+        return -normal_quantile(1.0 - p)
+    q = p - 0.5
+    r = q * q
+    return ((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
+            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0))
+
+
+def chi2_quantile(p: float, dof: int) -> float:
+    """Quantile of the chi-square distribution with ``dof`` degrees of freedom.
+
+    Exact for 1 and 2 degrees of freedom; Wilson-Hilferty's cube-root normal approximation above
+    (relative error below 1 % for dof >= 3 at the 0.1 %..99.9 % quantiles used here).
+    """
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {dof!r}")
+    if dof == 1:
+        z = normal_quantile(0.5 + 0.5 * p)
+        return z * z
+    if dof == 2:
+        return -2.0 * math.log(1.0 - p)
+    z = normal_quantile(p)
+    a = 2.0 / (9.0 * dof)
+    return dof * max(0.0, 1.0 - a + z * math.sqrt(a)) ** 3
+
+
+class NisWindow:
+    """Sum of normalised innovation squares over a sliding time window, tested against chi-square.
+
+    Under a consistent filter the NIS of a scalar innovation is chi-square with 1 dof and the sum
+    of N of them chi-square with N dof; the window fails when the sum exceeds its (1 - alpha)
+    quantile. Only the upper tail is tested: a too-small NIS means a conservative filter, not a
+    fault. Quantiles are cached per N (the window holds at most a few hundred entries).
+    """
+
+    def __init__(self, window_s: float, alpha: float, min_count: int = 5) -> None:
+        self.window_s = float(window_s)
+        self.alpha = float(alpha)
+        self.min_count = int(min_count)
+        self._t: deque[float] = deque()
+        self._v: deque[float] = deque()
+        self._sum = 0.0
+        self._adds = 0
+        self._bound: dict[int, float] = {}
+
+    def add(self, t_s: float, nis: float) -> bool:
+        """Add one NIS at time t_s [s]; return True when the window test fails."""
+        self._t.append(t_s)
+        self._v.append(nis)
+        self._sum += nis
+        cut = t_s - self.window_s
+        while self._t and self._t[0] <= cut:
+            self._t.popleft()
+            self._sum -= self._v.popleft()
+        self._adds += 1
+        if self._adds % 256 == 0:
+            # The running sum accumulates rounding from additions and removals: re-anchor it.
+            self._sum = math.fsum(self._v)
+        return self.failing
+
+    @property
+    def count(self) -> int:
+        return len(self._v)
+
+    @property
+    def mean(self) -> float:
+        """Mean NIS in the window (1 for a consistent filter; NaN when empty)."""
+        return self._sum / len(self._v) if self._v else math.nan
+
+    def bound(self, n: int) -> float:
+        """Upper (1 - alpha) chi-square bound of the window sum for n entries."""
+        b = self._bound.get(n)
+        if b is None:
+            b = self._bound[n] = chi2_quantile(1.0 - self.alpha, n)
+        return b
+
+    @property
+    def failing(self) -> bool:
+        n = len(self._v)
+        return n >= self.min_count and self._sum > self.bound(n)
+
+    def get_state(self) -> dict:
+        return {"t": list(self._t), "v": list(self._v), "sum": self._sum, "adds": self._adds}
+
+    def set_state(self, s: dict) -> None:
+        self._t = deque(float(v) for v in s["t"])
+        self._v = deque(float(v) for v in s["v"])
+        self._sum = float(s["sum"])
+        self._adds = int(s["adds"])
+
+
+class Cusum:
+    """Two-sided CUSUM on normalised innovations z (mean 0, variance 1 when all is well).
+
+    g+ = max(0, g+ + z - k), g- = max(0, g- - z - k); alarm when either exceeds h. Each z is
+    clipped to +-clip first so that one wild value (a spike) cannot trip it alone.
+    """
+
+    def __init__(self, slack: float, threshold: float, clip: float) -> None:
+        self.k = float(slack)
+        self.h = float(threshold)
+        self.clip = float(clip)
+        self.pos = 0.0
+        self.neg = 0.0
+
+    def add(self, z: float) -> bool:
+        """Add one normalised innovation; True when the CUSUM crosses its threshold."""
+        c = self.clip
+        z = c if z > c else (-c if z < -c else z)
+        self.pos = max(0.0, self.pos + z - self.k)
+        self.neg = max(0.0, self.neg - z - self.k)
+        return self.pos > self.h or self.neg > self.h
+
+    def reset(self) -> None:
+        self.pos = self.neg = 0.0
+
+    def get_state(self) -> dict:
+        return {"pos": self.pos, "neg": self.neg}
+
+    def set_state(self, s: dict) -> None:
+        self.pos = float(s["pos"])
+        self.neg = float(s["neg"])
+
+
+class StuckDetector:
+    """A transmitter whose reading does not change: ``min_readings`` consecutive readings within
+    ``tolerance_K`` of the first of them, spanning at least ``min_time_s`` seconds.
+
+    Both conditions matter: at a 0.1 s scan a quantised reading repeats by chance a few times in a
+    row, and at a 60 s data-logging interval a few identical readings span minutes.
+    """
+
+    def __init__(self, min_time_s: float, min_readings: int, tolerance_K: float) -> None:
+        self.min_time_s = float(min_time_s)
+        self.min_readings = int(min_readings)
+        self.tolerance_K = float(tolerance_K)
+        self.value = math.nan
+        self.since_s = math.nan
+        self.count = 0
+
+    def add(self, t_s: float, value: float) -> bool:
+        """Add one reading; True while the reading is stuck."""
+        if self.count and abs(value - self.value) <= self.tolerance_K:
+            self.count += 1
+        else:
+            self.value, self.since_s, self.count = value, t_s, 1
+        return self.count >= self.min_readings and t_s - self.since_s >= self.min_time_s
+
+    def get_state(self) -> dict:
+        return {"value": self.value, "since_s": self.since_s, "count": self.count}
+
+    def set_state(self, s: dict) -> None:
+        self.value = float(s["value"])
+        self.since_s = float(s["since_s"])
+        self.count = int(s["count"])
