@@ -268,7 +268,7 @@ class Phases:
     charge_time_s: float = 600.0          # Charging lasts this long, jacket at the programme start
     heating_band_K: float = 5.0           # Heating ends when T_reactor is this close to T_jacket_sp
     cooling_T_jacket_K: float = 288.15    # Cooling / Complete / Aborted jacket setpoint
-    T_safe_K: float = 313.15              # Cooling ends (Complete) below this reactor temperature
+    T_safe_K: float = 323.15              # Cooling ends (Complete) below this reactor temperature
     idle_T_jacket_K: float = 298.15       # Idle jacket setpoint
 
     def __post_init__(self) -> None:
@@ -292,7 +292,7 @@ class Alarms:
     dTdt_filter_s: float = 30.0           # dT/dt from a filtered T (noise would trip it otherwise)
     jacket_deviation_K: float = 10.0
     jacket_deviation_delay_s: float = 600.0
-    lab_c_C_max_mol_per_m3: float = 350.0  # impurity specification on the lab result
+    lab_c_C_max_mol_per_m3: float = 450.0  # impurity specification on the lab result
     stuck_detect_s: float = 30.0          # T_reactor unchanged this long = stuck transmitter
     spike_detect_K: float = 3.0           # a jump larger than this in one scan = spike
 

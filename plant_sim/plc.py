@@ -14,15 +14,22 @@ Scan (every ``plc.scan_s`` of plant time; plant time = scan_count * scan_s, neve
      and once more when Reacting ends (the end-of-reaction sample);
   5. phase transitions, then the interlock;
   6. the jacket setpoint for the phase, and the PID computes the output for the next scan;
-  7. alarms (active = condition present; unacked = latched on each rising edge until ack_alarms).
+  7. alarms (active = condition present; unacked = latched on each rising edge until ack_alarms):
+     HIGH_T T_reactor > T_high_alarm; HIGH_DTDT filtered dT/dt > alarms.dTdt_limit_K_per_s;
+     JACKET_DEVIATION |T_jacket - T_jacket_sp| > alarms.jacket_deviation_K for
+     alarms.jacket_deviation_delay_s in Charging/Heating/Reacting; LAB_OUT_OF_SPEC last lab c_C above
+     alarms.lab_c_C_max_mol_per_m3; INTERLOCK_TRIP from the trip until Reset; SENSOR_FAULT
+     T_reactor dropout (NaN), stuck (unchanged for alarms.stuck_detect_s) or spike (a jump above
+     alarms.spike_detect_K in one scan; held 10 s).
 
 Phases:
   Idle      vessel empty; jacket at phases.idle_T_jacket_K. ``start`` charges a new batch.
   Charging  phases.charge_time_s after Start; the charge is in (at its own T0), jacket at the
             programme's first temperature recipe_T_0.
   Heating   jacket follows the programme recipe_T(batch_time); ends when T_reactor is within
-            phases.heating_band_K below the jacket setpoint (or above it): the reactor has caught
-            up with the programme.
+            phases.heating_band_K of the first hold temperature: the temperature of the first flat
+            programme segment (two equal consecutive points) starting at or after the end of
+            Charging, or the last programme temperature if there is none (see ``hold_target``).
   Reacting  jacket follows the programme; ends when batch_time >= recipe_end_time.
   Cooling   jacket at phases.cooling_T_jacket_K; ends when T_reactor < phases.T_safe_K.
   Complete  jacket stays at the cooling setpoint; ``reset`` discharges the vessel (-> Idle).
@@ -72,6 +79,7 @@ log = logging.getLogger(__name__)
 
 RUNNING = frozenset({Phase.CHARGING, Phase.HEATING, Phase.REACTING, Phase.COOLING})
 """Phases in which the batch clock runs."""
+_DEVIATION_PHASES = frozenset({Phase.CHARGING, Phase.HEATING, Phase.REACTING})
 RECIPE_WRITABLE = frozenset({Phase.IDLE, Phase.COMPLETE, Phase.ABORTED, Phase.HELD})
 """Phases in which recipe_* and T_trip may be written."""
 SIMULATION_SETTINGS = ("sim_inject_runaway", "sim_sensor_fault")
@@ -89,6 +97,9 @@ SCAN_COUNT_MODULUS = 2 ** 32
 SPIKE_ALARM_HOLD_S = 10.0
 """A detected spike keeps the sensor-fault alarm active this long [s] (visible to a poller)."""
 _EPS = 1e-9
+_HIGH_T, _HIGH_DTDT, _JACKET_DEVIATION = int(Alarm.HIGH_T), int(Alarm.HIGH_DTDT), int(Alarm.JACKET_DEVIATION)
+_LAB_OUT_OF_SPEC, _INTERLOCK_TRIP, _SENSOR_FAULT = (int(Alarm.LAB_OUT_OF_SPEC), int(Alarm.INTERLOCK_TRIP),
+                                                    int(Alarm.SENSOR_FAULT))
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,16 @@ SETTING_SPECS: dict[str, _Spec] = _specs()
 """Every writable name with its range and phase rule."""
 if not set(SETTINGS) <= set(SETTING_SPECS):  # the two tables must agree; caught at import
     raise RuntimeError(f"settings without a spec: {sorted(set(SETTINGS) - set(SETTING_SPECS))}")
+
+
+def hold_target(recipe: Recipe, charge_time_s: float) -> float:
+    """Temperature of the programme's first hold after Charging [K]: the first flat segment (two
+    equal consecutive points) starting at or after ``charge_time_s``, else the last point."""
+    ts, Ts = recipe.times_s, recipe.temps_K
+    for i in range(len(ts) - 1):
+        if ts[i] >= charge_time_s - _EPS and Ts[i] == Ts[i + 1]:
+            return Ts[i]
+    return Ts[-1]
 
 
 @dataclass(frozen=True)
@@ -173,9 +194,11 @@ class Plc:
         self.scan_count = 0           # unbounded here; published modulo 2**32
         self._batch_scans = 0
         self._recipe: Recipe = DEFAULT_RECIPE
+        self._hold_target = hold_target(DEFAULT_RECIPE, cfg.phases.charge_time_s)
         self._next_sample = 1
         self.batches_since_cleaning = 0
-        self.batch: BatchRecord | None = None
+        self.batch: BatchRecord | None = None  # the batch in the vessel (None when Idle)
+        self.last_batch: BatchRecord | None = None  # the last batch started
         self.T_jacket_sp = T_idle
         self.T_reactor = self.sensor_T_reactor.read(T_idle, 0.0)
         self.T_jacket = self.sensor_T_jacket.read(T_idle, 0.0)
@@ -185,8 +208,9 @@ class Plc:
         self.lab_valid = 0
         self.lab_seq = 0
         self.last_lab: LabResult | None = None
-        self.alarms_active = Alarm(0)
-        self.alarms_unacked = Alarm(0)
+        self.lab_history: list[LabResult] = []  # results of the current batch, in order of arrival
+        self._active = 0   # Alarm bits as a plain int (IntFlag arithmetic is slow in the scan)
+        self._unacked = 0
         self._tripped = False
         self._trip_scans = 0
         self._dev_scans = 0
@@ -230,8 +254,8 @@ class Plc:
             "lab_sample_time": self.lab_sample_time,
             "lab_valid": float(self.lab_valid),
             "lab_seq": float(self.lab_seq),
-            "alarms_active": float(int(self.alarms_active)),
-            "alarms_unacked": float(int(self.alarms_unacked)),
+            "alarms_active": float(self._active),
+            "alarms_unacked": float(self._unacked),
             "plant_time": self.plant_time,
             "scan_count": float(self.scan_count % SCAN_COUNT_MODULUS),
         }
@@ -306,6 +330,16 @@ class Plc:
         return self.lab.pending
 
     @property
+    def alarms_active(self) -> Alarm:
+        """Alarm bits whose condition is present."""
+        return Alarm(self._active)
+
+    @property
+    def alarms_unacked(self) -> Alarm:
+        """Alarm bits latched on a rising edge and not acknowledged yet."""
+        return Alarm(self._unacked)
+
+    @property
     def runaway_active(self) -> bool:
         return bool(self._settings["sim_inject_runaway"])
 
@@ -349,7 +383,7 @@ class Plc:
                 if interval > 0.0:
                     self.lab.draw(n, bt, x[1], x[2])
                 self._enter(Phase.COOLING)
-            elif phase == Phase.HEATING and Tr >= self._recipe.setpoint(bt) - ph.heating_band_K:
+            elif phase == Phase.HEATING and abs(Tr - self._hold_target) <= ph.heating_band_K:
                 self._enter(Phase.REACTING)
         elif phase == Phase.COOLING:
             if Tr < ph.T_safe_K:
@@ -453,12 +487,14 @@ class Plc:
         recipe = self._recipe_from_settings()
         cA0, T0, activity, recorded = self._draw_charge()
         self._recipe = recipe
+        self._hold_target = hold_target(recipe, self.config.phases.charge_time_s)
         self.batch_id += 1
         self._batch_scans = 0
         self._next_sample = 1
         UA = self._UA_for(self.batches_since_cleaning)
         self.batch = BatchRecord(self.batch_id, self.plant_time, recorded, self.batches_since_cleaning,
                                  cA0, T0, activity, UA)
+        self.last_batch = self.batch
         self.batches_since_cleaning += 1
         truth = self.truth
         truth.UA_W_per_K = UA
@@ -467,8 +503,9 @@ class Plc:
                         c_C=self.config.vessel.charge.c_C0_mol_per_m3, T=T0)
         # The probe now sits in the fresh charge; restart the dT/dt filters there too.
         self.sensor_T_reactor.reset(T0)
+        self.T_reactor = self.sensor_T_reactor.read(T0, self.plant_time)
         self._f1 = self._f2 = T0
-        self._prev_reading = T0
+        self._prev_reading = self.T_reactor
         self._clear_lab()
         self.phase = Phase.CHARGING
         log.info("batch %d started: recipe %s, c_A0 recorded %.1f mol/m3, UA %.0f W/K",
@@ -484,6 +521,7 @@ class Plc:
         if self.phase != Phase.HELD:
             raise PlcCommandError(f"resume is allowed only in HELD (phase {self.phase.name})")
         self._recipe = self._recipe_from_settings()
+        self._hold_target = hold_target(self._recipe, self.config.phases.charge_time_s)
         self.phase = self._held_phase
 
     def _cmd_abort(self) -> None:
@@ -499,6 +537,7 @@ class Plc:
         if self.phase == Phase.ABORTED and not self.T_reactor < self._settings["T_trip"]:
             raise PlcCommandError(f"reset refused: T_reactor={self.T_reactor!r} K is not below T_trip")
         self.truth.set_state(c_A=0.0, c_B=0.0, c_C=0.0)  # the vessel is discharged
+        self.batch = None
         self._tripped = False
         self._set_runaway(False)
         self._settings["sim_inject_runaway"] = 0.0
@@ -507,7 +546,7 @@ class Plc:
         self.phase = Phase.IDLE
 
     def _cmd_ack(self) -> None:
-        self.alarms_unacked = Alarm(0)
+        self._unacked = 0
 
     def _cmd_inject_runaway(self) -> None:
         self.write_setting("sim_inject_runaway", 1.0)
@@ -532,6 +571,7 @@ class Plc:
         self.lab_valid = 0
         self.lab_seq = 0
         self.last_lab = None
+        self.lab_history = []
 
     def _lab_arrived(self, res: LabResult) -> None:
         self.lab_c_B = res.c_B_mol_per_m3
@@ -540,13 +580,14 @@ class Plc:
         self.lab_valid = 1
         self.lab_seq += 1
         self.last_lab = res
+        self.lab_history.append(res)
 
     def _update_alarms(self, Tr: float, Tj: float, sp: float) -> None:
         cfg = self.config.alarms
         dt = self.scan_s
-        active = Alarm(0)
+        active = 0
         if Tr > self._settings["T_high_alarm"]:
-            active |= Alarm.HIGH_T
+            active |= _HIGH_T
         if math.isfinite(Tr):
             a = self._filter_a
             self._f1 += a * (Tr - self._f1)
@@ -554,21 +595,23 @@ class Plc:
             # Two cascaded lags: their difference over tau estimates the slope of a ramp.
             self.dTdt_K_per_s = (self._f1 - self._f2) / cfg.dTdt_filter_s
         if self.dTdt_K_per_s > cfg.dTdt_limit_K_per_s:
-            active |= Alarm.HIGH_DTDT
-        if self.phase in RUNNING and abs(Tj - sp) > cfg.jacket_deviation_K:
+            active |= _HIGH_DTDT
+        # Not in Cooling: there the setpoint asks for all the cooling there is, and a jacket that
+        # lags it is expected, not abnormal (an alarm every batch would teach operators to ignore it).
+        if self.phase in _DEVIATION_PHASES and abs(Tj - sp) > cfg.jacket_deviation_K:
             self._dev_scans += 1
         else:
             self._dev_scans = 0
         if self._dev_scans and self._dev_scans * dt >= cfg.jacket_deviation_delay_s - _EPS:
-            active |= Alarm.JACKET_DEVIATION
+            active |= _JACKET_DEVIATION
         if self.lab_valid and self.lab_c_C > cfg.lab_c_C_max_mol_per_m3:
-            active |= Alarm.LAB_OUT_OF_SPEC
+            active |= _LAB_OUT_OF_SPEC
         if self._tripped:
-            active |= Alarm.INTERLOCK_TRIP
+            active |= _INTERLOCK_TRIP
         if self._sensor_fault(Tr):
-            active |= Alarm.SENSOR_FAULT
-        self.alarms_unacked |= active & ~self.alarms_active
-        self.alarms_active = active
+            active |= _SENSOR_FAULT
+        self._unacked |= active & ~self._active
+        self._active = active
 
     def _sensor_fault(self, Tr: float) -> bool:
         """Transmitter diagnostics on T_reactor: dropout, stuck, spike (a drift is not detectable

@@ -18,11 +18,12 @@ with every mismatch off the first four derivatives are exactly twin_core.model.r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from plant_sim.config import PlantConfig
+from twin_core.errors import ParameterError
 from twin_core.integrator import Stats, Tolerance, integrate
 from twin_core.params import R_J_PER_MOL_K
 
@@ -134,33 +135,99 @@ def rhs(t: float, x: Sequence[float], u: float, p: TruthParams) -> TruthState:
     return derivatives(x, u, p.UA_W_per_K, p.activity, p.Q_extra_W, p.coefficients)
 
 
+def reduced_rhs_factory(c: TruthCoefficients, UA_W_per_K: float, activity: float, Q_extra_W: float,
+                        c_total_mol_per_m3: float, u_cell: list[float]) -> Callable[[float, Sequence[float]], tuple]:
+    """f(t, z) for the reduced state z = (c_A, c_B, T, T_j), c_C = c_total - c_A - c_B.
+
+    The species balances conserve c_A + c_B + c_C, so c_C carries no information of its own;
+    dropping it gives a four-state system, which twin_core's integrator runs on its inlined hot
+    path (about twice as fast as its general loop). Same equations as :func:`derivatives`, with
+    every constant bound to a local name; the controller output is read from ``u_cell[0]``.
+    """
+    k1 = activity * c.k1_ref
+    k2, k3 = c.k2_ref, c.k3_ref
+    inv_T_ref, e1, e2, e3 = c.inv_T_ref, c.E1_over_R, c.E2_over_R, c.E3_over_R
+    q1, q2, inv_Cr = c.q1, c.q2, c.inv_C_reactor
+    dyn, inv_Cj = c.jacket_dynamics, c.inv_C_jacket
+    kA_heat, T_hot, kA_cool, T_cold = c.kA_heat, c.T_hot, c.kA_cool, c.T_cold
+    UA_amb, T_amb = c.UA_ambient, c.T_ambient
+    UA, Q, c_tot = UA_W_per_K, Q_extra_W, c_total_mol_per_m3
+    exp = math.exp
+
+    def f(_t: float, z: Sequence[float]) -> tuple[float, float, float, float]:
+        cA, cB, T, Tj = z
+        d = 1.0 / T - inv_T_ref
+        r1 = k1 * exp(-e1 * d) * cA
+        r23 = k2 * exp(-e2 * d) * cB
+        if k3:
+            r23 += k3 * exp(-e3 * d) * cB * (c_tot - cA - cB)
+        q_wall = UA * (Tj - T)
+        dT = q1 * r1 + q2 * r23 + (q_wall + Q) * inv_Cr
+        if dyn:
+            u = u_cell[0]
+            if u > 0.0:
+                q_util = (u if u < 1.0 else 1.0) * kA_heat * (T_hot - Tj)
+            elif u < 0.0:
+                q_util = (u if u > -1.0 else -1.0) * kA_cool * (Tj - T_cold)
+            else:
+                q_util = 0.0
+            dTj = (q_util - q_wall - UA_amb * (Tj - T_amb)) * inv_Cj
+        else:
+            dTj = 0.0
+        return (-r1, r1 - r23, dT, dTj)
+
+    return f
+
+
 class Truth:
     """The plant's hidden state, advanced scan by scan with the controller output held.
 
     Attributes read by the PLC and by scoring: ``x`` (TruthState), ``UA_W_per_K``, ``activity``,
-    ``Q_extra_W``.
+    ``Q_extra_W`` (assign them freely: the right-hand side is rebuilt when they change).
+    Integration runs on the reduced four-state form (:func:`reduced_rhs_factory`); c_C is
+    recovered from the conserved total.
     """
 
     def __init__(self, cfg: PlantConfig, x0: Sequence[float], UA_W_per_K: float,
                  tolerance: Tolerance = TRUTH_TOLERANCE) -> None:
         self.c = truth_coefficients(cfg)
-        self.x: TruthState = tuple(float(v) for v in x0)  # type: ignore[assignment]
         self.UA_W_per_K = float(UA_W_per_K)
         self.activity = 1.0
         self.Q_extra_W = 0.0
+        if len(tolerance.atol) != 5:
+            raise ParameterError("tolerance.atol", tolerance.atol, "needs five entries (c_A, c_B, c_C, T, T_j)")
         self.tolerance = tolerance
+        a = tolerance.atol
+        self._tol4 = Tolerance(rtol=tolerance.rtol, atol=(a[0], a[1], a[3], a[4]))
         self.stats = Stats()
+        self._u_cell = [0.0]
+        self._key: tuple | None = None
+        self._f: Callable[[float, Sequence[float]], tuple] | None = None
         self._h = 0.0
+        self.x = tuple(float(v) for v in x0)  # type: ignore[assignment]
+
+    @property
+    def x(self) -> TruthState:
+        """(c_A, c_B, c_C [mol/m3], T [K], T_j [K])."""
+        z = self._z
+        return (z[0], z[1], self._c_total - z[0] - z[1], z[2], z[3])
+
+    @x.setter
+    def x(self, value: Sequence[float]) -> None:
+        cA, cB, cC, T, Tj = (float(v) for v in value)
+        self._c_total = cA + cB + cC
+        self._z = (cA, cB, T, Tj)
+        self._h = 0.0  # a jump in the state: let the step-size controller start afresh
 
     def advance(self, t_s: float, dt_s: float, u: float) -> None:
         """Integrate from t_s to t_s + dt_s with controller output u held."""
-        c, UA, a, Q = self.c, self.UA_W_per_K, self.activity, self.Q_extra_W
-
-        def f(_t: float, x: Sequence[float]) -> TruthState:
-            return derivatives(x, u, UA, a, Q, c)
-
+        key = (self.UA_W_per_K, self.activity, self.Q_extra_W, self._c_total)
+        if key != self._key or self._f is None:
+            self._f = reduced_rhs_factory(self.c, *key, self._u_cell)
+            self._key = key
+        self._u_cell[0] = u
         h0 = self._h if self._h > 0.0 else dt_s
-        self.x, self._h = integrate(f, t_s, self.x, t_s + dt_s, self.tolerance, h0=h0, stats=self.stats)  # type: ignore[assignment]
+        self._z, self._h = integrate(self._f, t_s, self._z, t_s + dt_s, self._tol4, h0=h0, stats=self.stats)  # type: ignore[assignment]
 
     def set_state(self, **values: float) -> None:
         """Overwrite some state components by name (c_A, c_B, c_C, T, T_j), e.g. at a new charge."""
@@ -168,5 +235,4 @@ class Truth:
         x = list(self.x)
         for k, v in values.items():
             x[names.index(k)] = float(v)
-        self.x = tuple(x)  # type: ignore[assignment]
-        self._h = 0.0  # a jump in the state: let the step-size controller start afresh
+        self.x = x

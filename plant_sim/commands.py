@@ -1,0 +1,87 @@
+"""plant_sim's sub-command of ``twin``: run the simulated PLC, or generate the batch data set.
+
+    twin plant [--port 5020] [--host 127.0.0.1] [--speed N] [--config plant.toml] [--seed S]
+    twin plant --print-map
+    twin plant generate [--batches 200] [--seed 0] [--out data/simulated_batch_data.csv]
+                        [--config plant.toml] [--scan 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA = Path("data/simulated_batch_data.csv")
+
+
+def _config(args: argparse.Namespace):  # -> PlantConfig (import kept lazy: `twin --help` stays fast)
+    from plant_sim.config import load_plant_config
+
+    return load_plant_config(args.config) if args.config else load_plant_config()
+
+
+def cmd_plant(args: argparse.Namespace) -> int:
+    if getattr(args, "plant_action", None) == "generate":
+        return cmd_generate(args)
+    from plant_sim import modbus_server
+
+    if args.print_map:
+        print(modbus_server.format_register_map())
+        return 0
+    from plant_sim.plc import Plc
+
+    cfg = _config(args)
+    plc = Plc(cfg, seed=args.seed)
+    speed = math.inf if args.speed == 0 else args.speed
+    print(f"PLC Modbus TCP server on {args.host}:{args.port}, scan {cfg.plc.scan_s:g} s, "
+          f"speed x{args.speed:g} (Ctrl-C stops)", flush=True)
+    modbus_server.run(plc, host=args.host, port=args.port, speed=speed)
+    print("PLC stopped")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from plant_sim import dataset
+
+    cfg = _config(args)
+    out = Path(args.out)
+    s = dataset.generate(out, batches=args.batches, seed=args.seed, config=cfg, scan_s=args.scan,
+                         progress=not args.no_progress)
+    print(f"wrote {s.batches} batches ({s.rows} rows, {out.stat().st_size / 1e6:.2f} MB) to {out} "
+          f"in {s.wall_s:.1f} s; held out: {len(s.holdout_batches)} batches; cleaning before batches "
+          f"{list(s.cleaning_before)}")
+    print(f"also wrote {dataset.recipes_path(out)} and {dataset.batches_path(out)}")
+    print(f"sha256 {s.sha256}")
+    if args.sha256_file:
+        Path(args.sha256_file).write_text(f"{s.sha256}  {out.name}\n", encoding="utf-8")
+        print(f"wrote {args.sha256_file}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``twin plant`` (and ``twin plant generate``) to the ``twin`` parser."""
+    p = sub.add_parser("plant", help="run the simulated PLC (Modbus TCP server), or generate the batch data set",
+                       description="Run the simulated plant's PLC behind its Modbus TCP server until Ctrl-C, "
+                                   "print its register map, or (`twin plant generate`) write the batch data set.")
+    p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="plant seconds per wall second (default 1; 100 = a 6 h batch in 3.6 min; 0 = flat out)")
+    p.add_argument("--config", help="plant configuration TOML (default: plant_sim/plant.toml)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the plant (default 0)")
+    p.add_argument("--print-map", action="store_true", help="print the Modbus register map and exit")
+    p.set_defaults(func=cmd_plant, plant_action=None)
+    actions = p.add_subparsers(dest="plant_action", metavar="ACTION")
+    g = actions.add_parser("generate", help="generate the batch data set (fast path, no sockets)")
+    g.add_argument("--batches", type=int, default=200, help="number of batches (default 200)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--out", default=str(DEFAULT_DATA), help=f"output CSV (default {DEFAULT_DATA})")
+    g.add_argument("--config", help="plant configuration TOML (default: plant_sim/plant.toml)")
+    g.add_argument("--scan", type=float, default=5.0, help="PLC scan of the fast path [s] (default 5; must divide 60)")
+    g.add_argument("--sha256-file", help="also write the file's sha256 (sha256sum format) here")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_plant)
