@@ -1,0 +1,181 @@
+"""The integrator and the co-simulation step: bit-identical restarts, agreement between the step and
+the whole-batch paths, the unrolled hot path against the general one, and its error handling."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from twin_core import IntegrationError, ModelParams, ParameterError, RateMultipliers, Recipe, StepState, Tolerance, Twin
+from twin_core.hybrid import HybridTwin
+from twin_core.integrator import Stats, _integrate4, _integrate_n, integrate
+from twin_core.model import coefficients, derivatives, jacket_rhs
+
+C0 = 273.15
+
+
+def jacket_input(n: int) -> float:
+    """A jacket temperature that changes every step, as a measured input does."""
+    return C0 + 60.0 + 15.0 * math.sin(n / 40.0) + 0.37 * (n % 7)
+
+
+def test_restored_state_continues_bit_identically() -> None:
+    dt, n_total, n_cut = 1.0, 3000, 1234
+    a = Twin()
+    s = a.initial_state()
+    straight = []
+    for n in range(n_total):
+        s = a.step(s, n * dt, dt, jacket_input(n))
+        straight.append(s)
+    # Interrupted run: stop at n_cut, store the state as an FMU would (plain floats), restore it into
+    # a fresh twin and carry on.
+    b = Twin()
+    s = b.initial_state()
+    for n in range(n_cut):
+        s = b.step(s, n * dt, dt, jacket_input(n))
+    blob = pickle.dumps((list(s.x), s.h_s))
+    x, h = pickle.loads(blob)
+    c = Twin()
+    s = StepState(tuple(x), h)
+    for n in range(n_cut, n_total):
+        s = c.step(s, n * dt, dt, jacket_input(n))
+        assert s == straight[n], f"step {n} differs after restore"
+    assert straight[-1].x[1] > 10.0  # the batch went somewhere
+
+
+def test_hybrid_restore_bit_identical() -> None:
+    class Factors:
+        def factors(self, t_s, x, T_jacket_K):
+            return 1.0 + 0.2 * math.sin(x[3] / 7.0), 1.0 - 0.1 * math.cos(t_s / 500.0), True
+
+    a, b = HybridTwin(correction=Factors()), HybridTwin(correction=Factors())
+    s = a.initial_state()
+    full = []
+    for n in range(1500):
+        s = a.step(s, 2.0 * n, 2.0, jacket_input(n))
+        full.append(s.x)
+    s = b.initial_state()
+    for n in range(700):
+        s = b.step(s, 2.0 * n, 2.0, jacket_input(n))
+    s = StepState(tuple(float(v) for v in s.x), float(s.h_s))
+    c = HybridTwin(correction=Factors())
+    for n in range(700, 1500):
+        s = c.step(s, 2.0 * n, 2.0, jacket_input(n))
+        assert s.x == full[n]
+
+
+def test_step_sequence_agrees_with_simulate() -> None:
+    tol = Tolerance(rtol=1e-10, atol=(1e-10, 1e-10, 1e-10, 1e-10))
+    twin = Twin(tolerance=tol)
+    Tj = C0 + 70.0
+    tr = twin.simulate(Recipe.constant_jacket(Tj, 6 * 3600.0), dt_out_s=60.0)
+    s = twin.initial_state()
+    xs = [s.x]
+    for n in range(len(tr.t_s) - 1):
+        s = twin.step(s, 60.0 * n, 60.0, Tj)
+        xs.append(s.x)
+    xs = np.array(xs)
+    scale = np.abs(tr.x).max(axis=0)
+    assert np.max(np.abs(xs - tr.x) / scale) <= 1e-8
+    assert tr.T_K.max() > Tj  # exotherm: non-isothermal
+
+
+def test_step_with_one_s_steps_agrees_with_simulate_at_one_s_outputs() -> None:
+    twin = Twin(tolerance=Tolerance(rtol=1e-10, atol=(1e-10,) * 4))
+    tr = twin.simulate(Recipe.constant_jacket(C0 + 65.0, 3600.0), dt_out_s=1.0)
+    s = twin.initial_state()
+    for n in range(3600):
+        s = twin.step(s, float(n), 1.0, C0 + 65.0)
+    assert np.max(np.abs(np.array(s.x) - tr.x[-1]) / np.abs(tr.x).max(axis=0)) <= 1e-8
+
+
+def test_unrolled_four_state_loop_is_bit_identical_to_general_loop() -> None:
+    c = coefficients(ModelParams())
+    tol = Tolerance()
+    for u in (C0 + 20.0, C0 + 75.0, C0 + 110.0):
+        def f(t, x, u=u):
+            return derivatives(t, x, u, c)
+
+        x = ModelParams().charge.x0
+        h4 = hn = 3600.0
+        s4, sn = Stats(), Stats()
+        visits4, visitsn = [], []
+        for n in range(10):
+            # Whole-hour intervals started with a too-large step: rejections are exercised as well.
+            x4, h4 = _integrate4(f, 3600.0 * n, x, 3600.0 * (n + 1), min(h4, 3600.0), tol, s4,
+                                 lambda t, x_, h, ks: visits4.append((t, x_, h, ks)))
+            xn, hn = _integrate_n(f, 3600.0 * n, x, 3600.0 * (n + 1), min(hn, 3600.0), tol, sn,
+                                  lambda t, x_, h, ks: visitsn.append((t, x_, h, ks)))
+            assert x4 == xn and h4 == hn
+            x = x4
+        assert visits4 == visitsn
+        assert (s4.accepted, s4.rejected, s4.rhs_calls) == (sn.accepted, sn.rejected, sn.rhs_calls)
+        assert s4.rejected > 0  # the comparison covered rejected steps too
+
+
+@pytest.mark.parametrize("correction", [None, RateMultipliers(1.3, 0.8),
+                                        lambda t, x, r1, r2: (r1 * (1 + x[3] / 1e3), r2 * (1 - t / 1e6))],
+                         ids=["none", "multipliers", "callable"])
+def test_step_rhs_closure_is_bit_identical_to_derivatives(correction) -> None:
+    c = coefficients(ModelParams())
+    f, u_cell = jacket_rhs(c, correction)
+    rng = random.Random(7)
+    for _ in range(2000):
+        x = (rng.uniform(0, 2000), rng.uniform(0, 2000), rng.uniform(0, 2000), rng.uniform(250, 450))
+        u = rng.uniform(250, 450)
+        t = rng.uniform(0, 1e5)
+        u_cell[0] = u
+        assert f(t, x) == derivatives(t, x, u, c, correction)
+
+
+def test_multipliers_changed_between_steps_take_effect() -> None:
+    m = RateMultipliers()
+    twin = Twin(correction=m)
+    s0 = StepState((800.0, 150.0, 50.0, 340.0), 0.0)
+    base = twin.step(s0, 0.0, 10.0, 340.0)
+    m.f1 = 2.0
+    faster = twin.step(s0, 0.0, 10.0, 340.0)
+    assert faster.x[0] < base.x[0]
+    # Same result as a twin built with the factor from the start.
+    assert faster == Twin(correction=RateMultipliers(2.0, 1.0)).step(s0, 0.0, 10.0, 340.0)
+
+
+def test_correction_can_be_replaced_on_a_twin() -> None:
+    twin = Twin()
+    s0 = StepState((800.0, 150.0, 50.0, 340.0), 0.0)
+    plain = twin.step(s0, 0.0, 10.0, 340.0)
+    twin.correction = RateMultipliers(0.5, 0.5)
+    assert twin.step(s0, 0.0, 10.0, 340.0) == Twin(correction=RateMultipliers(0.5, 0.5)).step(s0, 0.0, 10.0, 340.0)
+    twin.correction = None
+    assert twin.step(s0, 0.0, 10.0, 340.0) == plain
+
+
+def test_integrate_lands_exactly_on_t1_and_counts_work() -> None:
+    stats = Stats()
+    x, h = integrate(lambda t, x: (-x[0],), 0.0, (1.0,), 10.0, Tolerance(atol=(1e-12,)), stats=stats)
+    assert abs(x[0] - math.exp(-10.0)) <= 1e-9
+    assert h > 0.0
+    assert stats.rhs_calls == 1 + 6 * (stats.accepted + stats.rejected)
+
+
+@pytest.mark.parametrize(("dt", "u", "field"), [(0.0, 300.0, "dt"), (-1.0, 300.0, "dt"), (math.nan, 300.0, "dt"),
+                                                (math.inf, 300.0, "dt"), (1.0, math.nan, "T_jacket"),
+                                                (1.0, math.inf, "T_jacket")])
+def test_step_refuses_bad_inputs(dt: float, u: float, field: str) -> None:
+    twin = Twin()
+    with pytest.raises(ParameterError) as exc:
+        twin.step(twin.initial_state(), 0.0, dt, u)
+    assert exc.value.field == field
+
+
+def test_integration_error_on_blow_up_and_backwards_interval() -> None:
+    with pytest.raises(IntegrationError):
+        integrate(lambda t, x: (x[0] * x[0], 0.0, 0.0, 0.0), 0.0, (1.0, 0.0, 0.0, 0.0), 2.0, Tolerance())
+    with pytest.raises(IntegrationError):
+        integrate(lambda t, x: (math.nan, 0.0), 0.0, (1.0, 0.0), 1.0, Tolerance(atol=(1e-6, 1e-6)))
+    with pytest.raises(IntegrationError):
+        integrate(lambda t, x: (0.0,), 1.0, (1.0,), 0.0, Tolerance(atol=(1e-6,)))
