@@ -104,6 +104,10 @@ class PlcModbusDevice:
             for i, a in enumerate(e.addresses):
                 self._owner[e.binding.table][a] = (e, i)
         self._image: dict[str, dict[int, int]] = {t: dict.fromkeys(o, 0) for t, o in self._owner.items()}
+        # What refresh() does per entry, resolved once; command coils always read back 0.
+        self._plan = [(e.signal.name, e.binding, self._image[e.binding.table], tuple(e.addresses))
+                      for e in self.entries if e.kind != "command"]
+        self._published: list[object] = [None] * len(self._plan)
         self.requests = 0
         self.exceptions = 0
 
@@ -111,12 +115,16 @@ class PlcModbusDevice:
     def refresh(self) -> None:
         """Re-encode the whole image from ``plc.snapshot()`` (measurements saturate, see encode)."""
         snap = self.plc.snapshot()
-        for e in self.entries:
-            if e.kind == "command":
-                continue  # command coils read back 0
-            words = e.binding.encode(snap[e.signal.name], saturate=True)
-            img = self._image[e.binding.table]
-            for a, w in zip(e.addresses, words, strict=True):
+        published = self._published
+        for i, (name, binding, img, addresses) in enumerate(self._plan):
+            v = snap[name]
+            old = published[i]
+            # Most values (settings, status) do not change from one tick to the next: skip them. The same
+            # NaN object compares by identity; 0.0 and -0.0 count as equal (both decode to zero).
+            if v is old or v == old:
+                continue
+            published[i] = v
+            for a, w in zip(addresses, binding.encode(v, saturate=True), strict=True):
                 img[a] = w
 
     def read_words(self, table: str, address: int, count: int) -> list[int]:
