@@ -582,6 +582,11 @@ class SoftSensor:
         self._require_started()
         return self._estimate(self._t_scan)
 
+    def covariance(self) -> np.ndarray:
+        """Covariance of the state (STATE_NAMES order) at the last filter step (a copy)."""
+        self._require_started()
+        return self._P.copy()
+
     @property
     def alarms(self) -> SoftSensorAlarm:
         return _ALARM_FLAGS[self._alarms]
