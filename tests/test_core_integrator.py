@@ -93,6 +93,13 @@ def test_step_with_one_s_steps_agrees_with_simulate_at_one_s_outputs() -> None:
     assert np.max(np.abs(np.array(s.x) - tr.x[-1]) / np.abs(tr.x).max(axis=0)) <= 1e-8
 
 
+class Visits(list):
+    """Records every accepted step the integrator reports."""
+
+    def append_visit(self, t: float, x: tuple, h: float, ks: tuple) -> None:
+        self.append((t, x, h, ks))
+
+
 def test_unrolled_four_state_loop_is_bit_identical_to_general_loop() -> None:
     c = coefficients(ModelParams())
     tol = Tolerance()
@@ -103,13 +110,13 @@ def test_unrolled_four_state_loop_is_bit_identical_to_general_loop() -> None:
         x = ModelParams().charge.x0
         h4 = hn = 3600.0
         s4, sn = Stats(), Stats()
-        visits4, visitsn = [], []
+        visits4, visitsn = Visits(), Visits()
         for n in range(10):
             # Whole-hour intervals started with a too-large step: rejections are exercised as well.
             x4, h4 = _integrate4(f, 3600.0 * n, x, 3600.0 * (n + 1), min(h4, 3600.0), tol, s4,
-                                 lambda t, x_, h, ks: visits4.append((t, x_, h, ks)))
+                                 visits4.append_visit)
             xn, hn = _integrate_n(f, 3600.0 * n, x, 3600.0 * (n + 1), min(hn, 3600.0), tol, sn,
-                                  lambda t, x_, h, ks: visitsn.append((t, x_, h, ks)))
+                                  visitsn.append_visit)
             assert x4 == xn and h4 == hn
             x = x4
         assert visits4 == visitsn
@@ -179,3 +186,22 @@ def test_integration_error_on_blow_up_and_backwards_interval() -> None:
         integrate(lambda t, x: (math.nan, 0.0), 0.0, (1.0, 0.0), 1.0, Tolerance(atol=(1e-6, 1e-6)))
     with pytest.raises(IntegrationError):
         integrate(lambda t, x: (0.0,), 1.0, (1.0,), 0.0, Tolerance(atol=(1e-6,)))
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_trial_stage_outside_the_model_domain_rejects_the_step(n: int) -> None:
+    def f(t, x):
+        # exp overflows once a trial stage overshoots below -70: like 1/T in Arrhenius for T <= 0.
+        return tuple(-v + 0.0 * math.exp(-10.0 * v) for v in x)
+
+    stats = Stats()
+    x, _ = integrate(f, 0.0, (1.0,) * n, 5.0, Tolerance(atol=(1e-10,) * n), h0=1000.0, stats=stats)
+    assert stats.rejected >= 1
+    assert all(abs(v - math.exp(-5.0)) <= 1e-8 for v in x)
+
+
+def test_simulate_survives_a_first_step_that_overshoots() -> None:
+    # A long first recipe segment: the first trial step is the whole segment.
+    r = Recipe((0.0, 6400.0), (351.0, 351.0), 10 * 3600.0)
+    tr = Twin().simulate(r, dt_out_s=60.0)
+    assert np.all(np.isfinite(tr.x)) and tr.T_K.min() > 290.0

@@ -195,8 +195,12 @@ def _integrate_n(f: Rhs, t0: float, x: Vector, t1: float, h: float, tol: Toleran
         remaining = t1 - t
         last = h >= remaining * (1.0 - 1e-12)
         h_try = remaining if last else h
-        x_new, err, ks = _stages(f, t, x, h_try, k1)
-        en = _error_norm(x, x_new, err, tol)
+        try:
+            x_new, err, ks = _stages(f, t, x, h_try, k1)
+            en = _error_norm(x, x_new, err, tol)
+        except (OverflowError, ZeroDivisionError):
+            # A trial stage left the model's domain: reject the step (see _integrate4).
+            en = math.inf
         if not math.isfinite(en):
             en = math.inf
         if en <= 1.0:
@@ -243,44 +247,49 @@ def _integrate4(f: Rhs, t0: float, x: Vector, t1: float, h: float, tol: Toleranc
         remaining = t1 - t
         last = h >= remaining * (1.0 - 1e-12)
         hh = remaining if last else h
-        ha = hh * A21
-        k2 = f(t + C2 * hh, (x0 + ha * a0, x1 + ha * a1, x2 + ha * a2, x3 + ha * a3))
-        b0, b1, b2, b3 = k2
-        k3 = f(t + C3 * hh, (x0 + hh * (A31 * a0 + A32 * b0), x1 + hh * (A31 * a1 + A32 * b1),
-                             x2 + hh * (A31 * a2 + A32 * b2), x3 + hh * (A31 * a3 + A32 * b3)))
-        c0, c1, c2, c3 = k3
-        k4 = f(t + C4 * hh, (x0 + hh * (A41 * a0 + A42 * b0 + A43 * c0),
-                             x1 + hh * (A41 * a1 + A42 * b1 + A43 * c1),
-                             x2 + hh * (A41 * a2 + A42 * b2 + A43 * c2),
-                             x3 + hh * (A41 * a3 + A42 * b3 + A43 * c3)))
-        d0, d1, d2, d3 = k4
-        k5 = f(t + C5 * hh, (x0 + hh * (A51 * a0 + A52 * b0 + A53 * c0 + A54 * d0),
-                             x1 + hh * (A51 * a1 + A52 * b1 + A53 * c1 + A54 * d1),
-                             x2 + hh * (A51 * a2 + A52 * b2 + A53 * c2 + A54 * d2),
-                             x3 + hh * (A51 * a3 + A52 * b3 + A53 * c3 + A54 * d3)))
-        e0, e1, e2, e3 = k5
-        k6 = f(t + hh, (x0 + hh * (A61 * a0 + A62 * b0 + A63 * c0 + A64 * d0 + A65 * e0),
-                        x1 + hh * (A61 * a1 + A62 * b1 + A63 * c1 + A64 * d1 + A65 * e1),
-                        x2 + hh * (A61 * a2 + A62 * b2 + A63 * c2 + A64 * d2 + A65 * e2),
-                        x3 + hh * (A61 * a3 + A62 * b3 + A63 * c3 + A64 * d3 + A65 * e3)))
-        g0, g1, g2, g3 = k6
-        y0 = x0 + hh * (B1 * a0 + B3 * c0 + B4 * d0 + B5 * e0 + B6 * g0)
-        y1 = x1 + hh * (B1 * a1 + B3 * c1 + B4 * d1 + B5 * e1 + B6 * g1)
-        y2 = x2 + hh * (B1 * a2 + B3 * c2 + B4 * d2 + B5 * e2 + B6 * g2)
-        y3 = x3 + hh * (B1 * a3 + B3 * c3 + B4 * d3 + B5 * e3 + B6 * g3)
-        x_new = (y0, y1, y2, y3)
-        k7 = f(t + hh, x_new)
-        m0, m1, m2, m3 = k7
-        # Scaled error per component: err_i / (atol_i + rtol * max(|x_i|, |x_new_i|)).
-        u, v = abs(x0), abs(y0)
-        s0 = hh * (E1 * a0 + E3 * c0 + E4 * d0 + E5 * e0 + E6 * g0 + E7 * m0) / (at0 + rtol * (u if u >= v else v))
-        u, v = abs(x1), abs(y1)
-        s1 = hh * (E1 * a1 + E3 * c1 + E4 * d1 + E5 * e1 + E6 * g1 + E7 * m1) / (at1 + rtol * (u if u >= v else v))
-        u, v = abs(x2), abs(y2)
-        s2 = hh * (E1 * a2 + E3 * c2 + E4 * d2 + E5 * e2 + E6 * g2 + E7 * m2) / (at2 + rtol * (u if u >= v else v))
-        u, v = abs(x3), abs(y3)
-        s3 = hh * (E1 * a3 + E3 * c3 + E4 * d3 + E5 * e3 + E6 * g3 + E7 * m3) / (at3 + rtol * (u if u >= v else v))
-        en = math.sqrt((s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3) * 0.25)
+        try:
+            ha = hh * A21
+            k2 = f(t + C2 * hh, (x0 + ha * a0, x1 + ha * a1, x2 + ha * a2, x3 + ha * a3))
+            b0, b1, b2, b3 = k2
+            k3 = f(t + C3 * hh, (x0 + hh * (A31 * a0 + A32 * b0), x1 + hh * (A31 * a1 + A32 * b1),
+                                 x2 + hh * (A31 * a2 + A32 * b2), x3 + hh * (A31 * a3 + A32 * b3)))
+            c0, c1, c2, c3 = k3
+            k4 = f(t + C4 * hh, (x0 + hh * (A41 * a0 + A42 * b0 + A43 * c0),
+                                 x1 + hh * (A41 * a1 + A42 * b1 + A43 * c1),
+                                 x2 + hh * (A41 * a2 + A42 * b2 + A43 * c2),
+                                 x3 + hh * (A41 * a3 + A42 * b3 + A43 * c3)))
+            d0, d1, d2, d3 = k4
+            k5 = f(t + C5 * hh, (x0 + hh * (A51 * a0 + A52 * b0 + A53 * c0 + A54 * d0),
+                                 x1 + hh * (A51 * a1 + A52 * b1 + A53 * c1 + A54 * d1),
+                                 x2 + hh * (A51 * a2 + A52 * b2 + A53 * c2 + A54 * d2),
+                                 x3 + hh * (A51 * a3 + A52 * b3 + A53 * c3 + A54 * d3)))
+            e0, e1, e2, e3 = k5
+            k6 = f(t + hh, (x0 + hh * (A61 * a0 + A62 * b0 + A63 * c0 + A64 * d0 + A65 * e0),
+                            x1 + hh * (A61 * a1 + A62 * b1 + A63 * c1 + A64 * d1 + A65 * e1),
+                            x2 + hh * (A61 * a2 + A62 * b2 + A63 * c2 + A64 * d2 + A65 * e2),
+                            x3 + hh * (A61 * a3 + A62 * b3 + A63 * c3 + A64 * d3 + A65 * e3)))
+            g0, g1, g2, g3 = k6
+            y0 = x0 + hh * (B1 * a0 + B3 * c0 + B4 * d0 + B5 * e0 + B6 * g0)
+            y1 = x1 + hh * (B1 * a1 + B3 * c1 + B4 * d1 + B5 * e1 + B6 * g1)
+            y2 = x2 + hh * (B1 * a2 + B3 * c2 + B4 * d2 + B5 * e2 + B6 * g2)
+            y3 = x3 + hh * (B1 * a3 + B3 * c3 + B4 * d3 + B5 * e3 + B6 * g3)
+            x_new = (y0, y1, y2, y3)
+            k7 = f(t + hh, x_new)
+            m0, m1, m2, m3 = k7
+            # Scaled error per component: err_i / (atol_i + rtol * max(|x_i|, |x_new_i|)).
+            u, v = abs(x0), abs(y0)
+            s0 = hh * (E1 * a0 + E3 * c0 + E4 * d0 + E5 * e0 + E6 * g0 + E7 * m0) / (at0 + rtol * (u if u >= v else v))
+            u, v = abs(x1), abs(y1)
+            s1 = hh * (E1 * a1 + E3 * c1 + E4 * d1 + E5 * e1 + E6 * g1 + E7 * m1) / (at1 + rtol * (u if u >= v else v))
+            u, v = abs(x2), abs(y2)
+            s2 = hh * (E1 * a2 + E3 * c2 + E4 * d2 + E5 * e2 + E6 * g2 + E7 * m2) / (at2 + rtol * (u if u >= v else v))
+            u, v = abs(x3), abs(y3)
+            s3 = hh * (E1 * a3 + E3 * c3 + E4 * d3 + E5 * e3 + E6 * g3 + E7 * m3) / (at3 + rtol * (u if u >= v else v))
+            en = math.sqrt((s0 * s0 + s1 * s1 + s2 * s2 + s3 * s3) * 0.25)
+        except (OverflowError, ZeroDivisionError):
+            # A trial step so long that a stage state left the model's domain (T <= 0 in an
+            # exponent, ...): reject it like a non-finite error estimate.
+            en = math.inf
         if en <= 1.0:  # False for NaN: a non-finite error rejects the step
             accepted += 1
             if on_step is not None:
