@@ -123,7 +123,8 @@ class TemperatureSensor:
                 if self.random.uniform() < self._spike_p:
                     y += self.spike_K if self.random.uniform() < 0.5 else -self.spike_K
             else:
-                y = math.nan
+                self.reading = math.nan
+                return math.nan
         if not self.ideal and fault != SensorFault.STUCK:
             y = quantise(y, self.spec.quantum_K)
         self.reading = y
