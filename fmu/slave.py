@@ -45,6 +45,15 @@ from twin_core.integrator import Tolerance
 from twin_core.signals import params_from_signals
 from twin_core.simulation import DEFAULT_TOLERANCE
 
+try:
+    # Imported when the slave module loads, not lazily: a master may delete the folder it unpacked
+    # the FMU into while the process keeps the modules (FMPy does after simulate_fmu).
+    from ml_onnx.runtime import OnnxCorrection
+except ModuleNotFoundError as exc:  # a physics-only build does not bundle ml_onnx
+    if exc.name is None or "ml_onnx" not in exc.name:
+        raise
+    OnnxCorrection = None
+
 log = logging.getLogger(__name__)
 
 OK, WARNING, DISCARD, ERROR, FATAL = 0, 1, 2, 3, 4
@@ -113,9 +122,8 @@ def load_correction(path: Path) -> _SharedCorrection:
     with _CORRECTIONS_LOCK:
         shared = _CORRECTIONS.get(key)
         if shared is None:
-            # Imported here: an FMU built without a correction must not need onnxruntime.
-            from ml_onnx.runtime import OnnxCorrection
-
+            if OnnxCorrection is None:
+                raise ParameterError("correction_on", True, "this FMU build does not carry the ONNX runtime wrapper")
             shared = _CORRECTIONS[key] = _SharedCorrection(OnnxCorrection.from_bytes(data, str(path)))
         return shared
 
@@ -452,14 +460,25 @@ class BatchReactorTwin(Fmi2Slave):
         return (params == twin.params and bool(ints[self._vr["correction_on"]]) == (twin.correction is not None)
                 and twin.twin.tolerance.rtol == self._rtol)
 
-    def _fmi_serialize(self, snap: Snapshot) -> bytes:
+    def _fmi_serialize(self, snap: Snapshot) -> bytes | None:
+        """The state as bytes (None, with a logged error, when it is not a state of this FMU)."""
         if not isinstance(snap, Snapshot):
-            raise ParameterError("FMUstate", type(snap).__name__, "not a state of this FMU")
+            self._error(f"serializeFMUstate: not a state of this FMU ({type(snap).__name__})")
+            return None
         doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "build": self.build_id, **snap.to_json()}
         # json writes floats with repr(): the shortest text that reads back to the same double.
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
-    def _fmi_deserialize(self, data: bytes) -> Snapshot:
+    def _fmi_deserialize(self, data: bytes) -> Snapshot | None:
+        """The state in ``data`` (None, with a logged error naming the problem, when it is not one)."""
+        try:
+            return self.deserialize_state(data)
+        except ParameterError as exc:
+            self._error(f"deSerializeFMUstate: {exc}")
+            return None
+
+    def deserialize_state(self, data: bytes) -> Snapshot:
+        """Parse a serialized state of this build; ParameterError says why ``data`` is not one."""
         try:
             doc = json.loads(bytes(data).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -16,6 +16,8 @@
  *                       and exit 3 unless both continuations are bit-identical
  *     --bad VR=VALUE    at the first step try to set VALUE (expect fmi2Error), then carry on
  *     --bench N         time N fmi2DoStep, fmi2GetReal and fmi2SetReal calls (printed as "bench ...")
+ *     --second D|MI|G   also load a second FMU (unpacked in D) into this process and step one instance
+ *                       of it in lockstep with the first, same inputs (rows tagged 1)
  *
  * Time is handled as FMPy does: next = start + (n+1)*dt, h = next - time.
  */
@@ -53,8 +55,9 @@ typedef struct {
     fmi2DeSerializeFMUstateTYPE *deserialize;
 } Api;
 
-static Api api;
-static const char *g_dir, *g_mi, *g_guid;
+static Api apis[2];
+static const char *g_dirs[2], *g_mis[2], *g_guids[2];
+static int g_second = 0;
 static double g_stop = 3600, g_dt = 60, g_ts = 1e300, g_u0 = 298.15, g_u1 = 298.15, g_state_t = -1;
 static fmi2ValueReference g_in = 0, g_out[MAXV];
 static size_t g_nout = 0;
@@ -89,19 +92,22 @@ static void logger(fmi2ComponentEnvironment env, fmi2String name, fmi2Status sta
 
 static const fmi2CallbackFunctions callbacks = {logger, calloc, free, NULL, NULL};
 
-static void *sym(const char *name)
+static void *sym(void *lib, const char *name)
 {
-    void *p = dlsym(api.lib, name);
+    void *p = dlsym(lib, name);
     if (p == NULL) die("missing symbol %s", name);
     return p;
 }
 
-static void load(void)
+static void load(int i)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/binaries/linux64/%s.so", g_dir, g_mi);
-    api.lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (api.lib == NULL) die("dlopen %s: %s", path, dlerror());
+    Api *a = &apis[i];
+    snprintf(path, sizeof path, "%s/binaries/linux64/%s.so", g_dirs[i], g_mis[i]);
+    a->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (a->lib == NULL) die("dlopen %s: %s", path, dlerror());
+#define api (*a)
+#define sym(name) sym(a->lib, name)
     api.instantiate = sym("fmi2Instantiate");
     api.freeInstance = sym("fmi2FreeInstance");
     api.setupExperiment = sym("fmi2SetupExperiment");
@@ -117,6 +123,8 @@ static void load(void)
     api.stateSize = sym("fmi2SerializedFMUstateSize");
     api.serialize = sym("fmi2SerializeFMUstate");
     api.deserialize = sym("fmi2DeSerializeFMUstate");
+#undef sym
+#undef api
 }
 
 static void check(fmi2Status s, const char *what)
@@ -145,7 +153,9 @@ static double now_ns(void)
 }
 
 typedef struct {
-    int k;
+    int k;       /* row tag */
+    int input_k; /* instance k gets T_jacket U1 + 5 input_k after the step */
+    Api *api;
     fmi2Component c;
     double *rows; /* (nsteps + 1) x (1 + nout) */
     int nrows;
@@ -166,16 +176,17 @@ static void record(Run *r, double t)
 {
     double *row = r->rows + (size_t)r->nrows * (1 + g_nout);
     row[0] = t;
-    check(api.getReal(r->c, g_out, g_nout, row + 1), "fmi2GetReal");
+    check(r->api->getReal(r->c, g_out, g_nout, row + 1), "fmi2GetReal");
     r->nrows++;
 }
 
-static fmi2Component make_instance(int k)
+static fmi2Component make_instance(Api *a, int which, int k)
 {
+#define api (*a)
     char name[64], uri[4200];
     snprintf(name, sizeof name, "twin%d", k);
-    snprintf(uri, sizeof uri, "file://%s/resources", g_dir);
-    fmi2Component c = api.instantiate(name, fmi2CoSimulation, g_guid, uri, &callbacks, fmi2False, fmi2False);
+    snprintf(uri, sizeof uri, "file://%s/resources", g_dirs[which]);
+    fmi2Component c = api.instantiate(name, fmi2CoSimulation, g_guids[which], uri, &callbacks, fmi2False, fmi2False);
     if (c == NULL) die("fmi2Instantiate failed");
     check(api.setupExperiment(c, fmi2False, 0.0, 0.0, fmi2False, 0.0), "fmi2SetupExperiment");
     for (int i = 0; i < g_nset; i++) check(api.setReal(c, &g_set_vr[i], 1, &g_set_val[i]), "fmi2SetReal(parameter)");
@@ -184,16 +195,18 @@ static fmi2Component make_instance(int k)
     check(api.setReal(c, &g_in, 1, &u), "fmi2SetReal(T_jacket)");
     check(api.exitInit(c), "fmi2ExitInitializationMode");
     return c;
+#undef api
 }
 
 /* Steps n_from .. n_to-1 of run r (time handled like FMPy). */
 static void steps(Run *r, int n_from, int n_to)
 {
+#define api (*r->api)
     double time = n_from == 0 ? 0.0 : 0.0 + n_from * g_dt;
     for (int n = n_from; n < n_to; n++) {
         double next = 0.0 + (n + 1) * g_dt;
         if (next > g_stop) next = g_stop;
-        double u = u_of(r->k, time);
+        double u = u_of(r->input_k, time);
         if (g_has_bad && n == 0) {
             double bad = g_bad_val;
             fmi2Status s = api.setReal(r->c, &g_bad_vr, 1, &bad);
@@ -205,6 +218,7 @@ static void steps(Run *r, int n_from, int n_to)
         time = next;
         record(r, time);
     }
+#undef api
 }
 
 static void *thread_main(void *arg)
@@ -228,8 +242,9 @@ static void write_csv(const char *path, Run *runs, int n, const char *mode)
     fclose(f);
 }
 
-static void bench(fmi2Component c)
+static void bench(Api *a, fmi2Component c)
 {
+#define api (*a)
     int n = g_bench;
     double u = g_u0, out[MAXV];
     double t0 = now_ns();
@@ -248,10 +263,12 @@ static void bench(fmi2Component c)
     double t4 = now_ns();
     printf("bench do_step_ns=%.1f get_real_%zu_ns=%.1f set_real_ns=%.1f get_real_1_ns=%.1f\n", (t1 - t0) / n,
            g_nout, (t2 - t1) / n, (t3 - t2) / n, (t4 - t3) / n);
+#undef api
 }
 
 static int state_check(Run *r, int nsteps)
 {
+#define api (*r->api)
     int n_mid = (int)(g_state_t / g_dt);
     steps(r, 0, n_mid);
     fmi2FMUstate s = NULL;
@@ -277,6 +294,7 @@ static int state_check(Run *r, int nsteps)
     free(first);
     free(bytes);
     return same ? 0 : 3;
+#undef api
 }
 
 static int run_once(const char *csv, const char *mode)
@@ -284,9 +302,13 @@ static int run_once(const char *csv, const char *mode)
     int nsteps = n_steps_total();
     Run runs[MAXI];
     long rss0 = rss_kb(), rss1 = 0;
-    for (int k = 0; k < g_instances; k++) {
+    int n_inst = g_instances + g_second;
+    for (int k = 0; k < n_inst; k++) {
+        int which = (g_second && k == n_inst - 1) ? 1 : 0;
         runs[k].k = k;
-        runs[k].c = make_instance(k);
+        runs[k].input_k = which ? 0 : k;
+        runs[k].api = &apis[which];
+        runs[k].c = make_instance(runs[k].api, which, k);
         runs[k].rows = malloc((size_t)(nsteps + 1) * (1 + g_nout) * sizeof(double));
         runs[k].nrows = 0;
         record(&runs[k], 0.0);
@@ -296,21 +318,21 @@ static int run_once(const char *csv, const char *mode)
     printf("rss_kb before=%ld one=%ld all=%ld instances=%d\n", rss0, rss1, rssN, g_instances);
     int rc = 0;
     if (g_bench) {
-        bench(runs[0].c);
+        bench(runs[0].api, runs[0].c);
     } else if (g_state_t >= 0) {
         rc = state_check(&runs[0], nsteps);
-    } else if (g_threads && g_instances > 1) {
+    } else if (g_threads && n_inst > 1) {
         pthread_t th[MAXI];
-        for (int k = 0; k < g_instances; k++) pthread_create(&th[k], NULL, thread_main, &runs[k]);
-        for (int k = 0; k < g_instances; k++) pthread_join(th[k], NULL);
+        for (int k = 0; k < n_inst; k++) pthread_create(&th[k], NULL, thread_main, &runs[k]);
+        for (int k = 0; k < n_inst; k++) pthread_join(th[k], NULL);
     } else {
         for (int n = 0; n < nsteps; n++)
-            for (int k = 0; k < g_instances; k++) steps(&runs[k], n, n + 1);
+            for (int k = 0; k < n_inst; k++) steps(&runs[k], n, n + 1);
     }
-    if (!g_bench) write_csv(csv, runs, g_instances, mode);
-    for (int k = 0; k < g_instances; k++) {
-        check(api.terminate(runs[k].c), "fmi2Terminate");
-        api.freeInstance(runs[k].c);
+    if (!g_bench) write_csv(csv, runs, n_inst, mode);
+    for (int k = 0; k < n_inst; k++) {
+        check(runs[k].api->terminate(runs[k].c), "fmi2Terminate");
+        runs[k].api->freeInstance(runs[k].c);
         free(runs[k].rows);
     }
     return rc;
@@ -319,9 +341,9 @@ static int run_once(const char *csv, const char *mode)
 int main(int argc, char **argv)
 {
     if (argc < 5) die("usage: host FMU_DIR MODEL_IDENTIFIER GUID OUT.csv [options]");
-    g_dir = argv[1];
-    g_mi = argv[2];
-    g_guid = argv[3];
+    g_dirs[0] = argv[1];
+    g_mis[0] = argv[2];
+    g_guids[0] = argv[3];
     const char *csv = argv[4];
     for (int i = 5; i < argc; i++) {
         const char *a = argv[i];
@@ -358,15 +380,27 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--reload")) g_reload = 1;
         else if (!strcmp(a, "--state-check")) g_state_t = atof(v), i++;
         else if (!strcmp(a, "--bench")) g_bench = atoi(v), i++;
+        else if (!strcmp(a, "--second")) {
+            char *copy = strdup(v), *save = NULL;
+            g_dirs[1] = strtok_r(copy, "|", &save);
+            g_mis[1] = strtok_r(NULL, "|", &save);
+            g_guids[1] = strtok_r(NULL, "|", &save);
+            if (!g_dirs[1] || !g_mis[1] || !g_guids[1]) die("bad --second %s", v);
+            g_second = 1;
+            i++;
+        }
         else die("unknown option %s", a);
     }
-    if (g_instances < 1 || g_instances > MAXI) die("--instances must be 1..%d", MAXI);
-    load();
+    if (g_instances < 1 || g_instances + 1 > MAXI) die("--instances must be 1..%d", MAXI - 1);
+    load(0);
+    if (g_second) load(1);
     int rc = run_once(csv, "w");
     if (g_reload && rc == 0) {
         /* What Simulink does between two runs: unload the FMU's library, load it again. */
-        if (dlclose(api.lib) != 0) die("dlclose: %s", dlerror());
-        load();
+        for (int i = 0; i <= g_second; i++)
+            if (dlclose(apis[i].lib) != 0) die("dlclose: %s", dlerror());
+        load(0);
+        if (g_second) load(1);
         rc = run_once(csv, "a");
     }
     if (g_has_bad && g_errors_logged == 0) die("the refused value logged no error message");

@@ -98,7 +98,7 @@ static void emit(Instance *inst, fmi2Status status, const char *category, const 
 
 static void logf_(Instance *inst, fmi2Status status, const char *fmt, ...)
 {
-    char msg[1024];
+    char msg[12288];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -196,9 +196,16 @@ static fmi2Status call0(Instance *inst, PyObject *method, const char *what)
 /* Interpreter start                                                                                */
 
 static const char BOOTSTRAP[] =
-    "import importlib, importlib.util, sys\n"
+    "import importlib, importlib.util, os, sys\n"
     "def load(package, package_dir, module, class_name):\n"
     "    # The build's own top-level package (unique name per build: two builds never share modules)\n"
+    "    mod = sys.modules.get(package)\n"
+    "    old = list(getattr(mod, '__path__', None) or [package_dir])[0]\n"
+    "    if mod is not None and old != package_dir and not os.path.isdir(old):\n"
+    "        # Same build, unpacked again elsewhere and the first folder is gone: import from here.\n"
+    "        for name, m in list(sys.modules.items()):\n"
+    "            if (name == package or name.startswith(package + '.')) and getattr(m, '__path__', None):\n"
+    "                m.__path__ = [q.replace(old, package_dir, 1) for q in m.__path__]\n"
     "    if package not in sys.modules:\n"
     "        spec = importlib.util.spec_from_file_location(package, package_dir + '/__init__.py',\n"
     "                                                      submodule_search_locations=[package_dir])\n"
@@ -723,6 +730,11 @@ static fmi2Status serialize(Instance *inst, fmi2FMUstate s, const char *fn)
 {
     if (inst->ser_state == s && inst->ser_bytes != NULL) return fmi2OK;
     PyObject *b = PyObject_CallOneArg(inst->m_serialize, (PyObject *)s);
+    if (b == Py_None) { /* refused, the slave logged why */
+        Py_DECREF(b);
+        drain_log(inst);
+        return fmi2Error;
+    }
     if (b == NULL || !PyBytes_Check(b)) {
         Py_XDECREF(b);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "serializer did not return bytes");
@@ -781,8 +793,11 @@ BT_EXPORT fmi2Status bt_fmi2DeSerializeFMUstate(fmi2Component c, const fmi2Byte 
     PyObject *snap = bytes ? PyObject_CallOneArg(inst->m_deserialize, bytes) : NULL;
     Py_XDECREF(bytes);
     if (snap == NULL) {
-        /* A TwinError here says why the bytes are not a state of this FMU: log it as such. */
         st = status_of(inst, NULL, "fmi2DeSerializeFMUstate");
+    } else if (snap == Py_None) { /* not a state of this FMU: the slave logged why */
+        Py_DECREF(snap);
+        drain_log(inst);
+        st = fmi2Error;
     } else {
         Py_XDECREF((PyObject *)*s);
         *s = snap;

@@ -1,0 +1,161 @@
+"""The built FMU as a file: FMPy's validation, the model description generated from the signal
+table, the bundled code under a build-unique package, the native binaries' dependencies."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import zipfile
+from xml.etree import ElementTree
+
+import pytest
+from test_fmu_helpers import VARIANT_IDENTIFIER, fmu, model
+
+from fmu.build import BuildError, BuildOptions, vendor_source
+from fmu.variables import fmi_variables
+from twin_core.errors import ParameterError
+from twin_core.signals import DISPLAY_UNITS, TWIN_SIGNALS, UNITS
+
+
+@pytest.mark.parametrize("kind", ["physics", "hybrid", "variant"])
+def test_validate_fmu_finds_no_problem(kind: str) -> None:
+    from fmpy.validation import validate_fmu
+
+    assert validate_fmu(str(fmu(kind))) == []
+
+
+def _md(kind: str) -> ElementTree.Element:
+    with zipfile.ZipFile(fmu(kind)) as zf:
+        return ElementTree.fromstring(zf.read("modelDescription.xml"))
+
+
+def test_variables_are_the_signal_table() -> None:
+    root = _md("physics")
+    svs = root.findall("ModelVariables/ScalarVariable")
+    assert [sv.get("name") for sv in svs] == [s.name for s in TWIN_SIGNALS]
+    for sv, sig in zip(svs, TWIN_SIGNALS, strict=True):
+        assert sv.get("description") == sig.description
+        assert sv.get("causality") == {"parameter": "parameter", "input": "input", "output": "output"}[sig.role]
+        t = sv.find(sig.type)
+        assert t is not None, sig.name
+        if sig.type == "Real":
+            assert t.get("unit") == sig.unit
+            assert t.get("displayUnit") == sig.display_unit
+            if math.isfinite(sig.min):
+                assert float(t.get("min")) == sig.min
+            if math.isfinite(sig.max):
+                assert float(t.get("max")) == sig.max
+            if sig.role in ("parameter", "input"):
+                # exact: the same double as the signal table, not 16 significant digits
+                assert float(t.get("start")) == sig.start, sig.name
+        if sig.role == "output":
+            assert sv.get("initial") == "calculated" and t.get("start") is None
+
+
+def test_temperatures_display_in_degC_and_units_are_defined() -> None:
+    root = _md("physics")
+    units = {u.get("name"): u for u in root.findall("UnitDefinitions/Unit")}
+    for name, u in units.items():
+        base = u.find("BaseUnit")
+        assert base is not None
+        assert {k: int(v) for k, v in base.attrib.items()} == UNITS[name]
+    degC = units["K"].find("DisplayUnit[@name='degC']")
+    assert degC is not None and float(degC.get("offset")) == DISPLAY_UNITS["degC"][2]
+    absolute = {"T_ref", "T0", "T_jacket", "T", "T_measured"}  # temperature differences keep K
+    shown = {sv.get("name"): sv.find("Real").get("displayUnit")
+             for sv in root.findall("ModelVariables/ScalarVariable") if sv.find("Real") is not None}
+    assert {n for n, d in shown.items() if d == "degC"} == absolute
+
+
+def test_model_structure_and_capabilities() -> None:
+    root = _md("physics")
+    names = [sv.get("name") for sv in root.findall("ModelVariables/ScalarVariable")]
+    outputs = [s.name for s in TWIN_SIGNALS if s.role == "output"]
+    for section in ("Outputs", "InitialUnknowns"):
+        idx = [int(u.get("index")) for u in root.findall(f"ModelStructure/{section}/Unknown")]
+        assert [names[i - 1] for i in idx] == outputs
+    cs = root.find("CoSimulation")
+    assert cs.get("modelIdentifier") == "BatchReactorTwin"
+    for flag in ("canGetAndSetFMUstate", "canSerializeFMUstate", "canHandleVariableCommunicationStepSize"):
+        assert cs.get(flag) == "true", flag
+    assert cs.get("canBeInstantiatedOnlyOncePerProcess") == "false"
+    mi, guid, _ = model("variant")
+    assert mi == VARIANT_IDENTIFIER
+    assert guid != model("physics")[1]
+
+
+def test_bundled_code_lives_under_a_package_unique_to_the_build() -> None:
+    with zipfile.ZipFile(fmu("physics")) as zf:
+        cfg = dict(line.split("=", 1) for line in zf.read("resources/batchtwin.cfg").decode().splitlines()
+                   if line and not line.startswith("#"))
+        package = cfg["package"]
+        assert package == f"batchtwin_{cfg['build_id']}"
+        py = [n for n in zf.namelist() if n.endswith(".py")]
+        assert py and all(n.startswith(f"resources/{package}/") for n in py)
+        for n in py:
+            src = zf.read(n).decode()
+            for line in src.splitlines():
+                s = line.strip()
+                for top in ("twin_core", "ml_onnx", "fmu", "pythonfmu"):
+                    assert not s.startswith((f"from {top}.", f"from {top} ", f"import {top}")), (n, line)
+        assert "resources/correction.onnx" not in zf.namelist()
+        assert cfg["libpython"].endswith((".so", ".so.1.0"))
+        assert f"binaries/linux64/{cfg['bridge']}" in zf.namelist()
+    with zipfile.ZipFile(fmu("hybrid")) as zf:
+        assert "resources/correction.onnx" in zf.namelist()
+    with zipfile.ZipFile(fmu("variant")) as zf:
+        cfg_v = zf.read("resources/batchtwin.cfg").decode()
+        assert f"build_id={cfg['build_id']}" not in cfg_v
+
+
+def test_loader_has_no_libpython_dependency(tmp_path) -> None:
+    """pythonfmu issue #202: its binary needs libpython preloaded. Ours links only libc (and dl)."""
+    with zipfile.ZipFile(fmu("physics")) as zf:
+        (tmp_path / "loader.so").write_bytes(zf.read("binaries/linux64/BatchReactorTwin.so"))
+    out = subprocess.run(["readelf", "-d", str(tmp_path / "loader.so")], capture_output=True, text=True,
+                         check=True).stdout
+    needed = [line for line in out.splitlines() if "(NEEDED)" in line]
+    assert needed and not any("python" in line for line in needed), needed
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("from twin_core.errors import TwinError\n", "from P.twin_core.errors import TwinError\n"),
+    ("def f():\n    from ml_onnx.runtime import X\n", "def f():\n    from P.ml_onnx.runtime import X\n"),
+    ("import twin_core.model as m\n", "import P.twin_core.model as m\n"),
+    ("from pythonfmu import Fmi2Slave\n", "from P.pythonfmu import Fmi2Slave\n"),
+    ("from .enums import Fmi2Causality\n", "from .enums import Fmi2Causality\n"),
+    ("import numpy as np\n", "import numpy as np\n"),
+    ("from twin_core_extra import x\n", "from twin_core_extra import x\n"),
+])
+def test_vendor_source_rewrites_bundled_imports(source: str, expected: str) -> None:
+    assert vendor_source(source, "P") == expected
+
+
+@pytest.mark.parametrize("source", ["import twin_core\n", "import twin_core.model\n",
+                                    "x = 1; import fmu.slave as s\n"])
+def test_vendor_source_refuses_what_it_cannot_rewrite(source: str) -> None:
+    with pytest.raises(BuildError):
+        vendor_source(source, "P")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"model_identifier": "not an identifier"}, "model_identifier"),
+    ({"start": {"c_A": 1.0}}, "start.c_A"),
+    ({"start": {"T0": 900.0}}, "start.T0"),
+    ({"start": {"k1_ref": math.nan}}, "start.k1_ref"),
+    ({"start": {"nope": 1.0}}, "start.nope"),
+])
+def test_bad_build_options_are_refused(kwargs: dict, field: str) -> None:
+    with pytest.raises(ParameterError) as err:
+        BuildOptions(**kwargs)
+    assert err.value.field == field
+
+
+def test_fmi_variables_follow_fmi_rules() -> None:
+    for v in fmi_variables():
+        if v.causality == "parameter":
+            assert (v.variability, v.initial) == ("fixed", "exact")
+        elif v.causality == "input":
+            assert v.initial is None and v.start is not None
+        if v.type != "Real":
+            assert v.variability != "continuous"

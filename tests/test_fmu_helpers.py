@@ -1,0 +1,169 @@
+"""Shared helpers of the FMU tests (no tests here): FMU builds cached per test session, the C test
+host, the reference run with twin_core's own stepping, and FMPy runs with an input table.
+
+Each FMU variant is built once per process into a private temporary folder (never dist/, which
+``python3 build.py`` owns): ``physics`` (no correction), ``hybrid`` (dist/correction.onnx when it
+exists, otherwise a small correction fitted here with ml_onnx's own exporter, so the hybrid tests
+never depend on a prior ``twin train``) and ``variant`` (another model identifier, another build id
+and other baked-in start values: the "two different builds in one process" case).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import math
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST_C = Path(__file__).resolve().parent / "test_fmu_host.c"
+_BASE = Path(tempfile.mkdtemp(prefix="fmu_tests_"))
+atexit.register(shutil.rmtree, _BASE, True)
+
+VARIANT_IDENTIFIER = "BatchReactorTwinVariant"
+VARIANT_START = {"k1_ref": 3.0e-4, "T0": 303.15}
+
+# The recipe of the parity tests: a step in the jacket temperature at T_STEP_S.
+T_STEP_S = 1800.0
+U0_K = 298.15
+U1_K = 343.15
+
+
+def fmi_headers() -> Path:
+    import fmpy
+
+    return Path(fmpy.__file__).parent / "c-code"
+
+
+@functools.cache
+def correction_path() -> Path:
+    """dist/correction.onnx if built, else a small correction fitted on a synthetic data set."""
+    dist = ROOT / "dist" / "correction.onnx"
+    if dist.is_file():
+        return dist
+    from sklearn.linear_model import Ridge
+
+    from ml_onnx.export import save, to_onnx
+    from ml_onnx.features import DEFAULT_FEATURES, feature_matrix
+    from ml_onnx.model import RateCorrectionRegressor
+    from twin_core.recipe import Recipe
+    from twin_core.simulation import Twin
+
+    rows = []
+    for T_j in (310.0, 325.0, 340.0, 355.0):
+        tr = Twin().simulate(Recipe.constant_jacket(T_j, 36000.0), dt_out_s=300.0)
+        rows.append((tr.t_s, tr.x))
+    t = np.concatenate([r[0] for r in rows])
+    x = np.concatenate([r[1] for r in rows])
+    X = feature_matrix(DEFAULT_FEATURES, t, x)
+    # A smooth, temperature-dependent correction of both rates (about +-20 %).
+    y = np.column_stack([0.15 * np.tanh((x[:, 3] - 330.0) / 20.0), -0.1 + 1e-4 * x[:, 1]])
+    model = RateCorrectionRegressor(estimator=Ridge(alpha=1e-6)).fit(X, y)
+    out = _BASE / "correction.onnx"
+    save(to_onnx(model, "0" * 64, description="test correction"), out)
+    return out
+
+
+@functools.cache
+def fmu(kind: str) -> Path:
+    """Build (once) the FMU variant ``kind``: physics, hybrid or variant."""
+    from fmu.build import BuildOptions, build_fmu
+
+    out = _BASE / kind / ("BatchReactorTwin.fmu" if kind != "variant" else f"{VARIANT_IDENTIFIER}.fmu")
+    if kind == "physics":
+        opts = BuildOptions(out=out, correction=None)
+    elif kind == "hybrid":
+        opts = BuildOptions(out=out, correction=correction_path())
+    elif kind == "variant":
+        opts = BuildOptions(out=out, correction=None, model_identifier=VARIANT_IDENTIFIER,
+                            start=VARIANT_START, tag="variant")
+    else:
+        raise ValueError(kind)
+    return build_fmu(opts)
+
+
+@functools.cache
+def extracted(kind: str) -> Path:
+    """The FMU variant ``kind`` unzipped (what a C master does before loading it)."""
+    from fmpy import extract
+
+    return Path(extract(str(fmu(kind)), unzipdir=str(_BASE / f"{kind}_x")))
+
+
+@functools.cache
+def model(kind: str) -> tuple[str, str, dict[str, int]]:
+    """(model identifier, GUID, value reference by name) of the FMU variant ``kind``."""
+    from fmpy import read_model_description
+
+    md = read_model_description(str(fmu(kind)))
+    return md.coSimulation.modelIdentifier, md.guid, {v.name: v.valueReference for v in md.modelVariables}
+
+
+@functools.cache
+def host() -> Path:
+    """The C test host, compiled with the system C compiler against FMPy's FMI 2.0 headers."""
+    exe = _BASE / "fmi2_host"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler")
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", f"-I{fmi_headers()}", str(HOST_C), "-o", str(exe),
+                    "-ldl", "-lpthread"], check=True, capture_output=True, text=True)
+    return exe
+
+
+def run_host(kind: str, csv: Path, *options: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run the C host on FMU variant ``kind`` in an EMPTY environment (no PYTHONPATH, no LD_PRELOAD)."""
+    mi, guid, _ = model(kind)
+    return subprocess.run([str(host()), str(extracted(kind)), mi, guid, str(csv), *options], env={},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_host_csv(path: Path) -> dict[int, np.ndarray]:
+    """Rows of the C host's CSV by instance: columns t, then the recorded outputs."""
+    data = np.loadtxt(path, delimiter=",", ndmin=2)
+    return {int(k): data[data[:, 0] == k][:, 1:] for k in np.unique(data[:, 0])}
+
+
+def jacket(t: float, u1: float = U1_K) -> float:
+    """T_jacket of the parity recipe at time t (FMPy's input table with a step: after the event)."""
+    return u1 if (t > T_STEP_S or math.isclose(t, T_STEP_S)) else U0_K
+
+
+def input_table(stop: float, u1: float = U1_K) -> np.ndarray:
+    """FMPy input table of the parity recipe (a step at T_STEP_S)."""
+    return np.array([(0.0, U0_K), (T_STEP_S, U0_K), (T_STEP_S, u1), (stop, u1)],
+                    dtype=[("time", np.float64), ("T_jacket", np.float64)])
+
+
+def reference(stop: float, dt: float, correction: object | None = None, params: object | None = None,
+              u1: float = U1_K) -> np.ndarray:
+    """twin_core's own stepping of the parity recipe: rows (t, c_A, c_B, c_C, T), times as FMPy makes
+    them (next = start + (n+1) dt, step = next - time)."""
+    from twin_core.hybrid import HybridTwin
+
+    twin = HybridTwin(params, correction)
+    st = twin.initial_state()
+    rows = [(0.0, *st.x)]
+    time, n = 0.0, 0
+    while not (time > stop or math.isclose(time, stop)):
+        nxt = 0.0 + (n + 1) * dt
+        st = twin.step(st, time, nxt - time, jacket(time, u1))
+        time = nxt
+        n += 1
+        rows.append((time, *st.x))
+    return np.array(rows)
+
+
+def simulate_fmpy(path: Path, stop: float, dt: float, u1: float = U1_K, start_values: dict | None = None,
+                  output: tuple[str, ...] = ("c_A", "c_B", "c_C", "T")) -> np.ndarray:
+    """FMPy's simulate_fmu with the parity input table; rows (t, outputs...)."""
+    from fmpy import simulate_fmu
+
+    r = simulate_fmu(str(path), stop_time=stop, output_interval=dt, input=input_table(stop, u1),
+                     start_values=start_values or {}, output=list(output))
+    return np.column_stack([r["time"]] + [r[name] for name in output])
