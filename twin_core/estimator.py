@@ -133,14 +133,17 @@ class SoftSensorConfig:
     factor_max: float = 10.0
     # -- robustness
     huber_threshold: float = 3.0             # normalised innovation beyond which R is inflated
+    scan_jump_K: float = 1.0                 # a reading jumping more than this (+ the rate below) ...
+    T_rate_max_K_per_s: float = 0.1          # ... from the previous one is a spike: down-weighted
     lab_gate_nis: float = 13.8               # lab NIS beyond which the assay's R is inflated (chi2_2 99.9 %)
     # -- model health
     nis_window_s: float = 1800.0
     nis_alpha: float = 0.001                 # window test: upper chi-square quantile 1 - alpha
     nis_clip: float = 25.0                   # one NIS counts at most this much in the window (spikes)
     mismatch_persist_s: float = 1800.0       # window failing this long -> MODEL_MISMATCH
-    cusum_slack: float = 0.5
-    cusum_threshold: float = 12.0
+    cusum_slack: float = 2.0                 # CUSUM of normalised T innovations: shifts beyond ~2 sigma ...
+    cusum_threshold: float = 10.0            # ... accumulated to this -> T_SENSOR_DRIFT
+    cusum_clip: float = 5.0                  # one innovation adds at most clip - slack (spikes)
     stuck_time_s: float = 60.0
     stuck_min_readings: int = 6
     stuck_tolerance_K: float = 0.0
@@ -161,7 +164,7 @@ class SoftSensorConfig:
                     "lab_rel_std", "rate_noise_time_s", "c_A0_rel_std", "c_BC0_std_mol_per_m3", "T0_std_K",
                     "UA_factor0_std", "k1_factor0_std", "k2_factor0_std", "factor_min", "huber_threshold",
                     "lab_gate_nis", "nis_window_s", "nis_clip", "mismatch_persist_s", "cusum_threshold",
-                    "stuck_time_s", "forecast_dt_s", "jacket_settle_s", "lab_max_mol_per_m3")
+                    "stuck_time_s", "forecast_dt_s", "cusum_clip", "scan_jump_K", "T_rate_max_K_per_s", "jacket_settle_s", "lab_max_mol_per_m3")
         for name in positive:
             if not getattr(self, name) > 0.0:
                 raise ParameterError(f"softsensor.{name}", getattr(self, name), "must be > 0")
@@ -337,7 +340,6 @@ class SoftSensor:
         self._rate_q = cfg.rate_rel_std ** 2 * cfg.rate_noise_time_s
         self._lab_gate = cfg.lab_gate_nis
         self._last_phi = self._eye
-        self._last_lab_nis = math.nan
         self._started = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -384,12 +386,14 @@ class SoftSensor:
         self._pending: list[LabResult] = []
         self._lab_times: list[float] = []
         self._reset_accumulators()
+        self._y_prev = math.nan      # last reactor-temperature reading and its time (spike test)
+        self._y_prev_t = t0
         self._Tj_last = math.nan     # last jacket reading and its time (left end of the next trapezoid)
         self._Tj_last_t = t0
         self._innov = 0.0
         self._nis = 0.0
         self._nis_win = NisWindow(cfg.nis_window_s, cfg.nis_alpha)
-        self._cusum = Cusum(cfg.cusum_slack, cfg.cusum_threshold, cfg.huber_threshold)
+        self._cusum = Cusum(cfg.cusum_slack, cfg.cusum_threshold, cfg.cusum_clip)
         self._stuck = StuckDetector(cfg.stuck_time_s, cfg.stuck_min_readings, cfg.stuck_tolerance_K)
         self._alarms = 0
         self._warn_since = math.nan  # since when the window test fails
@@ -454,14 +458,16 @@ class SoftSensor:
             self._Tj_int += 0.5 * (uj + self._Tj_last) * (t - self._Tj_last_t)
         self._Tj_last, self._Tj_last_t = uj, t
 
-        # Reactor temperature: Huber weight of this reading against the prediction, then pooled.
-        dt_pred = t - self._t_filter
-        pred = self._x[IT] + self._dx[IT] * dt_pred - cfg.T_sensor_lag_s * self._dx[IT]
-        sd = self._scan_sd
-        e = y - pred
+        # Reactor temperature: a reading that jumps from the previous one by more than the process
+        # can move is a spike: Huber-weighted against that jump. The weight depends on the readings
+        # only (not on the estimate), so a re-processed step sees exactly the same data.
         w = 1.0
-        if abs(e) > cfg.huber_threshold * sd:
-            w = cfg.huber_threshold * sd / abs(e)
+        if self._y_prev == self._y_prev:
+            jump = abs(y - self._y_prev)
+            limit = cfg.scan_jump_K + cfg.T_rate_max_K_per_s * (t - self._y_prev_t)
+            if jump > limit:
+                w = limit / jump
+        self._y_prev, self._y_prev_t = y, t
         if self._n_acc == 0:
             self._y_ref = y
         tau = t - self._t_filter
@@ -508,7 +514,7 @@ class SoftSensor:
         rec = _Record(self._t_filter, t, u, z, R, use_T)
         rec.labs = sorted(self._pending, key=lambda lab: lab.sample_time_s)
         self._pending = []
-        x, P, h, info = self._run_record(rec, self._x, self._P, self._h)
+        x, P, h, info = self._run_record(rec, self._x, self._P, self._h, tuple(rec.labs))
         self._records.append(rec)
         self._x, self._P, self._h = x, P, h
         self._t_filter = t
@@ -555,7 +561,6 @@ class SoftSensor:
         diag = np.diagonal(self._P)
         self._std = tuple(math.sqrt(v) if v > 0.0 else 0.0 for v in diag.tolist())
         cfg = self.config
-        self._scan_sd = math.sqrt(diag[IT] + cfg.T_noise_std_K ** 2 + cfg.T_floor_std_K ** 2)
         k = math.floor((self._t_filter - self._t0) / cfg.filter_interval_s * (1.0 + 1e-12)) + 1
         self._next_boundary = self._t0 + k * cfg.filter_interval_s
 
@@ -649,14 +654,13 @@ class SoftSensor:
             raise MeasurementError("lab_arrival_time", arr, f"before the sample was drawn at {ts} s")
         lab = LabResult(ts, vals[0], vals[1], float(arr))
         self._lab_times.insert(i, ts)
-        if ts >= self._t_filter:
+        if ts > self._t_filter or not self._records:
             self._pending.append(lab)
             return self._estimate(self._t_scan)
         k = self._record_index(ts)
         self._records[k].labs.append(lab)
         self._records[k].labs.sort(key=lambda r: r.sample_time_s)
-        nis = self._reprocess(k, lab)
-        self._lab_health(nis)
+        self._reprocess(k, (lab,))
         return self._estimate(self._t_scan)
 
     def _lab_health(self, nis: float) -> None:
@@ -670,32 +674,29 @@ class SoftSensor:
             self._lab_warning = False
 
     def _record_index(self, ts: float) -> int:
-        """Index of the record whose interval [t_prev, t) holds ts."""
+        """Index of the record whose interval (t_prev, t] holds ts (the first one also takes its t_prev)."""
         lo, hi = 0, len(self._records)
         while lo < hi:
             mid = (lo + hi) // 2
-            if self._records[mid].t <= ts:
+            if self._records[mid].t < ts:
                 lo = mid + 1
             else:
                 hi = mid
         return lo
 
-    def _reprocess(self, k: int, new_lab: LabResult | None = None) -> float:
-        """Re-run records k.. from the posterior before record k; return the NIS of new_lab."""
+    def _reprocess(self, k: int, fresh: tuple[LabResult, ...] = ()) -> None:
+        """Re-run records k.. from the posterior before record k (``fresh`` labs feed the health)."""
         if k == 0:
             x, P, h = self._base_x, self._base_P, self._base_h
         else:
             r = self._records[k - 1]
             x, P, h = r.x, r.P, r.h
-        self._last_lab_nis = math.nan
         for rec in self._records[k:]:
-            x, P, h, _ = self._run_record(rec, x, P, h, new_lab)
-        nis_new = self._last_lab_nis
+            x, P, h, _ = self._run_record(rec, x, P, h, fresh)
         self._x, self._P, self._h = x, P, h
         if self._records:
             self._in_domain = self._records[-1].in_domain
         self._refresh_output()
-        return nis_new
 
     def _prune(self, t: float) -> None:
         cut = t - self.config.history_window_s
@@ -709,7 +710,11 @@ class SoftSensor:
 
     # -- one filter step ----------------------------------------------------------------------------
     def _run_record(self, rec: _Record, x: np.ndarray, P: np.ndarray, h: float,
-                    new_lab: LabResult | None = None) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
+                    fresh: tuple[LabResult, ...] = ()) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
+        """One filter step: labs at their sample times, propagation to rec.t, then the T update.
+
+        ``fresh`` are the labs processed for the first time: their NIS feeds the model health.
+        """
         t = rec.t_prev
         ok = True
         for lab in rec.labs:
@@ -717,8 +722,8 @@ class SoftSensor:
                 x, P, h, ok = self._propagate(t, lab.sample_time_s, x, P, h, rec.u)
                 t = lab.sample_time_s
             x, P, nis = self._lab_update(x, P, lab)
-            if lab is new_lab:
-                self._last_lab_nis = nis
+            if any(lab is f for f in fresh):
+                self._lab_health(nis)
         if rec.t > t:
             x, P, h, ok = self._propagate(t, rec.t, x, P, h, rec.u)
         info = (0.0, 0.0)
@@ -950,7 +955,7 @@ class SoftSensor:
         measurement, lab assays included, to the times before it.
         """
         self._require_started()
-        saved = (self._held.f1, self._held.f2, self._dT_row, self._last_lab_nis)
+        saved = (self._held.f1, self._held.f2, self._dT_row)
         # Nodes: (t, prior x, prior P, transition from the previous node, posterior x, posterior P).
         nodes: list[tuple] = [(self._base_t, None, None, None, self._base_x, self._base_P)]
         x, P, h = self._base_x, self._base_P, self._base_h
@@ -974,7 +979,7 @@ class SoftSensor:
                     x, P, _ = self._T_update(xp, Pp, rec.z, rec.R, rec.u)
                 nodes.append((rec.t, xp, Pp, phi, x, P))
         finally:
-            self._held.f1, self._held.f2, self._dT_row, self._last_lab_nis = saved
+            self._held.f1, self._held.f2, self._dT_row = saved
         n = len(nodes)
         xs, Ps = nodes[-1][4], nodes[-1][5]
         out = [(nodes[-1][0], xs, Ps)]
@@ -1049,7 +1054,7 @@ class SoftSensor:
                         for lab in self._pending],
             "lab_times": list(self._lab_times),
             "acc": [self._sw, self._swt, self._swtt, self._swy, self._swty, self._y_ref, self._n_acc, self._Tj_int,
-                    self._Tj_last, self._Tj_last_t],
+                    self._Tj_last, self._Tj_last_t, self._y_prev, self._y_prev_t],
             "innov": self._innov, "nis": self._nis,
             "nis_window": self._nis_win.get_state(), "cusum": self._cusum.get_state(),
             "stuck": self._stuck.get_state(), "alarms": self._alarms, "warn_since": self._warn_since,
@@ -1084,6 +1089,7 @@ class SoftSensor:
         self._sw, self._swt, self._swtt, self._swy, self._swty, self._y_ref = (float(v) for v in a[:6])
         self._n_acc = int(a[6])
         self._Tj_int, self._Tj_last, self._Tj_last_t = float(a[7]), float(a[8]), float(a[9])
+        self._y_prev, self._y_prev_t = float(a[10]), float(a[11])
         self._innov, self._nis = float(s["innov"]), float(s["nis"])
         self._nis_win.set_state(s["nis_window"])
         self._cusum.set_state(s["cusum"])

@@ -203,7 +203,11 @@ def cmd_softsensor(args: argparse.Namespace) -> int:
     print(f"  end: c_B {last[1]:.1f} +- {res.std[-1, 1]:.1f} mol/m3, c_C {last[2]:.1f} +- {res.std[-1, 2]:.1f} mol/m3, "
           f"factors UA {last[4]:.3f}, k1 {last[5]:.3f}, k2 {last[6]:.3f}")
     first = res.first_alarm_s()
-    print(f"  alarms: {'none' if math.isnan(first) else f'first at {first / 3600:.2f} h: ' + SoftSensorAlarm(int(res.alarms[np.flatnonzero(res.alarms)[0]])).name}")
+    if math.isnan(first):
+        print("  alarms: none")
+    else:
+        raised = SoftSensorAlarm(int(np.bitwise_or.reduce(res.alarms)))
+        print(f"  alarms: first at {first / 3600:.2f} h; raised during the batch: {raised!r}")
     for t, sig, why in res.refused:
         print(f"  refused at {t:.0f} s: {sig}: {why}")
     if args.plot:
