@@ -205,3 +205,15 @@ def test_simulate_survives_a_first_step_that_overshoots() -> None:
     r = Recipe((0.0, 6400.0), (351.0, 351.0), 10 * 3600.0)
     tr = Twin().simulate(r, dt_out_s=60.0)
     assert np.all(np.isfinite(tr.x)) and tr.T_K.min() > 290.0
+
+
+@pytest.mark.parametrize("recipe", [Recipe((0.0,), (300.0,), 1000.0),
+                                    Recipe((0.0, 3600.0), (298.15, 343.15), 21600.0),
+                                    Recipe((0.0, 10.0, 35.5, 100.0), (300.0, 320.0, 310.0, 305.0), 200.0, mode="reactor")])
+def test_vectorised_programme_equals_recipe_methods(recipe: Recipe) -> None:
+    from twin_core.simulation import _setpoints, _slopes
+
+    rng = np.random.default_rng(3)
+    t = np.concatenate([rng.uniform(-10.0, 1.5 * max(recipe.times_s[-1], 100.0), 3000), recipe.times_s])
+    assert np.array_equal(_setpoints(recipe, t), [recipe.setpoint(v) for v in t])
+    assert np.array_equal(_slopes(recipe, t), [recipe.slope(v) for v in t])

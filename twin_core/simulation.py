@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from twin_core.errors import IntegrationError, ParameterError
-from twin_core.integrator import P, Stats, Tolerance, integrate
+from twin_core.integrator import P, Stats, Tolerance, _integrate4, integrate
 from twin_core.model import RateCorrection, State, coefficients, derivatives, isothermal_derivatives, jacket_rhs
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
@@ -106,9 +106,19 @@ class Twin:
         if not math.isfinite(u):
             raise ParameterError("T_jacket", u, "must be finite")
         self._u_cell[0] = u
-        h0 = state.h_s
-        x, h = integrate(self._f_step, t, state.x, t + dt, self.tolerance, h0=h0 if h0 > 0.0 else dt,
-                         stats=self.stats)
+        t1 = t + dt
+        tol = self.tolerance
+        if len(tol.atol) != 4:
+            h0 = state.h_s
+            x, h = integrate(self._f_step, t, state.x, t1, tol, h0=h0 if h0 > 0.0 else dt, stats=self.stats)
+            return StepState(x, h)  # type: ignore[arg-type]
+        # The hot path: integrate()'s set-up done inline (same first step as integrate() would take,
+        # so results are bit-identical), straight into the unrolled four-state loop.
+        span = t1 - t
+        h = state.h_s
+        if not 0.0 < h <= span:
+            h = span
+        x, h = _integrate4(self._f_step, t, state.x, t1, h, tol, self.stats, None)
         return StepState(x, h)  # type: ignore[arg-type]
 
     def simulate(self, recipe: Recipe, t_end_s: float | None = None, dt_out_s: float = 60.0,
@@ -140,10 +150,8 @@ class Twin:
         def on_step(t0: float, x0_: tuple, h: float, ks: tuple) -> None:
             nonlocal filled
             t1 = t0 + h
-            j = filled
-            while j < len(t_out) and t_out[j] <= t1 * (1.0 + 1e-14):
-                j += 1
-            if j == filled:
+            j = int(np.searchsorted(t_out, t1 * (1.0 + 1e-14), side="right"))
+            if j <= filled:
                 return
             theta = np.minimum((t_out[filled:j] - t0) / h, 1.0)
             powers = np.vstack([theta, theta ** 2, theta ** 3, theta ** 4])  # (4, m)
@@ -162,7 +170,7 @@ class Twin:
         if recipe.mode == "reactor":
             T_j = self._required_jacket(t_out, out, recipe)
         else:
-            T_j = np.array([recipe.setpoint(t) for t in t_out])
+            T_j = _setpoints(recipe, t_out)
         return Trajectory(t_out, out, T_j, recipe)
 
     def _required_jacket(self, t: np.ndarray, x: np.ndarray, recipe: Recipe) -> np.ndarray:
@@ -172,8 +180,36 @@ class Twin:
         d = 1.0 / x[:, 3] - c.inv_T_ref
         r1 = c.k1_ref * np.exp(-c.E1_over_R * d) * x[:, 0]
         r2 = c.k2_ref * np.exp(-c.E2_over_R * d) * x[:, 1]
-        slope = np.array([recipe.slope(tt) for tt in t])
+        slope = _slopes(recipe, t)
         return x[:, 3] + (slope - c.q1 * r1 - c.q2 * r2) / c.ua
+
+
+def _segments(recipe: Recipe, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Programme arrays and, per time, the index of the segment that starts at or before it."""
+    ts, Ts = np.asarray(recipe.times_s), np.asarray(recipe.temps_K)
+    i = np.clip(np.searchsorted(ts, t, side="right") - 1, 0, max(len(ts) - 2, 0))
+    return ts, Ts, i, np.minimum(i + 1, len(ts) - 1)
+
+
+def _setpoints(recipe: Recipe, t: np.ndarray) -> np.ndarray:
+    """:meth:`Recipe.setpoint` for an array of times, same arithmetic (bit-identical), no Python loop."""
+    ts, Ts, i, k = _segments(recipe, t)
+    if len(ts) == 1:
+        return np.full(len(t), Ts[0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = (t - ts[i]) / (ts[k] - ts[i])
+        out = Ts[i] + w * (Ts[k] - Ts[i])
+    out = np.where(t <= ts[0], Ts[0], out)
+    return np.where(t >= ts[-1], Ts[-1], out)
+
+
+def _slopes(recipe: Recipe, t: np.ndarray) -> np.ndarray:
+    """:meth:`Recipe.slope` for an array of times (bit-identical)."""
+    ts, Ts, i, k = _segments(recipe, t)
+    if len(ts) == 1:
+        return np.zeros(len(t))
+    slope = (Ts[k] - Ts[i]) / (ts[k] - ts[i])
+    return np.where((t < ts[0]) | (t >= ts[-1]), 0.0, slope)
 
 
 def simulate(recipe: Recipe, t_end_s: float | None = None, dt_out_s: float = 60.0,
