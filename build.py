@@ -28,6 +28,9 @@ PY = BIN / ("python.exe" if os.name == "nt" else "python")
 
 # Artifacts: (name, files and folders it is made from, outputs, twin sub-command that makes it).
 ARTIFACTS: list[tuple[str, list[str], list[str], list[str]]] = []
+# The FMU bundles twin_core, ml_onnx and the ONNX correction: keep it after the artifacts that make them.
+ARTIFACTS.append(("fmu", ["fmu", "twin_core", "ml_onnx", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
+                  ["dist/BatchReactorTwin.fmu"], ["build-fmu"]))
 
 
 def log(msg: str) -> None:
