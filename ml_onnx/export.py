@@ -1,0 +1,189 @@
+"""Export a fitted :class:`~ml_onnx.model.RateCorrectionRegressor` to ONNX with its contract metadata.
+
+skl2onnx converts the fitted regressor in double precision (``DoubleTensorType``) with the input and
+output names of ml_onnx.contract; the metadata (``metadata_props``) carries the feature names and
+units, what the output means, the training-domain bounds and ramp widths, the SHA-256 of the training
+data, library versions, the model version and the creation time.
+
+Reproducible builds: every field is a function of the training data and code except the creation
+time, which is taken from ``SOURCE_DATE_EPOCH`` when that variable is set (the reproducible-builds
+convention) and from the clock otherwise. With it set, two exports are byte-identical.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import skl2onnx
+import sklearn
+from onnx import numpy_helper
+from skl2onnx import convert_sklearn, update_registered_converter
+from skl2onnx.common.data_types import DoubleTensorType
+from skl2onnx.operator_converters.gradient_boosting import convert_sklearn_gradient_boosting_regressor
+from skl2onnx.operator_converters.random_forest import convert_sklearn_random_forest_regressor_converter
+from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
+from sklearn.ensemble import (
+    ExtraTreesRegressor,
+    GradientBoostingRegressor,
+    HistGradientBoostingRegressor,
+    RandomForestRegressor,
+)
+
+from ml_onnx.contract import (
+    CONTRACT_VERSION,
+    INPUT_NAME,
+    N_OUTPUTS,
+    OUTPUT_MEANING,
+    OUTPUT_NAME,
+    OUTPUT_NAMES,
+)
+from ml_onnx.features import units
+from ml_onnx.model import RateCorrectionRegressor
+from twin_core.errors import ParameterError
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+"""Default-domain opset 17 and ai.onnx.ml 3 (the first with double-precision tree ensembles)."""
+MODEL_VERSION = "1.0.0"
+
+
+class _DoubleTreeContainer:
+    """Proxy of skl2onnx's graph container that writes tree ensembles in double precision.
+
+    skl2onnx 1.20 computes a tree's thresholds and leaf values in float64 for a double input (with
+    thresholds adjusted so that ``x <= t`` reproduces scikit-learn's float32 comparison) but then
+    writes them as float32 attributes of ai.onnx.ml TreeEnsembleRegressor v1: predictions differ
+    from scikit-learn by ~1e-7 relative. Version 3 of the operator has double ``*_as_tensor``
+    attributes; this proxy moves the values there, so parity holds to ~1e-15.
+    """
+
+    _DOUBLE_ATTRS = ("nodes_values", "target_weights", "base_values", "nodes_hitrates")
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def add_node(self, op_type: str, inputs: object, outputs: object, op_domain: str = "",
+                 op_version: int | None = None, **attrs: object) -> object:
+        if op_type == "TreeEnsembleRegressor" and op_domain == "ai.onnx.ml":
+            for k in self._DOUBLE_ATTRS:
+                if k in attrs:
+                    v = np.asarray(attrs.pop(k), dtype=np.float64).ravel()
+                    if v.size:
+                        attrs[k + "_as_tensor"] = numpy_helper.from_array(v, name=k + "_as_tensor")
+            op_version = 3
+        return self._inner.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version, **attrs)
+
+
+def _double_trees(converter):  # type: ignore[no-untyped-def]
+    def convert(scope, operator, container):  # type: ignore[no-untyped-def]
+        return converter(scope, operator, _DoubleTreeContainer(container))
+    return convert
+
+
+_FOREST_OPTIONS = {"decision_path": [True, False], "decision_leaf": [True, False]}
+for _cls, _alias, _conv, _options in (
+        (GradientBoostingRegressor, "SklearnGradientBoostingRegressor", convert_sklearn_gradient_boosting_regressor, None),
+        (RandomForestRegressor, "SklearnRandomForestRegressor", convert_sklearn_random_forest_regressor_converter,
+         _FOREST_OPTIONS),
+        (ExtraTreesRegressor, "SklearnExtraTreesRegressor", convert_sklearn_random_forest_regressor_converter,
+         _FOREST_OPTIONS),
+        (HistGradientBoostingRegressor, "SklearnHistGradientBoostingRegressor",
+         convert_sklearn_random_forest_regressor_converter, {"raw_scores": [True, False]})):
+    update_registered_converter(_cls, _alias, calculate_linear_regressor_output_shapes, _double_trees(_conv),
+                                options=_options)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def creation_time_utc() -> str:
+    """ISO-8601 UTC creation time: ``SOURCE_DATE_EPOCH`` [s since 1970] if set, else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        try:
+            t = dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
+        except ValueError as exc:
+            raise ParameterError("SOURCE_DATE_EPOCH", epoch, "must be an integer number of seconds") from exc
+    else:
+        t = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def to_onnx(model: RateCorrectionRegressor, data_sha256: str, model_version: str = MODEL_VERSION,
+            description: str = "", extra_metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Convert a fitted correction to an ONNX model carrying the contract metadata.
+
+    ``data_sha256`` is the hash of the training-data file; ``extra_metadata`` adds ``twin.*`` keys
+    (e.g. the estimator name and its cross-validation score).
+    """
+    if not hasattr(model, "estimator_"):
+        raise ParameterError("model", model, "must be fitted before export")
+    names = tuple(str(n) for n in model.feature_names_in_)
+    onx = convert_sklearn(
+        model.estimator_,
+        initial_types=[(INPUT_NAME, DoubleTensorType([None, len(names)]))],
+        final_types=[(OUTPUT_NAME, DoubleTensorType([None, N_OUTPUTS]))],
+        target_opset=dict(TARGET_OPSET),
+        name="rate_correction",
+        doc_string=description or "Learned factors on the two reaction rates of the batch-reactor twin",
+    )
+    meta = {
+        "twin.contract_version": CONTRACT_VERSION,
+        "twin.feature_names": json.dumps(list(names)),
+        "twin.feature_units": json.dumps(list(units(names))),
+        "twin.output_names": json.dumps(list(OUTPUT_NAMES)),
+        "twin.output_meaning": OUTPUT_MEANING,
+        **model.domain_.to_metadata(),
+        "twin.training_data_sha256": data_sha256,
+        "twin.library_versions": json.dumps(library_versions(), sort_keys=True),
+        "twin.model_version": model_version,
+        "twin.created_utc": creation_time_utc(),
+    }
+    for k, v in (extra_metadata or {}).items():
+        if not k.startswith("twin."):
+            raise ParameterError("extra_metadata", k, "keys must start with 'twin.'")
+        meta[k] = str(v)
+    del onx.metadata_props[:]
+    for k in sorted(meta):
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = k, meta[k]
+    onx.producer_name = "batch-reactor-twin ml_onnx"
+    onx.producer_version = model_version
+    onx.model_version = int(model_version.split(".")[0])
+    onnx.checker.check_model(onx)
+    return onx
+
+
+def save(onx: onnx.ModelProto, path: str | Path) -> str:
+    """Write the model atomically (temp file + rename) and return its SHA-256."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(onx.SerializeToString(deterministic=True))
+    os.replace(tmp, p)
+    log.info("wrote %s (%d bytes)", p, p.stat().st_size)
+    return sha256_file(p)
