@@ -12,19 +12,25 @@ import argparse
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plant_sim.config import PlantConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path("data/simulated_batch_data.csv")
 
 
-def _config(args: argparse.Namespace):  # -> PlantConfig (import kept lazy: `twin --help` stays fast)
+def _config(args: argparse.Namespace) -> PlantConfig:
+    # Imports inside the commands keep `twin --help` fast.
     from plant_sim.config import load_plant_config
 
     return load_plant_config(args.config) if args.config else load_plant_config()
 
 
 def cmd_plant(args: argparse.Namespace) -> int:
+    """``twin plant``: serve the PLC (or print its map); ``twin plant generate``: the data set."""
     if getattr(args, "plant_action", None) == "generate":
         return cmd_generate(args)
     from plant_sim import modbus_server
@@ -45,6 +51,7 @@ def cmd_plant(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """``twin plant generate``: write the batch data set (and its recipe and batch tables)."""
     from plant_sim import dataset
 
     cfg = _config(args)

@@ -55,16 +55,15 @@ def twin_prediction(batch: BatchData, params: ModelParams | None = None) -> np.n
     p = params if params is not None else ModelParams()
     t = batch["time_s"]
     Tj = batch["T_jacket_K"]
-    ch = p.charge
     twin = Twin(p.replace(T0_K=float(batch["T_reactor_K"][0])))
     state = twin.initial_state()
     x = np.empty((len(t), 4))
     x[0] = state.x
     for i in range(1, len(t)):
+        # a dropout row (empty cell) keeps the previous input, as the runtime would
         u = Tj[i - 1] if math.isfinite(Tj[i - 1]) else Tj[max(0, i - 2)]
         state = twin.step(state, float(t[i - 1]), float(t[i] - t[i - 1]), float(u))
         x[i] = state.x
-    _ = ch
     return x
 
 
