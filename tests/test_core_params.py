@@ -191,3 +191,19 @@ def test_bad_tolerance(kwargs: dict, field: str) -> None:
     with pytest.raises(ParameterError) as exc:
         Tolerance(**kwargs)
     assert exc.value.field == field
+
+
+def test_example_recipes_load_and_simulate() -> None:
+    from twin_core import DEFAULT_RECIPE, Twin
+
+    folder = Path(__file__).resolve().parents[1] / "twin_core" / "recipes"
+    files = sorted(folder.glob("*.toml"))
+    assert len(files) >= 3
+    for f in files:
+        r = load_recipe(f)
+        tr = Twin().simulate(r, dt_out_s=300.0)
+        assert tr.t_s[-1] == r.end_time_s
+    ramp = load_recipe(folder / "ramp_to_70C.toml")
+    assert (ramp.end_time_s, ramp.mode) == (DEFAULT_RECIPE.end_time_s, DEFAULT_RECIPE.mode)
+    # The same programme (the steps form adds a breakpoint at the end of the hold).
+    assert all(ramp.setpoint(t) == DEFAULT_RECIPE.setpoint(t) for t in range(0, 21601, 60))

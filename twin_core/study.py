@@ -119,11 +119,13 @@ def plot_study(rows: list[StudyRow], trs: list[Trajectory], path: str | Path) ->
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    for r, tr in zip(rows, trs, strict=True):
+    colors = plt.get_cmap("tab20")(np.arange(len(rows)) % 20)  # one colour per recipe on all three axes
+    for r, tr, color in zip(rows, trs, colors, strict=True):
         style = "-" if r.mode == "reactor" else "--"
-        axes[0].plot(tr.t_s / 3600, tr.c_B / 1000, style, label=r.name)
-        axes[1].plot(tr.t_s / 3600, tr.T_K - C0, style)
-        axes[2].scatter(100 * r.impurity_at_opt, 100 * r.yield_B_at_opt, marker="o" if r.mode == "reactor" else "s")
+        axes[0].plot(tr.t_s / 3600, tr.c_B / 1000, style, color=color, label=r.name)
+        axes[1].plot(tr.t_s / 3600, tr.T_K - C0, style, color=color)
+        axes[2].scatter(100 * r.impurity_at_opt, 100 * r.yield_B_at_opt, color=color,
+                        marker="o" if r.mode == "reactor" else "s")
         axes[2].annotate(r.name, (100 * r.impurity_at_opt, 100 * r.yield_B_at_opt), fontsize=6)
     axes[0].set(xlabel="time [h]", ylabel="c_B [mol/L]", title="product B")
     axes[1].set(xlabel="time [h]", ylabel="reactor temperature [degC]", title="temperature")
