@@ -39,7 +39,8 @@ from fmu.variables import (
     check_value,
     fmi_variables,
 )
-from twin_core.errors import IntegrationError, ParameterError, TwinError
+from twin_core.errors import IntegrationError, MeasurementError, ParameterError, TwinError
+from twin_core.estimator import Estimate, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridStepState, HybridTwin
 from twin_core.integrator import Tolerance
 from twin_core.signals import params_from_signals
@@ -193,6 +194,7 @@ class BatchReactorTwin(Fmi2Slave):
         vr = {v.name: v.vr for v in _VARS}
         self._vr_T_jacket = vr["T_jacket"]
         self._out_x = (vr["c_A"], vr["c_B"], vr["c_C"], vr["T"])
+        self._out_std = (vr["c_A_std"], vr["c_B_std"], vr["c_C_std"], vr["T_std"])
         self._vr_yield = vr["yield_B"]
         self._vr_domain = vr["correction_in_domain"]
         self._vr_health = vr["model_health"]
@@ -294,7 +296,7 @@ class BatchReactorTwin(Fmi2Slave):
         self._state: HybridStepState | None = None
         self._next_forecast = 0.0
         self._lab_last_sample = -math.inf
-        self._estimator: Any = None
+        self._sensor: SoftSensor | None = None
 
     def _fmi_setup_experiment(self, start: float, tolerance_defined: bool, tolerance: float) -> int:
         if not math.isfinite(start):
@@ -317,31 +319,45 @@ class BatchReactorTwin(Fmi2Slave):
         if self._ints[_MODE_SLOT] != MODE_INITIALIZATION:
             return self._error("exitInitializationMode: not in initialization mode")
         try:
-            twin = self._make_twin()
+            twin, sensor = self._make_models()
+            est = None
+            if sensor is not None:
+                est = sensor.start(self._t_start, T_measured_K=self._real[self._vr["T_measured"]])
+                if self._real[self._vr["forecast_interval"]] > 0.0:
+                    sensor.set_plan(None, self._real[self._vr["t_batch_end"]])  # jacket held at its value
         except TwinError as exc:
             return self._error(f"exitInitializationMode: {self._name_error(exc)}")
-        self._twin = twin
+        self._twin, self._sensor = twin, sensor
         self._state = twin.initial_state()
         self._t = self._t_start
         self._next_forecast = self._t_start
-        self._write_outputs(self._state)
         self._ints[_MODE_SLOT] = MODE_STEP
-        self._maybe_forecast()
+        if est is not None:
+            self._write_estimate(est)
+        else:
+            self._write_outputs(self._state)
+            self._maybe_forecast()
         return OK
 
-    def _make_twin(self) -> HybridTwin:
-        """The twin for the current parameter values (validated by twin_core's dataclasses)."""
-        r, ints = self._real, self._ints
+    def _make_models(self) -> tuple[HybridTwin, SoftSensor | None]:
+        """The twin, and the soft sensor when estimator_on, for the current parameter values
+        (validated by twin_core's dataclasses)."""
+        r, ints, vr = self._real, self._ints, self._vr
         params = params_from_signals({v.name: r[v.vr] for v in _MODEL_PARAMS})
         correction = None
-        if ints[self._vr["correction_on"]]:
+        if ints[vr["correction_on"]]:
             if not self.has_correction or self._correction_path is None:
                 raise ParameterError("correction_on", True, "this FMU was built without a correction model")
             correction = load_correction(self._correction_path)
-        if ints[self._vr["estimator_on"]]:
-            raise ParameterError("estimator_on", True, "this FMU build carries no soft-sensor estimator yet")
         tol = DEFAULT_TOLERANCE if self._rtol == DEFAULT_TOLERANCE.rtol else Tolerance(self._rtol, DEFAULT_TOLERANCE.atol)
-        return HybridTwin(params, correction, tol)
+        twin = HybridTwin(params, correction, tol)
+        sensor = None
+        if ints[vr["estimator_on"]]:
+            config = SoftSensorConfig(T_noise_std_K=r[vr["sigma_T_meas"]], lab_abs_std_mol_per_m3=r[vr["sigma_lab"]],
+                                      rate_rel_std=r[vr["sigma_rate_rel"]],
+                                      forecast_interval_s=r[vr["forecast_interval"]])
+            sensor = SoftSensor(params, correction, config)
+        return twin, sensor
 
     def _fmi_terminate(self) -> int:
         self._ints[_MODE_SLOT] = MODE_TERMINATED
@@ -373,6 +389,8 @@ class BatchReactorTwin(Fmi2Slave):
             return self._error(f"doStep: communicationStepSize={dt!r} must be finite and > 0")
         if abs(t - self._t) > 1e-9 * max(1.0, abs(t), dt):
             return self._error(f"doStep: currentCommunicationPoint={t!r} but the FMU is at t={self._t!r}")
+        if self._sensor is not None:
+            return self._step_estimator(t, dt)
         try:
             st = self._twin.step(self._state, t, dt, self._real[self._vr_T_jacket])
         except IntegrationError as exc:
@@ -401,6 +419,52 @@ class BatchReactorTwin(Fmi2Slave):
         self._ints[self._vr_domain] = 1 if st.in_domain else 0
         self._ints[self._vr_health] = 0 if st.in_domain else 1
 
+    def _step_estimator(self, t: float, dt: float) -> int:
+        """Soft-sensor mode: the inputs set for this step are the latest readings, processed as a
+        scan at t + dt (where the outputs are reported); a new lab assay (lab_valid and a sample
+        time not seen before) arrives at t + dt. A refused reading or assay is a warning: the
+        estimate is left as it was and the run goes on."""
+        r, ints, vr = self._real, self._ints, self._vr
+        sensor = self._sensor
+        t1 = t + dt
+        status = OK
+        est = None
+        try:
+            est = sensor.update(t1, r[vr["T_measured"]], r[self._vr_T_jacket])
+        except MeasurementError as exc:
+            self.log(f"doStep t={t!r}: temperature scan refused, estimate kept: {exc}", Fmi2Status.warning)
+            status = WARNING
+        except IntegrationError as exc:
+            self.log(f"doStep t={t!r} dt={dt!r}: estimator step not accepted: {exc}", Fmi2Status.discard)
+            return DISCARD
+        sample_t = r[vr["lab_sample_time"]]
+        if ints[vr["lab_valid"]] and sample_t != self._lab_last_sample:
+            self._lab_last_sample = sample_t  # one attempt per assay, accepted or not
+            try:
+                est = sensor.add_lab(sample_t, r[vr["lab_c_B"]], r[vr["lab_c_C"]])
+            except MeasurementError as exc:
+                self.log(f"doStep t={t!r}: lab assay refused: {exc}", Fmi2Status.warning)
+                status = WARNING
+        self._t = t1
+        self._write_estimate(est if est is not None else sensor.estimate)
+        return status
+
+    def _write_estimate(self, est: Estimate) -> None:
+        r, ints = self._real, self._ints
+        x, sd = est.x, est.std
+        o = self._out_x
+        for i in range(4):
+            r[o[i]] = x[i]
+            r[self._out_std[i]] = sd[i]
+        ch = self._sensor.params.charge if self._sensor is not None else self._twin.params.charge
+        r[self._vr_yield] = (x[1] - ch.c_B0_mol_per_m3) / ch.c_A0_mol_per_m3
+        ints[self._vr_domain] = 1 if est.in_domain else 0
+        ints[self._vr_health] = est.health
+        fc = est.forecast
+        if fc is not None:
+            r[self._vr_t_stop] = fc.t_stop_opt_s
+            r[self._vr_yield_fc] = fc.yield_at_opt
+
     def _maybe_forecast(self) -> None:
         """Refresh t_stop_opt and yield_B_forecast every forecast_interval seconds (0: never)."""
         r, vr = self._real, self._vr
@@ -422,8 +486,9 @@ class BatchReactorTwin(Fmi2Slave):
     def _fmi_get_state(self) -> Snapshot:
         st = self._state
         step = None if st is None else (tuple(st.x), st.h_s, st.f1, st.f2, st.in_domain)
+        sensor = None if self._sensor is None else self._sensor.get_state()
         return Snapshot(tuple(self._real), tuple(self._ints), self._t, self._t_start, self._rtol, step,
-                        self._next_forecast, self._lab_last_sample, None)
+                        self._next_forecast, self._lab_last_sample, sensor)
 
     def _fmi_set_state(self, snap: Snapshot) -> int:
         if not isinstance(snap, Snapshot):
@@ -435,30 +500,24 @@ class BatchReactorTwin(Fmi2Slave):
         self._real[:] = array("d", snap.real)
         self._ints[:] = array("i", snap.ints)
         self._t, self._t_start, self._rtol = snap.t, snap.t_start, snap.rtol
-        twin = None
+        twin = sensor = None
         if snap.step is not None:
+            # Rebuilt from the state's own parameters: the state may come from another instance.
             try:
-                twin = self._twin if self._twin is not None and self._twin_matches() else self._make_twin()
+                twin, sensor = self._make_models()
+                if (sensor is None) != (snap.estimator is None):
+                    raise ParameterError("estimator_on", sensor is not None, "does not match the state's estimator")
+                if sensor is not None:
+                    sensor.set_state(snap.estimator)
             except TwinError as exc:
                 self._real[:] = array("d", old_real)
                 self._ints[:] = array("i", old_ints)
                 return self._error(f"setFMUstate: {self._name_error(exc)}")
-        self._twin = twin
+        self._twin, self._sensor = twin, sensor
         self._state = None if snap.step is None else HybridStepState(*snap.step)
         self._next_forecast = snap.next_forecast
         self._lab_last_sample = snap.lab_last_sample
-        self._estimator = snap.estimator
         return OK
-
-    def _twin_matches(self) -> bool:
-        """Whether the current twin was made from the parameter values now in the buffer."""
-        twin = self._twin
-        if twin is None:
-            return False
-        r, ints = self._real, self._ints
-        params = params_from_signals({v.name: r[v.vr] for v in _MODEL_PARAMS})
-        return (params == twin.params and bool(ints[self._vr["correction_on"]]) == (twin.correction is not None)
-                and twin.twin.tolerance.rtol == self._rtol)
 
     def _fmi_serialize(self, snap: Snapshot) -> bytes | None:
         """The state as bytes (None, with a logged error, when it is not a state of this FMU)."""

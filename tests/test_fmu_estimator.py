@@ -1,0 +1,145 @@
+"""The soft-sensor mode of the FMU (estimator_on): the FMU's outputs are twin_core's SoftSensor fed
+with the FMU's inputs, its whole state (covariance, history of filter steps, health monitors,
+forecast) survives get/set/serialize bit-identically, and bad measurements are refused without
+stopping the run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_fmu_fmpy import Log, slave
+
+from twin_core.estimator import SoftSensor, SoftSensorConfig
+from twin_core.hybrid import HybridTwin
+from twin_core.params import ModelParams
+
+DT = 10.0
+N = 540  # 1.5 h
+T_JACKET_STEP_S = 600.0
+LAB_SAMPLE_S, LAB_ARRIVAL_S = 1800.0, 4200.0  # an assay that arrives 40 min late: out of sequence
+OUT = ("c_A", "c_B", "c_C", "T", "c_A_std", "c_B_std", "c_C_std", "T_std", "yield_B", "t_stop_opt",
+       "yield_B_forecast")
+
+
+def _jacket(t: float) -> float:
+    return 343.15 if t >= T_JACKET_STEP_S else 298.15
+
+
+@pytest.fixture(scope="module")
+def plant() -> dict[str, np.ndarray]:
+    """A 'plant' that is not the model (k1 20 % faster) and a noisy temperature transmitter."""
+    twin = HybridTwin(ModelParams().replace(k1_ref_per_s=1.85e-4 * 1.2))
+    st = twin.initial_state()
+    xs = [st.x]
+    for n in range(N):
+        st = twin.step(st, n * DT, DT, _jacket(n * DT))
+        xs.append(st.x)
+    x = np.array(xs)
+    rng = np.random.default_rng(7)
+    return {"x": x, "T_meas": x[:, 3] + 0.1 * rng.standard_normal(len(x))}
+
+
+def _lab(plant: dict) -> tuple[float, float]:
+    i = int(LAB_SAMPLE_S / DT)
+    return float(plant["x"][i, 1]), float(plant["x"][i, 2])
+
+
+def _fmu_run(s, plant: dict, n_from: int, n_to: int) -> np.ndarray:  # noqa: ANN001
+    vr = s.vr
+    rows = []
+    cB, cC = _lab(plant)
+    for n in range(n_from, n_to):
+        t = n * DT
+        s.setReal([vr["T_jacket"], vr["T_measured"]], [_jacket(t), plant["T_meas"][n + 1]])
+        if t + DT >= LAB_ARRIVAL_S:
+            s.setReal([vr["lab_c_B"], vr["lab_c_C"], vr["lab_sample_time"]], [cB, cC, LAB_SAMPLE_S])
+            s.setBoolean([vr["lab_valid"]], [True])
+        s.doStep(currentCommunicationPoint=t, communicationStepSize=DT)
+        rows.append([t + DT, *s.getReal([vr[k] for k in OUT]), *s.getInteger([vr["model_health"]])])
+    return np.array(rows)
+
+
+def _reference(plant: dict, n: int) -> np.ndarray:
+    """twin_core's SoftSensor driven as the FMU documents it (scan at t + dt, assay on arrival)."""
+    cfg = SoftSensorConfig(T_noise_std_K=0.1, lab_abs_std_mol_per_m3=10.0, rate_rel_std=0.05,
+                           forecast_interval_s=300.0)
+    sensor = SoftSensor(ModelParams(), None, cfg)
+    sensor.start(0.0, T_measured_K=plant["T_meas"][0])
+    sensor.set_plan(None, 36000.0)
+    cB, cC = _lab(plant)
+    rows, lab_done = [], False
+    for k in range(n):
+        t = k * DT
+        est = sensor.update(t + DT, plant["T_meas"][k + 1], _jacket(t))
+        if t + DT >= LAB_ARRIVAL_S and not lab_done:
+            est = sensor.add_lab(LAB_SAMPLE_S, cB, cC)
+            lab_done = True
+        fc = est.forecast
+        rows.append([t + DT, *est.x[:4], *est.std[:4], (est.x[1] - 0.0) / 1000.0,
+                     fc.t_stop_opt_s if fc else 36000.0, fc.yield_at_opt if fc else 0.0, est.health])
+    return np.array(rows)
+
+
+@pytest.fixture(scope="module")
+def fmu_rows(plant: dict) -> np.ndarray:
+    with slave(init=False) as s:
+        _init(s, plant)
+        return _fmu_run(s, plant, 0, N)
+
+
+def _init(s, plant: dict) -> None:  # noqa: ANN001
+    s.setupExperiment(startTime=0.0)
+    s.enterInitializationMode()
+    s.setBoolean([s.vr["estimator_on"]], [True])
+    s.setReal([s.vr["T_jacket"], s.vr["T_measured"]], [_jacket(0.0), plant["T_meas"][0]])
+    s.exitInitializationMode()
+
+
+def test_fmu_outputs_are_the_soft_sensor_estimates(plant: dict, fmu_rows: np.ndarray) -> None:
+    want = _reference(plant, N)
+    np.testing.assert_allclose(fmu_rows, want, rtol=1e-9, atol=0.0)
+    assert np.all(fmu_rows[:, 5:9] > 0.0)  # standard deviations are reported
+    # the late assay pulled the estimate of c_B towards the plant's
+    i = int(LAB_ARRIVAL_S / DT) - 1
+    assert abs(fmu_rows[i + 1, 2] - plant["x"][i + 2, 1]) < abs(fmu_rows[i - 1, 2] - plant["x"][i, 1]) + 1.0
+
+
+def test_soft_sensor_state_restores_bit_identically(plant: dict, fmu_rows: np.ndarray) -> None:
+    """Snapshot before the late assay arrives: the restored run re-processes it exactly alike."""
+    n_mid = int(3000.0 / DT)
+    with slave(init=False) as s:
+        _init(s, plant)
+        _fmu_run(s, plant, 0, n_mid)
+        state = s.getFMUstate()
+        blob = s.serializeFMUstate(state)
+        s.freeFMUstate(state)
+    with slave(init=False) as s2:  # another instance, not even initialised
+        st = s2.deSerializeFMUstate(blob)
+        s2.setFMUstate(st)
+        s2.freeFMUstate(st)
+        tail = _fmu_run(s2, plant, n_mid, N)
+    np.testing.assert_array_equal(tail, fmu_rows[n_mid:])
+
+
+def test_refused_lab_assay_is_a_warning_and_the_run_goes_on(plant: dict) -> None:
+    from fmpy.fmi1 import FMICallException
+
+    log = Log()
+    with slave(log=log, init=False) as s:
+        _init(s, plant)
+        vr = s.vr
+        _fmu_run(s, plant, 0, 10)
+        # A sample drawn "in the future" (after the estimator's time): refused with a reason.
+        s.setReal([vr["lab_c_B"], vr["lab_c_C"], vr["lab_sample_time"]], [10.0, 0.1, 5000.0])
+        s.setBoolean([vr["lab_valid"]], [True])
+        s.setReal([vr["T_jacket"], vr["T_measured"]], [298.15, plant["T_meas"][11]])
+        status = s.fmi2DoStep(s.component, 100.0, DT, 1)
+        assert status == 1  # fmi2Warning: estimate kept, run goes on
+        with pytest.raises(FMICallException):
+            s.setReal([vr["lab_c_B"]], [-3.0])  # negative concentration: fmi2Error at the boundary
+        s.setBoolean([vr["lab_valid"]], [False])
+        s.setReal([vr["T_measured"]], [plant["T_meas"][12]])
+        s.doStep(currentCommunicationPoint=110.0, communicationStepSize=DT)
+    warnings = [m for st, m in log.messages if st == 1]
+    assert any("lab assay refused" in m and "lab_sample_time" in m and "future" in m for m in warnings), log.messages
+    assert any("lab_c_B" in m and "outside" in m for m in log.errors())
