@@ -244,7 +244,7 @@ TWIN_SIGNALS: tuple[Signal, ...] = (
     Signal("t_batch_end", "s", "parameter", "Planned end of the batch, time in batch: horizon of the forecast",
            1.0, 1e6, 36000.0, 36000.0),
     Signal("forecast_interval", "s", "parameter", "Time between two forecasts of the batch (0: no forecast)",
-           0.0, 1e5, 60.0, 60.0),
+           0.0, 1e5, 300.0, 300.0),
     Signal("T_measured", "K", "input", "Measured reactor temperature (soft-sensor mode)", T_LO_K, T_HI_K, 300.0, 298.15,
            display_unit="degC"),
     Signal("lab_c_B", "mol/m3", "input", "Lab assay of c_B (used when lab_valid; sampled at lab_sample_time)",
