@@ -550,7 +550,7 @@ class SoftSensor:
 
     def _refresh_output(self) -> None:
         """Cache what every scan's estimate needs: derivative for extrapolation, std, scan sd."""
-        x = self._x
+        x = self._xl = self._x.tolist()
         u = self._u if self._u == self._u else x[IT]
         c = self._coef
         d = 1.0 / x[IT] - c.inv_T_ref
@@ -572,11 +572,12 @@ class SoftSensor:
         return 0
 
     def _estimate(self, t: float) -> Estimate:
-        x, dx = self._x, self._dx
+        a, b, c, d, fUA, fk1, fk2 = self._xl
+        dx = self._dx
         dt = t - self._t_filter
-        x0, x1, x2, x3 = x[IA] + dx[0] * dt, x[IB] + dx[1] * dt, x[IC] + dx[2] * dt, x[IT] + dx[3] * dt
-        xs = (x0 if x0 > 0.0 else 0.0, x1 if x1 > 0.0 else 0.0, x2 if x2 > 0.0 else 0.0, x3,
-              float(x[IUA]), float(x[IK1]), float(x[IK2]))
+        x0, x1, x2 = a + dx[0] * dt, b + dx[1] * dt, c + dx[2] * dt
+        xs = (x0 if x0 > 0.0 else 0.0, x1 if x1 > 0.0 else 0.0, x2 if x2 > 0.0 else 0.0, d + dx[3] * dt,
+              fUA, fk1, fk2)
         return Estimate(t, xs, self._std, self._innov, self._nis, self._nis_win.mean, self._health(),
                         _ALARM_FLAGS[self._alarms], self._in_domain, not (self._alarms & SENSOR_FAULTS),
                         self._forecast)
@@ -640,13 +641,13 @@ class SoftSensor:
             raise MeasurementError("lab_sample_time", ts, f"in the future (the estimator is at {self._t_scan} s)")
         if ts < self._t0:
             raise MeasurementError("lab_sample_time", ts, f"before the batch started at {self._t0} s")
-        if ts < self._base_t:
-            raise MeasurementError("lab_sample_time", ts,
-                                   f"older than the history window ({cfg.history_window_s} s): cannot be re-processed")
         i = bisect.bisect_left(self._lab_times, ts)
         for j in (i - 1, i):
             if 0 <= j < len(self._lab_times) and abs(self._lab_times[j] - ts) <= 1e-6:
                 raise MeasurementError("lab_sample_time", ts, "duplicate: a result for this sample was already used")
+        if ts < self._base_t:
+            raise MeasurementError("lab_sample_time", ts,
+                                   f"older than the history window ({cfg.history_window_s} s): cannot be re-processed")
         arr = self._t_scan if arrival_time_s is None else arrival_time_s
         if isinstance(arr, bool) or not isinstance(arr, (int, float)) or not math.isfinite(arr):
             raise MeasurementError("lab_arrival_time", arrival_time_s, "not a finite time")
@@ -909,31 +910,15 @@ class SoftSensor:
         return x, P, float(nis)
 
     def _project(self, x: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """Project x onto the feasible box in the metric of P^-1 (active set, equality projections)."""
+        """Project x onto the feasible box in the metric of P^-1: the estimate the constrained
+        update would give (Simon & Simon's estimate projection); P is left as it is."""
         lo, hi = self._lo, self._hi
         cA, cB, cC, _, fUA, fk1, fk2 = x.tolist()
         fmin, fmax = self.config.factor_min, self.config.factor_max
         if (cA >= 0.0 and cB >= 0.0 and cC >= 0.0 and fmin <= fUA <= fmax and fmin <= fk1 <= fmax
                 and fmin <= fk2 <= fmax):
             return x
-        active: list[int] = []
-        bound = np.zeros(N_STATES)
-        for _ in range(N_STATES):
-            viol = [i for i in range(N_STATES) if i not in active and (x[i] < lo[i] or x[i] > hi[i])]
-            if not viol:
-                break
-            for i in viol:
-                active.append(i)
-                bound[i] = lo[i] if x[i] < lo[i] else hi[i]
-            idx = np.array(active)
-            Paa = P[np.ix_(idx, idx)]
-            try:
-                corr = P[:, idx] @ np.linalg.solve(Paa, x[idx] - bound[idx])
-            except np.linalg.LinAlgError:
-                corr = np.zeros(N_STATES)
-            x = x - corr
-            x[idx] = bound[idx]  # exact on the bound despite rounding
-        return np.minimum(np.maximum(x, lo), hi)
+        return _box_qp(x, P, lo, hi)
 
     # -- past ---------------------------------------------------------------------------------------
     def history(self) -> list[tuple[float, tuple[float, ...], tuple[float, ...]]]:
@@ -1102,6 +1087,40 @@ class SoftSensor:
         self._forecast = None if s["forecast"] is None else Forecast.from_dict(s["forecast"])
         self._t_forecast = float(s["t_forecast"])
         self._refresh_output()
+
+
+def _box_qp(x0: np.ndarray, P: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """argmin (x - x0)' P^-1 (x - x0) subject to lo <= x <= hi, by a primal active-set method.
+
+    With the set A of components held on a bound b_A, the minimiser is
+    x = x0 - P[:, A] mu, mu = P[A, A]^-1 (x0[A] - b_A); a lower bound stays active while its mu < 0,
+    an upper bound while mu > 0 (the KKT multipliers are -2 mu and 2 mu). Constraints with the wrong
+    sign are released one at a time, violated ones added; seven variables take a few iterations.
+    """
+    n = len(x0)
+    active: dict[int, float] = {}
+    x = x0
+    for _ in range(4 * n + 4):
+        if active:
+            idx = np.fromiter(active, dtype=int)
+            b = np.fromiter(active.values(), dtype=float)
+            try:
+                mu = np.linalg.solve(P[np.ix_(idx, idx)], x0[idx] - b)
+            except np.linalg.LinAlgError:
+                break
+            x = x0 - P[:, idx] @ mu
+            x[idx] = b  # exactly on the bounds despite rounding
+            wrong = [(mu[j] if b[j] == lo[i] else -mu[j], i) for j, i in enumerate(idx)]
+            worst, i_worst = max(wrong)
+            if worst > 0.0:
+                del active[i_worst]
+                continue
+        viol = [(max(lo[i] - x[i], x[i] - hi[i]), i) for i in range(n) if i not in active and (x[i] < lo[i] or x[i] > hi[i])]
+        if not viol:
+            return x
+        _, i = max(viol)
+        active[i] = lo[i] if x[i] < lo[i] else hi[i]
+    return np.minimum(np.maximum(x, lo), hi)
 
 
 def chi2_bounds_mean(dof: int, n: int, p: float = 0.95) -> tuple[float, float]:
