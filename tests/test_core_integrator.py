@@ -217,3 +217,13 @@ def test_vectorised_programme_equals_recipe_methods(recipe: Recipe) -> None:
     t = np.concatenate([rng.uniform(-10.0, 1.5 * max(recipe.times_s[-1], 100.0), 3000), recipe.times_s])
     assert np.array_equal(_setpoints(recipe, t), [recipe.setpoint(v) for v in t])
     assert np.array_equal(_slopes(recipe, t), [recipe.slope(v) for v in t])
+
+
+def test_step_accepts_a_list_or_array_state_with_identical_result() -> None:
+    twin = Twin()
+    x = (812.5, 150.25, 37.25, 341.0)
+    a = twin.step(StepState(x, 2.0), 100.0, 1.0, 345.0)
+    b = twin.step(StepState(list(x), 2.0), 100.0, 1.0, 345.0)  # type: ignore[arg-type]
+    c = twin.step(StepState(np.array(x), 2.0), 100.0, 1.0, 345.0)  # type: ignore[arg-type]
+    assert a == b == c
+    assert all(type(v) is float for v in c.x)

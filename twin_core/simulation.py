@@ -118,7 +118,10 @@ class Twin:
         h = state.h_s
         if not 0.0 < h <= span:
             h = span
-        x, h = _integrate4(self._f_step, t, state.x, t1, h, tol, self.stats, None)
+        x = state.x
+        if type(x) is not tuple:  # e.g. a list or an array restored by a host: plain floats, as integrate()
+            x = tuple(float(v) for v in x)
+        x, h = _integrate4(self._f_step, t, x, t1, h, tol, self.stats, None)
         return StepState(x, h)  # type: ignore[arg-type]
 
     def simulate(self, recipe: Recipe, t_end_s: float | None = None, dt_out_s: float = 60.0,
