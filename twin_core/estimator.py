@@ -1004,15 +1004,20 @@ class SoftSensor:
                 raise ParameterError("t_end_s", None, "needed when no recipe is given")
             t_end_s = recipe.end_time_s
         t_end = _num("t_end_s", t_end_s)
-        u_now = self._u if self._u == self._u else (self._Tj_last if self._Tj_last == self._Tj_last else self._x[IT])
+        # The jacket now: the input of the last filter step, else the last reading, else unknown.
+        u_now = self._u if self._u == self._u else self._Tj_last
         cfg = self.config
         t0 = self._t_filter
         if recipe is not None:
-            offset = u_now - recipe.setpoint(t0)
+            # The measured jacket rejoins the programme (its controller closes the gap).
+            offset = u_now - recipe.setpoint(t0) if u_now == u_now else 0.0
 
             def jacket(t: float) -> float:
                 return recipe.setpoint(t) + offset * math.exp(-(t - t0) / cfg.jacket_settle_s)
         else:
+            if u_now != u_now:
+                raise ParameterError("recipe", None, "no jacket temperature measured yet: give a recipe")
+
             def jacket(t: float) -> float:
                 return u_now
 

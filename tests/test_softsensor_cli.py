@@ -1,0 +1,53 @@
+"""``twin softsensor``: reads the plant data set, replays a batch, prints scores, writes a plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twin_core.cli import main
+from twin_core.errors import ParameterError
+from twin_core.softsensor_cli import load_correction, read_dataset
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "simulated_batch_data.csv"
+
+
+def test_read_dataset_matches_the_csv():
+    batches = read_dataset(DATA, {10, 11})
+    assert sorted(batches) == [10, 11]
+    with open(DATA, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["batch_id"] == "10"]
+    b = batches[10]
+    assert len(b.t_s) == len(rows) and b.split == "holdout" and b.recipe is not None
+    lab_rows = [r for r in rows if r["lab_sample_time_s"] != ""]
+    assert len(b.labs) == len(lab_rows) >= 5
+    for (ta, ts, cB, cC), r in zip(b.labs, lab_rows, strict=True):
+        assert ta == float(r["time_s"]) and ts == float(r["lab_sample_time_s"])
+        assert cB == float(r["lab_c_B_mol_per_m3"]) and cC == float(r["lab_c_C_mol_per_m3"])
+        assert 1800.0 - 60.0 <= ta - ts <= 2700.0 + 60.0  # 30-45 min late, to the row
+    assert b.truth.shape == (len(rows), 4) and np.all(np.isfinite(b.truth))
+    assert b.c_A0_mol_per_m3 == float(rows[0]["charge_c_A0_recorded_mol_per_m3"])
+
+
+def test_twin_softsensor_replays_and_plots(tmp_path, capsys):
+    out = tmp_path / "b10.png"
+    rc = main(["softsensor", "--batch", "10", "--data", str(DATA), "--correction", "none", "--plot", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "c_B RMSE vs truth" in text and "forecast at" in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_twin_softsensor_unknown_batch_is_an_error(capsys):
+    rc = main(["softsensor", "--batch", "99999", "--data", str(DATA), "--correction", "none"])
+    assert rc == 2
+    assert "not in" in capsys.readouterr().err
+
+
+def test_correction_loading():
+    assert load_correction("none") is None
+    with pytest.raises(ParameterError, match="no such file"):
+        load_correction("/nonexistent/model.onnx")
