@@ -9,6 +9,7 @@
  *     --out VR,VR,...   value references recorded in the CSV
  *     --step T:U0:U1    T_jacket = U0 before T, U1 from T on (like FMPy's input table with a step)
  *     --set VR=VALUE    set a Real parameter before initialisation (repeatable)
+ *     --setb VR=0|1     set a Boolean parameter before initialisation (repeatable)
  *     --instances N     N instances stepped in lockstep; instance k gets U1 + 5 k (rows tagged)
  *     --threads         step each instance in its own thread
  *     --reload          after the run free everything, dlclose, dlopen again and run once more
@@ -47,6 +48,7 @@ typedef struct {
     fmi2DoStepTYPE *doStep;
     fmi2GetRealTYPE *getReal;
     fmi2SetRealTYPE *setReal;
+    fmi2SetBooleanTYPE *setBoolean;
     fmi2GetFMUstateTYPE *getState;
     fmi2SetFMUstateTYPE *setState;
     fmi2FreeFMUstateTYPE *freeState;
@@ -64,7 +66,9 @@ static size_t g_nout = 0;
 static int g_instances = 1, g_threads = 0, g_reload = 0, g_bench = 0;
 static fmi2ValueReference g_set_vr[MAXV], g_bad_vr = 0;
 static double g_set_val[MAXV], g_bad_val = 0;
-static int g_nset = 0, g_has_bad = 0;
+static int g_nset = 0, g_has_bad = 0, g_nsetb = 0;
+static fmi2ValueReference g_setb_vr[MAXV];
+static fmi2Boolean g_setb_val[MAXV];
 static int g_errors_logged = 0;
 
 static void die(const char *fmt, ...)
@@ -117,6 +121,7 @@ static void load(int i)
     api.doStep = sym("fmi2DoStep");
     api.getReal = sym("fmi2GetReal");
     api.setReal = sym("fmi2SetReal");
+    api.setBoolean = sym("fmi2SetBoolean");
     api.getState = sym("fmi2GetFMUstate");
     api.setState = sym("fmi2SetFMUstate");
     api.freeState = sym("fmi2FreeFMUstate");
@@ -190,6 +195,8 @@ static fmi2Component make_instance(Api *a, int which, int k)
     if (c == NULL) die("fmi2Instantiate failed");
     check(api.setupExperiment(c, fmi2False, 0.0, 0.0, fmi2False, 0.0), "fmi2SetupExperiment");
     for (int i = 0; i < g_nset; i++) check(api.setReal(c, &g_set_vr[i], 1, &g_set_val[i]), "fmi2SetReal(parameter)");
+    for (int i = 0; i < g_nsetb; i++)
+        check(api.setBoolean(c, &g_setb_vr[i], 1, &g_setb_val[i]), "fmi2SetBoolean(parameter)");
     check(api.enterInit(c), "fmi2EnterInitializationMode");
     double u = u_of(k, 0.0);
     check(api.setReal(c, &g_in, 1, &u), "fmi2SetReal(T_jacket)");
@@ -329,6 +336,7 @@ static int run_once(const char *csv, const char *mode)
         for (int n = 0; n < nsteps; n++)
             for (int k = 0; k < n_inst; k++) steps(&runs[k], n, n + 1);
     }
+    printf("rss_kb after_run=%ld instances=%d\n", rss_kb(), n_inst);
     if (!g_bench) write_csv(csv, runs, n_inst, mode);
     for (int k = 0; k < n_inst; k++) {
         check(runs[k].api->terminate(runs[k].c), "fmi2Terminate");
@@ -366,6 +374,13 @@ int main(int argc, char **argv)
             if (sscanf(v, "%u=%lf", &vr, &val) != 2 || g_nset >= MAXV) die("bad --set %s", v);
             g_set_vr[g_nset] = vr;
             g_set_val[g_nset++] = val;
+            i++;
+        } else if (!strcmp(a, "--setb")) {
+            unsigned vr;
+            int val;
+            if (sscanf(v, "%u=%d", &vr, &val) != 2 || g_nsetb >= MAXV) die("bad --setb %s", v);
+            g_setb_vr[g_nsetb] = vr;
+            g_setb_val[g_nsetb++] = val ? fmi2True : fmi2False;
             i++;
         } else if (!strcmp(a, "--bad")) {
             unsigned vr;
