@@ -87,6 +87,7 @@ def fmpy_per_step(fmu_dir: Path, md, n: int, booleans: dict[str, bool], reals: d
     s.exitInitializationMode()
     inputs = [vr["T_jacket"], vr["T_measured"]]
     outs = [vr[k] for k in OUT]
+    T_meas = measured_temperatures(n)
     vr_in, val_in = (c_uint * 2)(*inputs), (c_double * 2)()
     vr_out, val_out = (c_uint * len(outs))(*outs), (c_double * len(outs))()
     t0 = time.perf_counter()
@@ -95,12 +96,12 @@ def fmpy_per_step(fmu_dir: Path, md, n: int, booleans: dict[str, bool], reals: d
         u = 343.15 if i >= 600 else 298.15
         nxt = float(i + 1)
         if raw:
-            val_in[0], val_in[1] = u, 298.15 + 0.01 * math.sin(i / 60.0)
+            val_in[0], val_in[1] = u, T_meas[i]
             s.fmi2SetReal(s.component, vr_in, 2, val_in)
             s.fmi2DoStep(s.component, time_s, nxt - time_s, 1)
             s.fmi2GetReal(s.component, vr_out, len(outs), val_out)
         else:
-            s.setReal(inputs, [u, 298.15 + 0.01 * math.sin(i / 60.0)])
+            s.setReal(inputs, [u, T_meas[i]])
             s.doStep(currentCommunicationPoint=time_s, communicationStepSize=nxt - time_s)
             s.getReal(outs)
         time_s = nxt
@@ -108,6 +109,20 @@ def fmpy_per_step(fmu_dir: Path, md, n: int, booleans: dict[str, bool], reals: d
     s.terminate()
     s.freeInstance()
     return dt
+
+
+def measured_temperatures(n: int) -> list[float]:
+    """What a transmitter would read over the benchmark's recipe: the physics twin's T at the end of
+    every 1-s step plus a small deterministic ripple (the soft sensor then runs in normal operation)."""
+    from twin_core.hybrid import HybridTwin
+
+    twin = HybridTwin()
+    st = twin.initial_state()
+    out = []
+    for i in range(n):
+        st = twin.step(st, float(i), 1.0, 343.15 if i >= 600 else 298.15)
+        out.append(st.x[3] + 0.02 * math.sin(i / 7.0))
+    return out
 
 
 def naive_per_step(correction_path: Path, n: int) -> float:

@@ -383,41 +383,44 @@ class BatchReactorTwin(Fmi2Slave):
 
     # -- stepping ----------------------------------------------------------------------------------
     def _fmi_do_step(self, t: float, dt: float) -> int:
-        if self._ints[_MODE_SLOT] != MODE_STEP or self._twin is None or self._state is None:
+        # The hot path of the FMU: checks first, then one twin_core step and the outputs.
+        twin = self._twin
+        if twin is None or self._ints[_MODE_SLOT] != MODE_STEP:
             return self._error("doStep: only allowed after exitInitializationMode and before terminate")
-        if not (dt > 0.0 and math.isfinite(dt)):
+        if not 0.0 < dt < math.inf:  # also refuses NaN
             return self._error(f"doStep: communicationStepSize={dt!r} must be finite and > 0")
-        if abs(t - self._t) > 1e-9 * max(1.0, abs(t), dt):
+        if t != self._t and abs(t - self._t) > 1e-9 * max(1.0, abs(t), dt):
             return self._error(f"doStep: currentCommunicationPoint={t!r} but the FMU is at t={self._t!r}")
         if self._sensor is not None:
             return self._step_estimator(t, dt)
         try:
-            st = self._twin.step(self._state, t, dt, self._real[self._vr_T_jacket])
+            st = twin.step(self._state, t, dt, self._real[self._vr_T_jacket])
         except IntegrationError as exc:
             self.log(f"doStep t={t!r} dt={dt!r}: step not accepted, state kept: {exc}", Fmi2Status.discard)
             return DISCARD
         except TwinError as exc:
             return self._error(f"doStep t={t!r}: {exc}")
         self._state = st
-        self._t = t + dt
+        t1 = self._t = t + dt
         self._write_outputs(st)
-        if self._next_forecast <= self._t:
+        if self._next_forecast <= t1:
             self._maybe_forecast()
         return OK
 
     def _write_outputs(self, st: HybridStepState) -> None:
         r = self._real
         x = st.x
-        o = self._out_x
-        r[o[0]] = x[0]
-        r[o[1]] = x[1]
-        r[o[2]] = x[2]
-        r[o[3]] = x[3]
-        ch = self._twin.params.charge if self._twin is not None else None
-        if ch is not None:
-            r[self._vr_yield] = (x[1] - ch.c_B0_mol_per_m3) / ch.c_A0_mol_per_m3
-        self._ints[self._vr_domain] = 1 if st.in_domain else 0
-        self._ints[self._vr_health] = 0 if st.in_domain else 1
+        o0, o1, o2, o3 = self._out_x
+        r[o0] = x[0]
+        r[o1] = x[1]
+        r[o2] = x[2]
+        r[o3] = x[3]
+        ch = self._twin.params.charge  # type: ignore[union-attr]
+        r[self._vr_yield] = (x[1] - ch.c_B0_mol_per_m3) / ch.c_A0_mol_per_m3
+        ok = 1 if st.in_domain else 0
+        ints = self._ints
+        ints[self._vr_domain] = ok
+        ints[self._vr_health] = 1 - ok
 
     def _step_estimator(self, t: float, dt: float) -> int:
         """Soft-sensor mode: the inputs set for this step are the latest readings, processed as a
