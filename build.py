@@ -28,6 +28,9 @@ PY = BIN / ("python.exe" if os.name == "nt" else "python")
 
 # Artifacts: (name, files and folders it is made from, outputs, twin sub-command that makes it).
 ARTIFACTS: list[tuple[str, list[str], list[str], list[str]]] = []
+# The learned rate correction: fitted on the plant data, exported to ONNX, with its JSON report.
+ARTIFACTS.append(("onnx", ["ml_onnx", "twin_core", "data/simulated_batch_data.csv"],
+                  ["dist/correction.onnx", "dist/correction_report.json"], ["train"]))
 # The FMU bundles twin_core, ml_onnx and the ONNX correction: keep it after the artifacts that make them.
 ARTIFACTS.append(("fmu", ["fmu", "twin_core", "ml_onnx", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
                   ["dist/BatchReactorTwin.fmu"], ["build-fmu"]))

@@ -47,7 +47,7 @@ from ml_onnx.contract import (
     OUTPUT_NAMES,
 )
 from ml_onnx.features import units
-from ml_onnx.model import RateCorrectionRegressor
+from ml_onnx.model import Monomials, RateCorrectionRegressor
 from twin_core.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,57 @@ for _cls, _alias, _conv, _options in (
          convert_sklearn_random_forest_regressor_converter, {"raw_scores": [True, False]})):
     update_registered_converter(_cls, _alias, calculate_linear_regressor_output_shapes, _double_trees(_conv),
                                 options=_options)
+
+
+def _monomials_shape(operator) -> None:  # type: ignore[no-untyped-def]
+    n_out = len(operator.raw_operator.powers_)
+    operator.outputs[0].type = operator.inputs[0].type.__class__([operator.inputs[0].get_first_dimension(), n_out])
+
+
+def _monomials_converter(scope, operator, container) -> None:  # type: ignore[no-untyped-def]
+    """ONNX form of :class:`~ml_onnx.model.Monomials`: the degree-d products as the outer product
+    of the degree-(d-1) block with the input, flattened; one Gather picks the monomials in
+    scikit-learn's order. Each product is formed in the same order as ``Monomials.transform``
+    ((x_i x_j) x_k), so the values are bit-identical."""
+    op = operator.raw_operator
+    n = int(op.n_features_in_)
+    x = operator.inputs[0].full_name
+
+    def const(stem: str, values: list[int]) -> str:
+        nm = scope.get_unique_variable_name(stem)
+        container.add_initializer(nm, onnx.TensorProto.INT64, [len(values)], values)
+        return nm
+
+    def node(op_type: str, inputs: list[str], stem: str, **attrs: object) -> str:
+        out = scope.get_unique_variable_name(stem)
+        container.add_node(op_type, inputs, out, name=scope.get_unique_operator_name(op_type), **attrs)
+        return out
+
+    parts, cur, width = [x], x, n
+    if op.degree >= 2:
+        row = node("Unsqueeze", [x, const("axis1", [1])], "row")             # (N, 1, n)
+        axis2 = const("axis2", [2])
+        for _ in range(2, op.degree + 1):
+            col = node("Unsqueeze", [cur, axis2], "col")                       # (N, w, 1)
+            prod = node("Mul", [col, row], "outer")                            # (N, w, n)
+            width *= n
+            cur = node("Reshape", [prod, const("shape", [-1, width])], "flat")  # (N, w*n)
+            parts.append(cur)
+    full = node("Concat", parts, "monomials_all", axis=1) if len(parts) > 1 else x
+    offsets = [0]
+    for d in range(1, op.degree + 1):
+        offsets.append(offsets[-1] + n ** d)
+    index = []
+    for c in op.powers_:
+        pos = 0
+        for i in c:
+            pos = pos * n + int(i)
+        index.append(offsets[len(c) - 1] + pos)
+    container.add_node("Gather", [full, const("monomial_index", index)], operator.outputs[0].full_name,
+                       name=scope.get_unique_operator_name("Gather"), axis=1)
+
+
+update_registered_converter(Monomials, "TwinMonomials", _monomials_shape, _monomials_converter)
 
 
 def sha256_file(path: str | Path) -> str:

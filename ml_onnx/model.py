@@ -11,15 +11,17 @@ is a plain scikit-learn pipeline that skl2onnx converts in double precision.
 
 from __future__ import annotations
 
+from itertools import combinations_with_replacement
+
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.linear_model import Ridge
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import PolynomialFeatures, StandardScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ml_onnx.contract import N_OUTPUTS, Domain
 from ml_onnx.features import DEFAULT_FEATURES, FEATURES, check_names
@@ -28,6 +30,40 @@ from twin_core.errors import ParameterError
 RAMP_FLOOR: dict[str, float] = {"s": 600.0, "mol/m3": 10.0, "K": 2.0}
 """Smallest fade-out ramp per unit [s, mol/m3, K]: below these a ramp is sharper than the twin's
 own error on the feature, and the fade would flicker between steps."""
+
+
+class Monomials(TransformerMixin, BaseEstimator):
+    """All monomials of degree 1..``degree`` of the input columns (no bias column).
+
+    The same columns as scikit-learn's ``PolynomialFeatures(degree, include_bias=False)``, in the
+    same order, but with a compact ONNX form (ml_onnx.export registers it): outer products,
+    reshapes and one gather, ~10 nodes whatever the degree, where skl2onnx writes one node per term
+    for PolynomialFeatures (75 nodes, ~50 us per call for degree 3 in 4 features).
+    Learned: ``powers_`` (tuple of column-index tuples, one per output column), ``n_features_in_``.
+    """
+
+    def __init__(self, degree: int = 2) -> None:
+        self.degree = degree
+
+    def fit(self, X: np.ndarray, y: object = None) -> Monomials:
+        X = validate_data(self, X, dtype=np.float64, reset=True)
+        if not (isinstance(self.degree, int) and 1 <= self.degree <= 3):
+            raise ParameterError("degree", self.degree, "must be 1, 2 or 3")
+        n = X.shape[1]
+        self.powers_ = tuple(c for d in range(1, self.degree + 1)
+                             for c in combinations_with_replacement(range(n), d))
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "powers_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        out = np.empty((X.shape[0], len(self.powers_)))
+        for j, c in enumerate(self.powers_):
+            v = X[:, c[0]].copy()
+            for i in c[1:]:
+                v = v * X[:, i]
+            out[:, j] = v
+        return out
 
 
 def candidates(random_state: int = 0) -> dict[str, BaseEstimator]:
@@ -39,9 +75,9 @@ def candidates(random_state: int = 0) -> dict[str, BaseEstimator]:
     comparison only (:data:`FLOAT32_ONLY`).
     """
     return {
-        "ridge_poly2": Pipeline([("scale", StandardScaler()), ("poly", PolynomialFeatures(2, include_bias=False)),
+        "ridge_poly2": Pipeline([("scale", StandardScaler()), ("poly", Monomials(2)),
                                  ("ridge", Ridge(alpha=1.0))]),
-        "ridge_poly3": Pipeline([("scale", StandardScaler()), ("poly", PolynomialFeatures(3, include_bias=False)),
+        "ridge_poly3": Pipeline([("scale", StandardScaler()), ("poly", Monomials(3)),
                                  ("ridge", Ridge(alpha=1.0))]),
         "mlp": MultiOutputRegressor(Pipeline([
             ("scale", StandardScaler()),

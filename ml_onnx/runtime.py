@@ -185,7 +185,6 @@ class OnnxCorrection:
         self._binding = self._session.io_binding()
         self._binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(self._row))
         self._binding.bind_ortvalue_output(OUTPUT_NAME, ort.OrtValue.ortvalue_from_numpy(self._out))
-        self._run_options = ort.RunOptions()
         d = self.domain
         self._spec = tuple((FEATURES[name].index, d.lower[j], d.upper[j], 1.0 / d.ramp[j])
                            for j, name in enumerate(self.feature_names))
@@ -226,13 +225,13 @@ class OnnxCorrection:
             j += 1
         if excess == 0.0:
             self.in_domain_calls += 1
-            self._session.run_with_iobinding(self._binding, self._run_options)
+            self._session.run_with_iobinding(self._binding)
             out = self._out
             return math.exp(out[0, 0]), math.exp(out[0, 1]), True
         self.out_of_domain_calls += 1
         if excess >= 1.0 or excess != excess:
             return 1.0, 1.0, False
-        self._session.run_with_iobinding(self._binding, self._run_options)
+        self._session.run_with_iobinding(self._binding)
         w = 1.0 - excess * excess * (3.0 - 2.0 * excess)
         out = self._out
         return math.exp(w * out[0, 0]), math.exp(w * out[0, 1]), False
