@@ -78,3 +78,9 @@ def test_nis_window_consistent_vs_inflated():
     v = NisWindow(1800.0, 0.001)
     v.set_state(s)
     assert v.get_state() == s and v.failing == w.failing
+
+
+@pytest.mark.parametrize("n", [5, 29, 30, 60, 180, 540])
+def test_nis_window_bound_is_the_chi2_quantile(n):
+    w = NisWindow(window_s=1800.0, alpha=0.001)
+    assert w.bound(n) == pytest.approx(stats.chi2.ppf(0.999, n), rel=3e-3 if n >= 30 else 1e-9)

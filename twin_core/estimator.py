@@ -69,6 +69,11 @@ STATE_VERSION = 1
 # Non-zero entries of the Jacobian of the augmented right-hand side, in the order _substep fills them.
 _PATTERN = ((0, 0), (0, 3), (0, 5), (1, 0), (1, 1), (1, 3), (1, 5), (1, 6), (2, 1), (2, 3), (2, 6),
             (3, 0), (3, 1), (3, 3), (3, 4), (3, 5), (3, 6))
+_PATTERN_FLAT = np.array([i * N_STATES + j for i, j in _PATTERN])
+# Non-zero entries of the process noise over a step, in the order _substep writes them.
+_Q_FLAT = np.array([i * N_STATES + j for i, j in (
+    (0, 0), (0, 1), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3), (3, 0), (3, 1), (3, 2),
+    (3, 3), (4, 4), (5, 5), (6, 6))])
 
 
 class SoftSensorAlarm(enum.IntFlag):
@@ -328,8 +333,9 @@ class SoftSensor:
         self._tol = Tolerance(rtol=cfg.rtol, atol=(1e-5, 1e-5, 1e-5, 1e-6))
         self._held = RateMultipliers()
         self._M = np.zeros((N_STATES, N_STATES))
-        self._Mh = np.eye(N_STATES)
+        self._Mv = self._M.reshape(-1)   # flat views: one fancy-index write fills the pattern
         self._Qd = np.zeros((N_STATES, N_STATES))
+        self._Qv = self._Qd.reshape(-1)
         self._eye = np.eye(N_STATES)
         self._dT_row: tuple[float, ...] = (0.0,) * N_STATES
         self._lo = np.array([0.0, 0.0, 0.0, -math.inf, cfg.factor_min, cfg.factor_min, cfg.factor_min])
@@ -426,12 +432,7 @@ class SoftSensor:
             raise MeasurementError(signal, value, f"outside the sensor range [{cfg.T_sensor_min_K}, {cfg.T_sensor_max_K}] K")
         return v
 
-    def update(self, t_s: float, T_measured_K: float, T_jacket_K: float) -> Estimate:
-        """One scan at time t_s [s] with the measured reactor and jacket temperatures [K].
-
-        Raises MeasurementError (estimator unchanged) for a time not after the previous scan, a
-        non-finite value or a temperature outside the sensor range.
-        """
+    def _check_scan(self, t_s: object, T_measured_K: object, T_jacket_K: object) -> None:
         if not self._started:
             raise MeasurementError("t_s", t_s, "the estimator has not been started")
         if isinstance(t_s, bool) or not isinstance(t_s, (int, float)) or not math.isfinite(t_s):
@@ -441,9 +442,26 @@ class SoftSensor:
             raise MeasurementError("t_s", t_s, f"not after the previous scan at {self._t_scan} s")
         if t < self._t0:
             raise MeasurementError("t_s", t_s, f"before the start of the batch at {self._t0} s")
-        y = self._check_T("T_measured", T_measured_K)
-        uj = self._check_T("T_jacket", T_jacket_K)
+        self._check_T("T_measured", T_measured_K)
+        self._check_T("T_jacket", T_jacket_K)
+
+    def update(self, t_s: float, T_measured_K: float, T_jacket_K: float) -> Estimate:
+        """One scan at time t_s [s] with the measured reactor and jacket temperatures [K].
+
+        Raises MeasurementError (estimator unchanged) for a time not after the previous scan, a
+        non-finite value or a temperature outside the sensor range.
+        """
         cfg = self.config
+        lo_T, hi_T = cfg.T_sensor_min_K, cfg.T_sensor_max_K
+        # Fast path for the usual scan (plain floats, in range, time moving on; NaN fails every
+        # comparison); anything else goes through the checks that name what is wrong.
+        if not (type(t_s) is float and type(T_measured_K) is float and type(T_jacket_K) is float
+                and self._started and t_s > self._t_scan and t_s < math.inf
+                and lo_T <= T_measured_K <= hi_T and lo_T <= T_jacket_K <= hi_T):
+            self._check_scan(t_s, T_measured_K, T_jacket_K)
+        t = float(t_s)
+        y = float(T_measured_K)
+        uj = float(T_jacket_K)
 
         # Sensor-fault detection on the raw readings.
         if self._stuck.add(t, y):
@@ -512,9 +530,12 @@ class SoftSensor:
         u = self._Tj_int / span
         use_T = not (self._alarms & SENSOR_FAULTS)
         rec = _Record(self._t_filter, t, u, z, R, use_T)
-        rec.labs = sorted(self._pending, key=lambda lab: lab.sample_time_s)
-        self._pending = []
-        x, P, h, info = self._run_record(rec, self._x, self._P, self._h, tuple(rec.labs))
+        fresh: tuple[LabResult, ...] = ()
+        if self._pending:
+            rec.labs = sorted(self._pending, key=lambda lab: lab.sample_time_s)
+            self._pending = []
+            fresh = tuple(rec.labs)
+        x, P, h, info = self._run_record(rec, self._x, self._P, self._h, fresh)
         self._records.append(rec)
         self._x, self._P, self._h = x, P, h
         self._t_filter = t
@@ -558,18 +579,11 @@ class SoftSensor:
         r1 = f1 * c.k1_ref * math.exp(-c.E1_over_R * d) * x[IA]
         r2 = f2 * c.k2_ref * math.exp(-c.E2_over_R * d) * x[IB]
         self._dx = (-r1, r1 - r2, r2, c.q1 * r1 + c.q2 * r2 + c.ua * x[IUA] * (u - x[IT]))
-        diag = np.diagonal(self._P)
-        self._std = tuple(math.sqrt(v) if v > 0.0 else 0.0 for v in diag.tolist())
+        self._std = tuple(np.sqrt(np.maximum(np.diagonal(self._P), 0.0)).tolist())
+        self._nis_mean = self._nis_win.mean
         cfg = self.config
         k = math.floor((self._t_filter - self._t0) / cfg.filter_interval_s * (1.0 + 1e-12)) + 1
         self._next_boundary = self._t0 + k * cfg.filter_interval_s
-
-    def _health(self) -> int:
-        if self._alarms:
-            return 2
-        if self._nis_win.failing or self._lab_warning or not self._in_domain:
-            return 1
-        return 0
 
     def _estimate(self, t: float) -> Estimate:
         a, b, c, d, fUA, fk1, fk2 = self._xl
@@ -578,9 +592,15 @@ class SoftSensor:
         x0, x1, x2 = a + dx[0] * dt, b + dx[1] * dt, c + dx[2] * dt
         xs = (x0 if x0 > 0.0 else 0.0, x1 if x1 > 0.0 else 0.0, x2 if x2 > 0.0 else 0.0, d + dx[3] * dt,
               fUA, fk1, fk2)
-        return Estimate(t, xs, self._std, self._innov, self._nis, self._nis_win.mean, self._health(),
-                        _ALARM_FLAGS[self._alarms], self._in_domain, not (self._alarms & SENSOR_FAULTS),
-                        self._forecast)
+        alarms = self._alarms
+        if alarms:
+            health = 2
+        elif self._nis_win.failing or self._lab_warning or not self._in_domain:
+            health = 1
+        else:
+            health = 0
+        return Estimate(t, xs, self._std, self._innov, self._nis, self._nis_mean, health,
+                        _ALARM_FLAGS[alarms], self._in_domain, not (alarms & SENSOR_FAULTS), self._forecast)
 
     @property
     def estimate(self) -> Estimate:
@@ -739,7 +759,9 @@ class SoftSensor:
                    u: float) -> tuple[np.ndarray, np.ndarray, float, bool]:
         """Mean and covariance from ta to tb [s] with jacket temperature u [K] held."""
         span = tb - ta
-        n = max(1, math.ceil(span / self.config.max_step_s - 1e-9))
+        if span <= self.config.max_step_s:
+            return self._substep(ta, tb, x, P, h, u)
+        n = math.ceil(span / self.config.max_step_s - 1e-9)
         ok_all = True
         phi = self._eye
         for i in range(n):
@@ -790,51 +812,44 @@ class SoftSensor:
         q1, q2 = c.q1, c.q2
         # Row of d(dT/dt)/dx: kept for the lagging transmitter's measurement row.
         self._dT_row = (q1 * d1A, q2 * d2B, 0.0, q1 * d1T + q2 * d2T - c.ua, c0.ua * (u - mT), q1 * d1k, q2 * d2k)
-        rho = dt * max(d1A, d2B, abs(self._dT_row[3]))
+        row = self._dT_row
+        vals = (-d1A, -d1T, -d1k, d1A, -d2B, d1T - d2T, d1k, -d2k, d2B, d2T, d2k,
+                row[0], row[1], row[3], row[4], row[5], row[6])
+        rho = dt * max(d1A, d2B, abs(row[3]))
+        eye = self._eye
         if rho > 0.25:
-            Phi = self._transition_general(dt, d1A, d2B, d1T, d2T, d1k, d2k)
+            Phi = self._transition_general(dt, vals)
         else:
-            # expm(A dt) ~ I + M (I + M/2), M = A dt: both written entry by entry (fixed pattern).
-            M, Mh = self._M, self._Mh
-            for (i, j), v in zip(_PATTERN, (-d1A, -d1T, -d1k, d1A, -d2B, d1T - d2T, d1k, -d2k, d2B, d2T, d2k,
-                                            *self._dT_row[:2], *self._dT_row[3:]), strict=True):
-                v *= dt
-                M[i, j] = v
-                Mh[i, j] = 0.5 * v if i != j else 1.0 + 0.5 * v
+            # expm(A dt) ~ I + M (I + M/2), M = A dt, written into its fixed pattern in one call.
+            self._Mv[_PATTERN_FLAT] = [v * dt for v in vals]
+            M = self._M
+            Mh = M * 0.5
+            Mh += eye
             Phi = M @ Mh
-            Phi += self._eye
+            Phi += eye
         self._last_phi = Phi
         # Process noise over the step: white rate noise along the two reaction extents (keeps
         # c_A + c_B + c_C conserved) and random walks of T and the factors.
         rq = self._rate_q * dt
         qa = rq * r1 * r1 + 1e-12 * dt
         qb = rq * r2 * r2 + 1e-12 * dt
-        Q = self._Qd
-        Q[0, 0] = qa
-        Q[0, 1] = Q[1, 0] = -qa
-        Q[0, 3] = Q[3, 0] = -qa * q1
-        Q[1, 1] = qa + qb
-        Q[1, 2] = Q[2, 1] = -qb
-        Q[1, 3] = Q[3, 1] = qa * q1 - qb * q2
-        Q[2, 2] = qb
-        Q[2, 3] = Q[3, 2] = qb * q2
-        Q[3, 3] = qa * q1 * q1 + qb * q2 * q2 + self._qT * dt
-        Q[4, 4] = self._qUA * dt
-        Q[5, 5] = Q[6, 6] = self._qk * dt
+        qa1, qb2 = -qa * q1, qb * q2
+        qab = qa * q1 - qb * q2
+        self._Qv[_Q_FLAT] = (qa, -qa, qa1, -qa, qa + qb, -qb, qab, -qb, qb, qb2, qa1, qab, qb2,
+                             qa * q1 * q1 + qb * q2 * q2 + self._qT * dt, self._qUA * dt, self._qk * dt,
+                             self._qk * dt)
         P = Phi @ P @ Phi.T
-        P += Q
+        P += self._Qd
         xn = np.array((a0 if a0 > 0.0 else 0.0, a1 if a1 > 0.0 else 0.0, a2 if a2 > 0.0 else 0.0, a3,
                        fUA, fk1, fk2))
         return xn, P, h, ok
 
-    def _transition_general(self, dt: float, d1A: float, d2B: float, d1T: float, d2T: float, d1k: float,
-                            d2k: float) -> np.ndarray:
+    def _transition_general(self, dt: float, vals: tuple[float, ...]) -> np.ndarray:
         """expm(A dt) by a third-order Taylor series with scaling and squaring (long or fast steps)."""
-        A = np.zeros((N_STATES, N_STATES))
-        for (i, j), v in zip(_PATTERN, (-d1A, -d1T, -d1k, d1A, -d2B, d1T - d2T, d1k, -d2k, d2B, d2T, d2k,
-                                        *self._dT_row[:2], *self._dT_row[3:]), strict=True):
-            A[i, j] = v
-        rho = dt * max(d1A, d2B, abs(self._dT_row[3]))
+        A = np.zeros(N_STATES * N_STATES)
+        A[_PATTERN_FLAT] = vals
+        A = A.reshape(N_STATES, N_STATES)
+        rho = dt * max(vals[3], vals[8], abs(vals[13]))
         s = max(0, math.ceil(math.log2(rho / 0.25)))
         M = A * (dt * 0.5 ** s)
         M2 = M @ M
@@ -862,12 +877,11 @@ class SoftSensor:
         lag = cfg.T_sensor_lag_s
         if lag == 0.0:
             PH = P[:, IT]
-            HPH = float(PH[IT])
+            HPH = float(P[IT, IT])
         else:
             # Reading = T - lag dT/dt: its row is e_T - lag * d(dT/dt)/dx (from the last sub-step).
-            H = np.array(self._dT_row)
-            H *= -lag
-            H[IT] += 1.0
+            r = self._dT_row
+            H = np.array((-lag * r[0], -lag * r[1], 0.0, 1.0 - lag * r[3], -lag * r[4], -lag * r[5], -lag * r[6]))
             PH = P @ H
             HPH = float(H @ PH)
         innov = z - self._predicted_reading(x, u)
@@ -879,8 +893,8 @@ class SoftSensor:
             # Huber: weight gamma/|z| on the measurement, i.e. its variance inflated by |z|/gamma.
             S_eff = HPH + R * math.sqrt(zn2) / gamma
         x = x + PH * (innov / S_eff)
-        # outer(PH, PH) is exactly symmetric, so P stays symmetric.
-        P = P - np.outer(PH, PH) * (1.0 / S_eff)
+        # PH PH' is exactly symmetric (products commute), so P stays symmetric.
+        P = P - (PH[:, None] * PH) * (1.0 / S_eff)
         x = self._project(x, P)
         return x, P, (innov, S)
 

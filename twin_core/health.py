@@ -82,7 +82,7 @@ def chi2_quantile(p: float, dof: int) -> float:
     """Quantile of the chi-square distribution with ``dof`` degrees of freedom.
 
     Exact forms for 1 and 2 degrees of freedom; above, Wilson-Hilferty's cube-root normal
-    approximation polished by bisection on :func:`chi2_cdf` to a relative 1e-12.
+    approximation polished by safeguarded Newton steps on :func:`chi2_cdf` (relative 1e-13).
     """
     if dof < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {dof!r}")
@@ -95,21 +95,27 @@ def chi2_quantile(p: float, dof: int) -> float:
         return -2.0 * math.log1p(-p)
     z = normal_quantile(p)
     a = 2.0 / (9.0 * dof)
-    guess = dof * max(1e-6, 1.0 - a + z * math.sqrt(a)) ** 3
-    lo, hi = guess, guess
-    while chi2_cdf(lo, dof) > p:
-        lo *= 0.5
-    while chi2_cdf(hi, dof) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if chi2_cdf(mid, dof) < p:
-            lo = mid
+    x = dof * max(1e-6, 1.0 - a + z * math.sqrt(a)) ** 3
+    # Newton on the cdf from Wilson-Hilferty's guess, kept inside a bracket that bisection narrows
+    # whenever a Newton step would leave it.
+    half = 0.5 * dof
+    log_norm = half * math.log(2.0) + math.lgamma(half)
+    lo, hi = 0.0, math.inf
+    for _ in range(100):
+        F = chi2_cdf(x, dof)
+        if F < p:
+            lo = x
         else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return 0.5 * (lo + hi)
+            hi = x
+        pdf = math.exp((half - 1.0) * math.log(x) - 0.5 * x - log_norm)
+        step = (F - p) / pdf if pdf > 0.0 else math.inf
+        nxt = x - step
+        if not lo < nxt < hi:
+            nxt = 0.5 * (lo + hi) if hi < math.inf else 2.0 * x
+        if abs(nxt - x) <= 1e-13 * x:
+            return nxt
+        x = nxt
+    return x
 
 
 class NisWindow:
@@ -130,6 +136,7 @@ class NisWindow:
         self._sum = 0.0
         self._adds = 0
         self._bound: dict[int, float] = {}
+        self.failing = False
 
     def add(self, t_s: float, nis: float) -> bool:
         """Add one NIS at time t_s [s]; return True when the window test fails."""
@@ -144,6 +151,8 @@ class NisWindow:
         if self._adds % 256 == 0:
             # The running sum accumulates rounding from additions and removals: re-anchor it.
             self._sum = math.fsum(self._v)
+        n = len(self._v)
+        self.failing = n >= self.min_count and self._sum > self.bound(n)
         return self.failing
 
     @property
@@ -156,16 +165,22 @@ class NisWindow:
         return self._sum / len(self._v) if self._v else math.nan
 
     def bound(self, n: int) -> float:
-        """Upper (1 - alpha) chi-square bound of the window sum for n entries."""
+        """Upper (1 - alpha) chi-square bound of the window sum for n entries.
+
+        Exact below 30 entries; above, Wilson-Hilferty's approximation (relative error < 0.3 % at
+        the 0.1 % tail for n >= 30), which costs a microsecond where the exact one costs half a
+        millisecond: the window size changes as steps enter and leave it, and a filter step must
+        not stall on a quantile.
+        """
         b = self._bound.get(n)
         if b is None:
-            b = self._bound[n] = chi2_quantile(1.0 - self.alpha, n)
+            if n < 30:
+                b = chi2_quantile(1.0 - self.alpha, n)
+            else:
+                a = 2.0 / (9.0 * n)
+                b = n * (1.0 - a + normal_quantile(1.0 - self.alpha) * math.sqrt(a)) ** 3
+            self._bound[n] = b
         return b
-
-    @property
-    def failing(self) -> bool:
-        n = len(self._v)
-        return n >= self.min_count and self._sum > self.bound(n)
 
     def get_state(self) -> dict:
         return {"t": list(self._t), "v": list(self._v), "sum": self._sum, "adds": self._adds}
@@ -175,6 +190,8 @@ class NisWindow:
         self._v = deque(float(v) for v in s["v"])
         self._sum = float(s["sum"])
         self._adds = int(s["adds"])
+        n = len(self._v)
+        self.failing = n >= self.min_count and self._sum > self.bound(n)
 
 
 class Cusum:
