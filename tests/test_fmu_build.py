@@ -159,3 +159,12 @@ def test_fmi_variables_follow_fmi_rules() -> None:
             assert v.initial is None and v.start is not None
         if v.type != "Real":
             assert v.variability != "continuous"
+
+
+def test_docs_variable_table_is_generated_from_the_signal_table() -> None:
+    from fmu import docs
+
+    text = docs.DOC.read_text(encoding="utf-8")
+    assert docs.render(text) == text, "docs/fmu.md is out of date: run python -m fmu.docs"
+    for s in TWIN_SIGNALS:
+        assert f"`{s.name}`" in text

@@ -5,6 +5,7 @@ PYTHONPATH, no PYTHONHOME. The loader finds Python from the FMU's own resources.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,26 @@ def test_two_builds_in_one_c_process_each_run_their_own_code(tmp_path: Path) -> 
     variant = ModelParams().replace(k1_ref_per_s=VARIANT_START["k1_ref"], T0_K=VARIANT_START["T0"])
     np.testing.assert_allclose(rows[1], reference(stop, dt, params=variant), rtol=1e-9, atol=0.0)
     assert not np.allclose(rows[0], rows[1])
+
+
+def test_python_home_override_with_a_virtual_environment(tmp_path: Path) -> None:
+    """BATCHTWIN_PYTHON_HOME pointing at a venv: the loader derives libpython and site-packages."""
+    venv = Path(sys.prefix)
+    assert (venv / "pyvenv.cfg").is_file(), "the tests run in the project's virtual environment"
+    csv = tmp_path / "venv.csv"
+    proc = run_host("hybrid", csv, *_opts("hybrid", stop=600.0), env={"BATCHTWIN_PYTHON_HOME": str(venv)})
+    _ok(proc)
+    np.testing.assert_array_equal(read_host_csv(csv)[0], simulate_fmpy(fmu("hybrid"), 600.0, 60.0))
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"BATCHTWIN_PYTHON_HOME": "/nonexistent/python"}, ["BATCHTWIN_PYTHON_HOME", "not a folder"]),
+    ({"BATCHTWIN_LIBPYTHON": "/nonexistent/libpython3.11.so"}, ["cannot load the Python library",
+                                                                  "BATCHTWIN_PYTHON_HOME"]),
+])
+def test_a_wrong_python_is_reported_not_crashed(env: dict, words: list[str], tmp_path: Path) -> None:
+    proc = run_host("physics", tmp_path / "x.csv", *_opts("physics", stop=60.0), env=env)
+    assert proc.returncode == 2, proc.stderr  # the host's own "fmi2Instantiate failed" exit, no signal
+    assert "fmi2Instantiate failed" in proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr

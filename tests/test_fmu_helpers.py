@@ -116,10 +116,12 @@ def host() -> Path:
     return exe
 
 
-def run_host(kind: str, csv: Path, *options: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Run the C host on FMU variant ``kind`` in an EMPTY environment (no PYTHONPATH, no LD_PRELOAD)."""
+def run_host(kind: str, csv: Path, *options: str, timeout: float = 120.0,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the C host on FMU variant ``kind`` in an EMPTY environment (no PYTHONPATH, no LD_PRELOAD),
+    plus ``env`` when given."""
     mi, guid, _ = model(kind)
-    return subprocess.run([str(host()), str(extracted(kind)), mi, guid, str(csv), *options], env={},
+    return subprocess.run([str(host()), str(extracted(kind)), mi, guid, str(csv), *options], env=dict(env or {}),
                           capture_output=True, text=True, timeout=timeout)
 
 
