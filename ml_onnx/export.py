@@ -169,7 +169,7 @@ def sha256_file(path: str | Path) -> str:
 def creation_time_utc() -> str:
     """ISO-8601 UTC creation time: ``SOURCE_DATE_EPOCH`` [s since 1970] if set, else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is not None:
+    if epoch:  # unset or empty: the clock
         try:
             t = dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
         except ValueError as exc:
