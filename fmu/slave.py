@@ -255,7 +255,7 @@ class BatchReactorTwin(Fmi2Slave):
             "variability": _FMI_ENUMS["variability"][v.variability],
             "description": v.signal.description,
             "getter": getter,
-            "setter": setter if v.settable else None,
+            "setter": setter,  # also for outputs: refuses with a message instead of failing on None
         }
         if v.initial is not None:
             kw["initial"] = _FMI_ENUMS["initial"][v.initial]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import zipfile
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -168,3 +169,17 @@ def test_docs_variable_table_is_generated_from_the_signal_table() -> None:
     assert docs.render(text) == text, "docs/fmu.md is out of date: run python -m fmu.docs"
     for s in TWIN_SIGNALS:
         assert f"`{s.name}`" in text
+
+
+def test_nothing_in_the_fmu_finalises_python(tmp_path) -> None:
+    """pythonfmu's wrapper finalises the interpreter from a library destructor (the crash at exit and
+    the second-run crash). The FMU ships neither that wrapper nor any call of Py_Finalize."""
+    with zipfile.ZipFile(fmu("hybrid")) as zf:
+        names = zf.namelist()
+        binaries = [n for n in names if n.startswith("binaries/")]
+        assert not any("pythonfmu" in n for n in binaries), binaries
+        for n in binaries:
+            (tmp_path / Path(n).name).write_bytes(zf.read(n))
+    for so in tmp_path.glob("*.so"):
+        syms = subprocess.run(["nm", "-D", str(so)], capture_output=True, text=True, check=True).stdout
+        assert "Py_Finalize" not in syms and "Py_FinalizeEx" not in syms, so.name
