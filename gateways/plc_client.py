@@ -1,0 +1,148 @@
+"""Modbus TCP client of the PLC: typed reads and writes driven by the PLC register map.
+
+Addresses and encodings come from twin_core.plc_signals (generated from the signal table), so
+this client never hard-codes a register. Reads are grouped into one request per contiguous block
+of input registers; the recipe download is one write-multiple request (atomic in the PLC).
+A Modbus exception response becomes :class:`PlcRequestError` carrying the exception code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from twin_core.errors import TwinError
+from twin_core.plc_signals import PLC_MEASUREMENTS, RECIPE_MAX_POINTS, register_entry
+from twin_core.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+class PlcRequestError(TwinError, IOError):
+    """The PLC refused a request (Modbus exception ``code``) or could not be reached (code None)."""
+
+    def __init__(self, what: str, code: int | None, detail: str = "") -> None:
+        self.code = code
+        reason = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+                  4: "device failure"}.get(code or 0, detail or "no answer")
+        super().__init__(f"{what}: {reason}" + (f" (exception {code})" if code else ""))
+
+
+@dataclass(frozen=True)
+class _Block:
+    start: int
+    count: int
+    names: tuple[str, ...]
+
+
+def _measurement_blocks(max_gap: int = 0) -> tuple[_Block, ...]:
+    """Contiguous runs of input registers holding the PLC measurements (one read request each)."""
+    ordered = sorted(PLC_MEASUREMENTS, key=lambda s: register_entry(s.name).binding.address)
+    blocks: list[_Block] = []
+    start = end = -1
+    names: list[str] = []
+    for s in ordered:
+        b = register_entry(s.name).binding
+        if names and b.address <= end + max_gap:
+            end = b.address + b.width
+            names.append(s.name)
+        else:
+            if names:
+                blocks.append(_Block(start, end - start, tuple(names)))
+            start, end, names = b.address, b.address + b.width, [s.name]
+    if names:
+        blocks.append(_Block(start, end - start, tuple(names)))
+    return tuple(blocks)
+
+
+MEASUREMENT_BLOCKS = _measurement_blocks()
+
+
+class PlcClient:
+    """Synchronous Modbus TCP client of the simulated (or a real) PLC.
+
+    The constructor does no I/O; ``connect()`` (or ``with``) opens the connection.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5020, timeout_s: float = 5.0,
+                 device_id: int = 1) -> None:
+        self.host, self.port, self.device_id = host, port, device_id
+        self._client = ModbusTcpClient(host, port=port, timeout=timeout_s, retries=1)
+
+    def connect(self) -> PlcClient:
+        if not self._client.connect():
+            raise PlcRequestError(f"connect to {self.host}:{self.port}", None, "connection refused")
+        return self
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> PlcClient:
+        return self.connect()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _check(self, what: str, response: object) -> object:
+        if response is None:
+            raise PlcRequestError(what, None)
+        if response.isError():  # type: ignore[attr-defined]
+            raise PlcRequestError(what, getattr(response, "exception_code", None), str(response))
+        return response
+
+    def read_measurements(self) -> dict[str, float]:
+        """Every PLC measurement, decoded to its SI unit (one request per register block)."""
+        out: dict[str, float] = {}
+        for blk in MEASUREMENT_BLOCKS:
+            try:
+                r = self._client.read_input_registers(blk.start, count=blk.count, device_id=self.device_id)
+            except ModbusException as exc:
+                raise PlcRequestError(f"read input registers {blk.start}+{blk.count}", None, str(exc)) from exc
+            words = self._check(f"read input registers {blk.start}+{blk.count}", r).registers  # type: ignore[attr-defined]
+            for name in blk.names:
+                b = register_entry(name).binding
+                i = b.address - blk.start
+                out[name] = b.decode(words[i:i + b.width])
+        return out
+
+    def write(self, name: str, value: float) -> None:
+        """Write one holding-register setting by signal name (value in its SI unit)."""
+        b = register_entry(name).binding
+        words = list(b.encode(value))
+        r = self._client.write_registers(b.address, words, device_id=self.device_id)
+        self._check(f"write {name}={value}", r)
+
+    def command(self, name: str) -> None:
+        """Issue a PLC command (start, hold, resume, abort, reset, ack_alarms)."""
+        b = register_entry(f"cmd_{name}").binding
+        r = self._client.write_coil(b.address, True, device_id=self.device_id)
+        self._check(f"command {name}", r)
+
+    def download_recipe(self, recipe: Recipe, sample_interval_s: float) -> None:
+        """Write a jacket-programme recipe in one write-multiple request (the PLC applies it atomically)."""
+        if recipe.mode != "jacket":
+            raise PlcRequestError(f"recipe {recipe.name}", 3, "the PLC runs jacket programmes only")
+        n = len(recipe.times_s)
+        if n > RECIPE_MAX_POINTS:
+            raise PlcRequestError(f"recipe {recipe.name}", 3, f"more than {RECIPE_MAX_POINTS} points")
+        values = {"recipe_n_points": n, "recipe_mode": 0, "recipe_end_time": recipe.end_time_s,
+                  "recipe_sample_interval": sample_interval_s}
+        for i in range(RECIPE_MAX_POINTS):
+            # Unused points repeat the last one so every register holds a valid value.
+            j = min(i, n - 1)
+            values[f"recipe_time_{i}"] = recipe.times_s[j] if i < n else recipe.times_s[-1]
+            values[f"recipe_T_{i}"] = recipe.temps_K[j]
+        entries = sorted((register_entry(k) for k in values), key=lambda e: e.binding.address)
+        start = entries[0].binding.address
+        words: list[int] = []
+        for e in entries:
+            if e.binding.address != start + len(words):
+                raise PlcRequestError("recipe download", None, f"recipe registers not contiguous at {e.name}")
+            words += e.binding.encode(values[e.name])
+        r = self._client.write_registers(start, words, device_id=self.device_id)
+        self._check(f"download recipe {recipe.name}", r)
