@@ -312,3 +312,22 @@ def test_outputs_during_initialization_follow_the_parameters() -> None:
 
 def test_fmu_file_name_is_kept(tmp_path: Path) -> None:
     assert fmu("physics").name == "BatchReactorTwin.fmu"
+
+
+def test_variable_communication_step_sizes() -> None:
+    """canHandleVariableCommunicationStepSize: any sequence of steps, same as twin_core's stepping."""
+    from twin_core.hybrid import HybridTwin
+
+    sizes = [1.0, 0.25, 7.5, 60.0, 600.0, 3.0, 1e-3, 1200.0, 30.0]
+    twin = HybridTwin(None, _correction())
+    st = twin.initial_state()
+    with slave("hybrid") as s:
+        out_vr = [s.vr[n] for n in OUT]
+        t = 0.0
+        for i, h in enumerate(sizes * 3):
+            u = 298.15 + 5.0 * (i % 7)
+            s.setReal([s.vr["T_jacket"]], [u])
+            s.doStep(currentCommunicationPoint=t, communicationStepSize=h)
+            st = twin.step(st, t, h, u)
+            t = t + h
+            assert s.getReal(out_vr) == list(st.x), (i, h)
