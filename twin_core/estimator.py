@@ -113,7 +113,7 @@ class SoftSensorConfig:
     rtol: float = 1e-6                       # integrator tolerance of the mean (noise is far larger)
     # -- temperature measurement
     T_noise_std_K: float = 0.05              # white noise of one reading
-    T_floor_std_K: float = 0.03              # floor on a fitted step value: lag model, quantisation, correlation
+    T_floor_std_K: float = 0.02              # floor on a fitted step value: lag model, quantisation, correlation
     T_sensor_lag_s: float = 10.0             # first-order lag of the transmitter (0: none)
     T_sensor_min_K: float = T_LO_K           # sensor range: readings outside are refused
     T_sensor_max_K: float = T_HI_K
@@ -122,13 +122,14 @@ class SoftSensorConfig:
     lab_rel_std: float = 0.015
     lab_max_mol_per_m3: float = C_HI         # assay range: above is refused
     # -- process noise
-    rate_rel_std: float = 0.05               # relative std of the unmodelled, fast part of r1 and r2 ...
+    rate_rel_std: float = 0.03               # relative std of the unmodelled, fast part of r1 and r2 ...
     rate_noise_time_s: float = 300.0         # ... and its correlation time
     T_process_std_K_per_sqrt_s: float = 0.002  # energy-balance model error (random walk on T)
     UA_factor_walk_per_sqrt_s: float = 5e-4  # random walk of the UA factor
-    k_factor_walk_per_sqrt_s: float = 1e-3   # random walk of k1_factor and k2_factor
+    k_factor_walk_per_sqrt_s: float = 5e-4   # random walk of k1_factor and k2_factor
+    out_of_domain_noise_factor: float = 6.0  # rate noise and k-factor walk x this while the correction is faded out
     # -- initial uncertainty (start of the batch)
-    c_A0_rel_std: float = 0.03
+    c_A0_rel_std: float = 0.005              # the charge is weighed (plant records it to ~0.3 %)
     c_BC0_std_mol_per_m3: float = 1.0
     T0_std_K: float = 2.0
     UA_factor0_std: float = 0.2
@@ -173,6 +174,8 @@ class SoftSensorConfig:
         for name in positive:
             if not getattr(self, name) > 0.0:
                 raise ParameterError(f"softsensor.{name}", getattr(self, name), "must be > 0")
+        if self.out_of_domain_noise_factor < 1.0:
+            raise ParameterError("softsensor.out_of_domain_noise_factor", self.out_of_domain_noise_factor, "must be >= 1")
         for name in ("T_sensor_lag_s", "lab_abs_std_mol_per_m3", "rate_rel_std", "T_process_std_K_per_sqrt_s",
                      "UA_factor_walk_per_sqrt_s", "k_factor_walk_per_sqrt_s", "cusum_slack",
                      "stuck_tolerance_K", "forecast_interval_s"):
@@ -344,6 +347,7 @@ class SoftSensor:
         self._qUA = cfg.UA_factor_walk_per_sqrt_s ** 2
         self._qk = cfg.k_factor_walk_per_sqrt_s ** 2
         self._rate_q = cfg.rate_rel_std ** 2 * cfg.rate_noise_time_s
+        self._ood = cfg.out_of_domain_noise_factor ** 2
         self._lab_gate = cfg.lab_gate_nis
         self._last_phi = self._eye
         self._started = False
@@ -831,13 +835,18 @@ class SoftSensor:
         # Process noise over the step: white rate noise along the two reaction extents (keeps
         # c_A + c_B + c_C conserved) and random walks of T and the factors.
         rq = self._rate_q * dt
+        qk = self._qk * dt
+        if not ok:
+            # The learned correction has faded out: the rates are less certain, and so is how
+            # the k-factors must move to make up for it.
+            rq *= self._ood
+            qk *= self._ood
         qa = rq * r1 * r1 + 1e-12 * dt
         qb = rq * r2 * r2 + 1e-12 * dt
         qa1, qb2 = -qa * q1, qb * q2
         qab = qa * q1 - qb * q2
         self._Qv[_Q_FLAT] = (qa, -qa, qa1, -qa, qa + qb, -qb, qab, -qb, qb, qb2, qa1, qab, qb2,
-                             qa * q1 * q1 + qb * q2 * q2 + self._qT * dt, self._qUA * dt, self._qk * dt,
-                             self._qk * dt)
+                             qa * q1 * q1 + qb * q2 * q2 + self._qT * dt, self._qUA * dt, qk, qk)
         P = Phi @ P @ Phi.T
         P += self._Qd
         xn = np.array((a0 if a0 > 0.0 else 0.0, a1 if a1 > 0.0 else 0.0, a2 if a2 > 0.0 else 0.0, a3,
