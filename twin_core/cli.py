@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into a reader that stopped early (`twin signals | head`): not an error.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

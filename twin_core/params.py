@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from twin_core.errors import ParameterError, ParameterTypeError
 
@@ -130,7 +131,7 @@ class ModelParams:
             if not isinstance(getattr(self, name), cls):
                 raise ParameterTypeError(name, getattr(self, name), cls.__name__)
 
-    def replace(self, **changes: float) -> "ModelParams":
+    def replace(self, **changes: float) -> ModelParams:
         """Copy with changed leaf values given as ``section__field=value`` or unique ``field=value``."""
         sections: dict[str, dict[str, float]] = {}
         for key, value in changes.items():

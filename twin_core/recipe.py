@@ -26,9 +26,10 @@ from __future__ import annotations
 import bisect
 import math
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.params import T_MAX_K, T_MIN_K
@@ -110,12 +111,12 @@ class Recipe:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def isothermal(cls, T_K: float, end_time_s: float, name: str | None = None) -> "Recipe":
+    def isothermal(cls, T_K: float, end_time_s: float, name: str | None = None) -> Recipe:
         """Reactor held at T_K for the whole batch (analysis mode)."""
         return cls((0.0,), (T_K,), end_time_s, mode="reactor", name=name or f"isothermal-{T_K - 273.15:.1f}C")
 
     @classmethod
-    def constant_jacket(cls, T_K: float, end_time_s: float, name: str | None = None) -> "Recipe":
+    def constant_jacket(cls, T_K: float, end_time_s: float, name: str | None = None) -> Recipe:
         """Jacket held at T_K for the whole batch."""
         return cls((0.0,), (T_K,), end_time_s, mode="jacket", name=name or f"jacket-{T_K - 273.15:.1f}C")
 
