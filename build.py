@@ -103,6 +103,7 @@ def build_artifacts() -> None:
 def main_job() -> None:
     twin("simulate")
     twin("optimize")
+    twin("demo")
 
 
 def test(args: list[str]) -> int:
