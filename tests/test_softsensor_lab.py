@@ -88,7 +88,12 @@ def test_smoothing_spreads_assays_to_the_times_before_them(batch):
         est = np.array([h[1][IB] for h in hist])
         return float(np.sqrt(np.mean((est - batch.x_true[idx, IB]) ** 2)))
 
-    assert rmse(smooth, t_s) < 0.9 * rmse(filt, t_f)
+    assert rmse(smooth, t_s) < 0.95 * rmse(filt, t_f)
+    # RTS: the smoothed uncertainty never exceeds the filtered one at the same time.
+    filt_std = {h[0]: h[2] for h in filt}
+    for t, _, std in smooth:
+        if t in filt_std:
+            assert std[IB] <= filt_std[t][IB] * (1 + 1e-9) + 1e-12
     # Smoothing does not change the estimator itself.
     assert sensor.history() == filt
 

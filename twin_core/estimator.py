@@ -118,7 +118,7 @@ class SoftSensorConfig:
     T_sensor_min_K: float = T_LO_K           # sensor range: readings outside are refused
     T_sensor_max_K: float = T_HI_K
     # -- lab assays (std of one assay = abs + rel * value)
-    lab_abs_std_mol_per_m3: float = 2.0
+    lab_abs_std_mol_per_m3: float = 0.5
     lab_rel_std: float = 0.015
     lab_max_mol_per_m3: float = C_HI         # assay range: above is refused
     # -- process noise
@@ -133,8 +133,8 @@ class SoftSensorConfig:
     c_BC0_std_mol_per_m3: float = 1.0
     T0_std_K: float = 2.0
     UA_factor0_std: float = 0.2
-    k1_factor0_std: float = 0.15
-    k2_factor0_std: float = 0.25
+    k1_factor0_std: float = 0.1
+    k2_factor0_std: float = 0.15
     factor_min: float = 0.1                  # feasible box of the three factors
     factor_max: float = 10.0
     # -- robustness
