@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,8 +247,7 @@ def _hat_basis(t: np.ndarray, K: int, knot_s: float) -> np.ndarray:
 
 
 def reconcile(batches: list[PlantBatch], params: ModelParams | None = None,
-              config: ReconcileConfig | None = None,
-              progress: Callable[[Iterable], Iterable] | None = None) -> list[Reconciled]:
+              config: ReconcileConfig | None = None) -> list[Reconciled]:
     """Estimate each batch's log rate factors ln f1(t), ln f2(t) from its lab assays.
 
     All batches are solved in one sparse least-squares problem (their parameters do not interact,
@@ -324,8 +322,7 @@ def reconcile(batches: list[PlantBatch], params: ModelParams | None = None,
     c = propagate(t, T, ln_f, cA0, p)
     r_lab = ((model_at_lab(knots) - lab_obs) / lab_sd * lab_mask[..., None])
     out = []
-    it = progress(range(nb)) if progress is not None else range(nb)
-    for k in it:
+    for k in range(nb):
         b, n = use[k], n_rows[k]
         # Factors at the rows: interpolated at the row times (the intervals hold their midpoint values).
         ln_rows = _hat_basis(t[k, :n], K, cfg.knot_s) @ knots[k].T

@@ -115,7 +115,7 @@ def check_contract(proto: onnx.ModelProto, label: str) -> tuple[dict[str, str], 
         raise ModelContractError(label, f"input {INPUT_NAME!r} has element type "
                                         f"{onnx.TensorProto.DataType.Name(itype)}, expected DOUBLE (float64)")
     dims = _dims(inputs[0])
-    if len(dims) != 2 or dims[1] != n or isinstance(dims[0], int) and dims[0] != 1:
+    if len(dims) != 2 or dims[1] != n or (isinstance(dims[0], int) and dims[0] != 1):
         raise ModelContractError(label, f"input {INPUT_NAME!r} has shape {dims}, expected [N, {n}] "
                                         f"for features {names}")
     outputs = {o.name: o for o in proto.graph.output}

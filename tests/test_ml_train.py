@@ -139,3 +139,33 @@ def test_reconciled_factors_follow_the_lab_assays() -> None:
         np.testing.assert_allclose(c_B_at_lab, b.lab_c_B, rtol=0.08, atol=5.0)
         # Mass is conserved by construction.
         np.testing.assert_allclose(r.c.sum(axis=1), b.c_A0_recorded_mol_per_m3, rtol=1e-9)
+
+
+def test_twin_train_cli_writes_the_model_and_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from twin_core.cli import main
+
+    keep: dict[str, set[str]] = {"train": set(), "holdout": set()}
+    small = tmp_path / "small.csv"
+    with open(DATA, newline="", encoding="utf-8") as fh, open(small, "w", newline="", encoding="utf-8") as out:
+        reader = csv.DictReader(fh)
+        w = csv.DictWriter(out, fieldnames=reader.fieldnames or [])
+        w.writeheader()
+        for row in reader:
+            ids = keep[row["split"]]
+            if row["batch_id"] in ids or len(ids) < (6 if row["split"] == "train" else 2):
+                ids.add(row["batch_id"])
+                w.writerow(row)
+            if len(keep["train"]) >= 6 and len(keep["holdout"]) >= 2 and row["batch_id"] not in keep[row["split"]]:
+                break
+    model = tmp_path / "out" / "c.onnx"
+    rc = main(["train", "--data", str(small), "--out", str(model), "--candidates", "ridge_poly2",
+               "--folds", "2", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "chosen by grouped CV" in printed and "held-out batches (2)" in printed
+    report = json.loads((tmp_path / "out" / "c_report.json").read_text())
+    assert report["data"]["training_batches"] == 6 and report["data"]["holdout_batches"] == 2
+    assert report["cross_validation"]["chosen"] == "ridge_poly2"
+    from ml_onnx.runtime import OnnxCorrection
+
+    assert OnnxCorrection(model).metadata["twin.training_batches"] == "6"
