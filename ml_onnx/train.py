@@ -158,7 +158,7 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, names: Iter
     cands = candidates(cfg.random_state)
     table: dict[str, dict[str, object]] = {}
     names = list(names)
-    bar = tqdm(total=len(names) * len(folds), desc="cross-validation", unit="fit", disable=not progress)
+    bar = tqdm(total=len(names) * len(folds), desc="cross-validation", unit="fit", disable=not progress, leave=False)
     for name in names:
         per_fold = []
         fit_s = []
@@ -222,9 +222,13 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
         raise ParameterError(str(data), 0, "no training batch (split == 'train')")
     log.info("%d training batches, %d held-out batches", len(train_b), len(hold_b))
 
+    stages = tqdm(total=5, desc="twin train", unit="stage", disable=not progress)
+    stages.set_postfix_str(f"reconciling {len(train_b)} batches through the ODE")
     t0 = time.perf_counter()
     rec = reconcile(train_b, config=cfg.reconcile)
     t_reconcile = time.perf_counter() - t0
+    stages.update(1)
+    stages.set_postfix_str("grouped cross-validation")
     X, y, groups = training_table(rec, cfg.feature_names, cfg.stride)
     folds = grouped_folds(groups, cfg.n_splits)
     names = cfg.candidate_names or tuple(candidates())
@@ -233,10 +237,14 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
     t_cv = time.perf_counter() - t0
     best = choose(cv, cfg.n_splits)
     log.info("chosen by grouped CV: %s (%s)", best, cv[best])
+    stages.update(1)
+    stages.set_postfix_str(f"fitting {best}")
 
     t0 = time.perf_counter()
     model = RateCorrectionRegressor(candidates(cfg.random_state)[best], cfg.feature_names).fit(X, y)
     t_fit = time.perf_counter() - t0
+    stages.update(1)
+    stages.set_postfix_str("ONNX export")
     t0 = time.perf_counter()
     onx = to_onnx(model, data_sha, MODEL_VERSION,
                   description=f"rate correction ({best}) fitted on {len(train_b)} batches of {data.name}",
@@ -246,6 +254,8 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
     model_sha = save(onx, out)
     t_export = time.perf_counter() - t0
     corr = OnnxCorrection(out)
+    stages.update(1)
+    stages.set_postfix_str("held-out scoring")
 
     report: dict[str, object] = {
         "data": {"path": str(data), "sha256": data_sha, "training_batches": len(train_b),
@@ -273,12 +283,14 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
                             "max_rel_diff": float(np.max(np.abs(a - o) / np.maximum(np.abs(a), 1e-300)))}
         t0 = time.perf_counter()
         rows = [score_batch(b, truth[b.batch_id], corr)
-                for b in tqdm(hold_b, desc="held-out scoring", unit="batch", disable=not progress)
+                for b in tqdm(hold_b, desc="held-out scoring", unit="batch", disable=not progress, leave=False)
                 if b.batch_id in truth]
         t_score = time.perf_counter() - t0
         report["holdout"] = {"driven_by": "measured T_jacket (zero-order hold per row), recorded c_A0, first "
                                           "measured T as T0; scored against the hidden true_* states",
                              "summary": summarize_holdout(rows), "batches": rows}
+    stages.update(1)
+    stages.close()
     report["timing_s"] = {"reconcile": t_reconcile, "cross_validation": t_cv, "final_fit": t_fit,
                           "export": t_export, "holdout_scoring": t_score,
                           "total": time.perf_counter() - t_start}
