@@ -203,3 +203,36 @@ def test_runtime_imports_neither_sklearn_nor_skl2onnx_nor_scipy() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, f"ml_onnx.runtime pulled in: {r.stdout.strip()} {r.stderr[-500:]}"
+
+
+def test_monomials_pass_scikit_learns_estimator_checks() -> None:
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(Monomials(), on_fail=None)
+    failed = [r["check_name"] for r in results if r["status"] == "failed"]
+    assert len(results) > 20 and failed == []
+
+
+def test_correction_regressor_keeps_the_estimator_contract() -> None:
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    from twin_core.errors import ParameterError
+
+    # No logic in __init__: even invalid parameters are stored as given, and refused by fit.
+    est = RateCorrectionRegressor(estimator=None, feature_names=("nope",), ramp_fraction=-1.0)
+    assert est.get_params()["feature_names"] == ("nope",) and est.ramp_fraction == -1.0
+    X, y = synthetic_rows(100)
+    with pytest.raises(ParameterError):
+        est.fit(X, y)
+    good = RateCorrectionRegressor(candidates()["ridge_poly2"])
+    twin = clone(good)
+    assert twin.get_params().keys() == good.get_params().keys()
+    with pytest.raises(NotFittedError):
+        good.predict(X)
+    assert good.fit(X, y) is good  # fit returns self
+    learned = {k for k in vars(good) if k not in good.get_params(deep=False)}
+    assert learned and all(k.endswith("_") for k in learned), learned
+    assert list(good.feature_names_in_) == list(DEFAULT_FEATURES) and good.n_features_in_ == 4
+    with pytest.raises(ParameterError, match="must have 4 columns"):
+        good.predict(X[:, :3])  # feature names are fixed
