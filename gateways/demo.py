@@ -68,6 +68,7 @@ def run_demo(speed: float = 720.0, seed: int = 7, fmu_path: str | Path = DEFAULT
             FmuRunner(fmu_path) as twin:
         say(f"PLC (simulated plant) serving Modbus TCP on 127.0.0.1:{srv.port}, plant time x{speed:g}")
         say(f"Soft sensor: {Path(fmu_path).name} via FMPy (hybrid model + estimator), step {step_s:g} s")
+        twin.instantiate()  # before Start: loading the model takes a while in plant time
         client.download_recipe(recipe, sample_interval_s)
         client.command("start")
         say(f"Recipe '{recipe.name}' downloaded, batch started; lab samples every {sample_interval_s / 60:g} min, "

@@ -41,7 +41,14 @@ class FmuRunner:
         self._dir = extract(str(self.path), unzipdir=tempfile.mkdtemp(prefix="batchtwin-fmu-"))
         self._fmu = FMU2Slave(guid=self.md.guid, unzipDirectory=self._dir,
                               modelIdentifier=self.md.coSimulation.modelIdentifier, instanceName=instance_name)
+        self._instantiated = False
         self._started = False
+
+    def instantiate(self) -> None:
+        """Load the model (starts the FMU's Python and its ONNX session): do it before the batch starts."""
+        if not self._instantiated:
+            self._fmu.instantiate()
+            self._instantiated = True
 
     def _set(self, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -56,8 +63,8 @@ class FmuRunner:
                 self._fmu.setReal([v.valueReference], [float(value)])
 
     def start(self, params: dict[str, float], t0_s: float = 0.0) -> None:
-        """Instantiate, set parameters (by name) and initialise at t0_s."""
-        self._fmu.instantiate()
+        """Set parameters (by name) and initialise at t0_s (instantiating first if needed)."""
+        self.instantiate()
         try:
             self._fmu.setupExperiment(startTime=t0_s)
             self._fmu.enterInitializationMode()
@@ -92,7 +99,9 @@ class FmuRunner:
         if self._started:
             self._fmu.terminate()
             self._started = False
-        self._fmu.freeInstance()
+        if self._instantiated:
+            self._fmu.freeInstance()
+            self._instantiated = False
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> FmuRunner:
