@@ -124,8 +124,8 @@ class SoftSensorConfig:
     # -- process noise
     rate_rel_std: float = 0.03               # relative std of the unmodelled, fast part of r1 and r2 ...
     rate_noise_time_s: float = 300.0         # ... and its correlation time
-    T_process_std_K_per_sqrt_s: float = 0.002  # energy-balance model error (random walk on T)
-    UA_factor_walk_per_sqrt_s: float = 5e-4  # random walk of the UA factor
+    T_process_std_K_per_sqrt_s: float = 0.001  # energy-balance model error (random walk on T)
+    UA_factor_walk_per_sqrt_s: float = 2e-4  # random walk of the UA factor
     k_factor_walk_per_sqrt_s: float = 5e-4   # random walk of k1_factor and k2_factor
     out_of_domain_noise_factor: float = 6.0  # rate noise and k-factor walk x this while the correction is faded out
     # -- initial uncertainty (start of the batch)

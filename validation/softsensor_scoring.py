@@ -148,9 +148,15 @@ def score_variant(name: str, corr: CorrectionModel | None, batches: list[BatchIn
                 key = "stuck" if kind == "stuck" else f"drift {rate * 60:.2g} K/min"
                 flag = SoftSensorAlarm.T_SENSOR_STUCK if kind == "stuck" else SoftSensorAlarm.T_SENSOR_DRIFT
                 rf = replay(SoftSensor(params_for(b, base), corr, SoftSensorConfig()), inject_fault(b, kind, t_fault, rate))
-                t_any = rf.first_alarm_s()
-                early = not math.isnan(t_any) and t_any < t_fault
+                sensor_bits = int(SoftSensorAlarm.T_SENSOR_STUCK | SoftSensorAlarm.T_SENSOR_DRIFT)
+                before = rf.t_s < t_fault
+                # A sensor alarm before the fault is a false alarm, not a detection.
+                early = bool(np.any(rf.alarms[before] & sensor_bits))
                 t_det = rf.first_alarm_s(flag)
+                # "Any alarm": the first alarm bit raised after the fault that was not already up.
+                up = int(rf.alarms[before][-1]) if before.any() else 0
+                new_bits = np.flatnonzero(~before & ((rf.alarms & ~up) != 0))
+                t_any = float(rf.t_s[new_bits[0]]) if len(new_bits) else math.nan
                 fault_rows.setdefault(key, []).append(math.nan if early else t_det - t_fault)
                 fault_rows.setdefault(key + " (any alarm)", []).append(math.nan if early else t_any - t_fault)
         log.info("%s batch %d: RMSE %.2f %% (open loop %.2f %%), yield error at 50 %% %.2f points",
@@ -215,7 +221,8 @@ def render(results: dict) -> str:
         i_err = np.abs([row["impurity_err_0.5"] for row in r["rows"]])
         lines.append(f"| {name} | {' | '.join(cells)} | {np.mean(t_err):.0f} min | {np.mean(i_err):.2f} points |")
     lines += ["", "**Sensor faults injected at 40 % of each held-out batch** (detected / injected; delay from the "
-              "fault to the alarm; the data set's rows are 60 s apart):", "",
+              "fault to the alarm; the data set's rows are 60 s apart; \"any alarm\": the first alarm raised after the "
+              "fault that was not already up):", "",
               "| model | fault | the right alarm | any alarm |", "|---|---|---|---|"]
     for name, r in results["variants"].items():
         for key, v in r["faults"].items():
