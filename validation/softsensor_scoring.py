@@ -292,11 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     out_json.write_text(json.dumps(results, indent=1, default=float) + "\n", encoding="utf-8")
     fig_dir = ROOT / "validation" / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    b = batches[0]
+    # Figures of the first model's first and worst held-out batch.
     name, c = vs[0]
-    res = replay(SoftSensor(params_for(b, ModelParams()), c, SoftSensorConfig()), b)
-    plot_replay(b, res, fig_dir / f"softsensor_batch{b.batch_id}.png", open_loop(b, ModelParams(), c),
-                open_loop(b, ModelParams(), None))
+    rows = results["variants"][name]["rows"]
+    worst = max(rows, key=lambda row: row["rmse_softsensor"])["batch"]
+    for b in [batches[0]] + [bb for bb in batches if bb.batch_id == worst and bb is not batches[0]]:
+        res = replay(SoftSensor(params_for(b, ModelParams()), c, SoftSensorConfig()), b)
+        plot_replay(b, res, fig_dir / f"softsensor_batch{b.batch_id}.png", open_loop(b, ModelParams(), c),
+                    open_loop(b, ModelParams(), None))
     if not args.no_doc and not args.quick:
         write_doc(table)
         print(f"wrote the table into {DOC.relative_to(ROOT)}")
