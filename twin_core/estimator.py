@@ -385,6 +385,8 @@ class SoftSensor:
                                     cfg.c_BC0_std_mol_per_m3, T_std, cfg.UA_factor0_std,
                                     cfg.k1_factor0_std, cfg.k2_factor0_std]) ** 2)
         self._h = 0.0
+        # Rate factors used by the extrapolation until the first step (then those of each step).
+        self._held.f1, self._held.f2 = float(factors0[1]), float(factors0[2])
         self._t0 = t0
         self._t_filter = t0          # time of the last filter step (the posterior's time)
         self._t_scan = t0            # time of the last scan accepted
