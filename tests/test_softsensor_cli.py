@@ -51,3 +51,14 @@ def test_correction_loading():
     assert load_correction("none") is None
     with pytest.raises(ParameterError, match="no such file"):
         load_correction("/nonexistent/model.onnx")
+
+
+def test_fmu_tuning_starts_equal_the_estimator_defaults():
+    """The FMU's estimator-tuning parameters start at the SoftSensorConfig defaults tuned on plant data."""
+    from twin_core.estimator import SoftSensorConfig
+    from twin_core.signals import by_name
+
+    sig, cfg = by_name(), SoftSensorConfig()
+    assert sig["sigma_T_meas"].start == cfg.T_noise_std_K
+    assert sig["sigma_lab"].start == cfg.lab_abs_std_mol_per_m3
+    assert sig["sigma_rate_rel"].start == cfg.rate_rel_std
