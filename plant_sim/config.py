@@ -17,7 +17,6 @@ tables raise ParameterError naming the field. plant_sim/plant.toml holds the def
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -25,42 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from twin_core.errors import ParameterError, ParameterTypeError
-from twin_core.params import T_MAX_K, T_MIN_K, ModelParams
+from twin_core.params import ModelParams
+from twin_core.validate import non_negative as _non_negative
+from twin_core.validate import number as _number
+from twin_core.validate import positive as _positive
+from twin_core.validate import temperature as _temperature
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("plant.toml")
 """The default plant configuration shipped with the package (equal to ``PlantConfig()``)."""
 
 
 # -- validators ----------------------------------------------------------------------------------
-def _number(path: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterTypeError(path, value, "a real number")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ParameterError(path, value, "must be finite")
-    return v
-
-
-def _positive(path: str, value: object) -> None:
-    if _number(path, value) <= 0.0:
-        raise ParameterError(path, value, "must be > 0")
-
-
-def _non_negative(path: str, value: object) -> None:
-    if _number(path, value) < 0.0:
-        raise ParameterError(path, value, "must be >= 0")
-
-
 def _fraction(path: str, value: object, hi: float = 1.0) -> None:
     v = _number(path, value)
     if not 0.0 <= v < hi:
         raise ParameterError(path, value, f"must be within [0, {hi})")
-
-
-def _temperature(path: str, value: object) -> None:
-    v = _number(path, value)
-    if not T_MIN_K <= v <= T_MAX_K:
-        raise ParameterError(path, value, f"must be a temperature in kelvin within [{T_MIN_K}, {T_MAX_K}]")
 
 
 def _boolean(path: str, value: object) -> None:

@@ -54,6 +54,7 @@ from twin_core.model import Coefficients, RateMultipliers, coefficients, derivat
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 from twin_core.signals import C_HI, T_HI_K, T_LO_K
+from twin_core.validate import number as _num
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,6 @@ SENSOR_FAULTS = _STUCK | _DRIFT
 # Flags are kept as plain ints on the hot path (IntFlag operators cost microseconds); the enum
 # values for every combination are built once.
 _ALARM_FLAGS = tuple(SoftSensorAlarm(i) for i in range(8))
-
-
-def _num(path: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterTypeError(path, value, "a real number")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ParameterError(path, value, "must be finite")
-    return v
 
 
 @dataclass(frozen=True)

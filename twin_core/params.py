@@ -9,7 +9,6 @@ Arrhenius constants are written around a reference temperature T_ref_K:
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,40 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from twin_core.errors import ParameterError, ParameterTypeError
+from twin_core.validate import T_MAX_K, T_MIN_K  # noqa: F401  (re-exported: part of this module's API)
+from twin_core.validate import non_negative as _non_negative
+from twin_core.validate import number as _check_number
+from twin_core.validate import positive as _positive
+from twin_core.validate import temperature as _temperature
 
 R_J_PER_MOL_K = 8.314462618
 """Molar gas constant [J/(mol*K)]."""
-
-T_MIN_K = 200.0
-"""Lowest temperature any parameter may take [K]; below is a unit mistake (degC given as K)."""
-T_MAX_K = 700.0
-"""Highest temperature any parameter may take [K]."""
-
-
-def _check_number(path: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterTypeError(path, value, "a real number")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ParameterError(path, value, "must be finite")
-    return v
-
-
-def _positive(path: str, value: object) -> None:
-    if _check_number(path, value) <= 0.0:
-        raise ParameterError(path, value, "must be > 0")
-
-
-def _non_negative(path: str, value: object) -> None:
-    if _check_number(path, value) < 0.0:
-        raise ParameterError(path, value, "must be >= 0")
-
-
-def _temperature(path: str, value: object) -> None:
-    v = _check_number(path, value)
-    if not (T_MIN_K <= v <= T_MAX_K):
-        raise ParameterError(path, value, f"must be a temperature in kelvin within [{T_MIN_K}, {T_MAX_K}]")
-
 
 @dataclass(frozen=True)
 class Kinetics:

@@ -24,7 +24,6 @@ TOML form (steps are appended to the start point; ``points`` may be given instea
 from __future__ import annotations
 
 import bisect
-import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,17 +32,9 @@ from typing import Any
 
 from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.params import T_MAX_K, T_MIN_K
+from twin_core.validate import number as _num
 
 MODES = ("jacket", "reactor")
-
-
-def _num(path: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterTypeError(path, value, "a real number")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ParameterError(path, value, "must be finite")
-    return v
 
 
 @dataclass(frozen=True)
