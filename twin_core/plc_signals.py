@@ -21,13 +21,11 @@ test checks it, because twin_core must not import plant_sim.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from twin_core.signals import C_HI, T_HI_K, T_LO_K, ModbusBinding, Signal
+from twin_core.signals import C_HI, T_HI_K, T_LO_K, ModbusBinding, Signal, aligned_text, csv_text
 
 RECIPE_MAX_POINTS = 16
 """Points of the jacket temperature programme the PLC holds."""
@@ -298,25 +296,17 @@ def register_map_rows(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> li
 
 def register_map_csv(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> str:
     """The register map as CSV text (docs/modbus_register_map_plc.csv)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MAP_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(register_map_rows(entries))
-    return buf.getvalue()
+    return csv_text(MAP_COLUMNS, register_map_rows(entries))
 
 
 def format_register_map(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> str:
     """The register map as an aligned text table for the console (``twin plant --print-map``)."""
     cols = ("table", "address", "reference", "count", "name", "access", "encoding", "scale", "offset", "unit",
             "min", "max")
-    data = [[str(r[c]) for c in cols] for r in register_map_rows(entries)]
-    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
     head = [
         "Modbus TCP register map of the simulated PLC (0-based protocol addresses; reference = 1-based number).",
         "float32: two registers, high word first, big-endian bytes (ABCD). uint32: high word first.",
         "int16/uint16/uint32: value = raw / scale + offset, in the SI unit shown. Block 900: simulation only.",
         "",
-        "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
-        "  ".join("-" * w for w in widths),
     ]
-    return "\n".join(head + ["  ".join(v.ljust(w) for v, w in zip(d, widths, strict=True)) for d in data])
+    return "\n".join(head) + "\n" + aligned_text(cols, register_map_rows(entries))

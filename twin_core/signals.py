@@ -311,24 +311,33 @@ def rows(table: Iterable[Signal] = TWIN_SIGNALS) -> list[dict[str, object]]:
     return out
 
 
+def csv_text(columns: Sequence[str], table_rows: Iterable[dict[str, object]]) -> str:
+    """Rows (dicts keyed by column) as CSV text with a header line."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    w.writerows(table_rows)
+    return buf.getvalue()
+
+
+def aligned_text(columns: Sequence[str], table_rows: Iterable[dict[str, object]]) -> str:
+    """Rows (dicts keyed by column) as an aligned text table with a header and a rule."""
+    data = [[str(r[c]) for c in columns] for r in table_rows]
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths, strict=True)) for d in data]
+    return "\n".join(lines)
+
+
 def to_csv(table: Iterable[Signal] = TWIN_SIGNALS) -> str:
     """The table as CSV text."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows(table))
-    return buf.getvalue()
+    return csv_text(COLUMNS, rows(table))
 
 
 def to_text(table: Iterable[Signal] = TWIN_SIGNALS) -> str:
     """The table as an aligned text table for the console."""
-    cols = ("name", "unit", "role", "min", "max", "nominal", "start", "description")
-    data = [[str(r[c]) for c in cols] for r in rows(table)]
-    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths)) for d in data]
-    return "\n".join(lines)
+    return aligned_text(("name", "unit", "role", "min", "max", "nominal", "start", "description"), rows(table))
 
 
 _ = fields  # re-exported for generators that introspect Signal
