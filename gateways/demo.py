@@ -39,6 +39,7 @@ class DemoResult:
     c_B_est: list[float] = field(default_factory=list)
     c_B_std: list[float] = field(default_factory=list)
     c_B_true: list[float] = field(default_factory=list)
+    health: list[int] = field(default_factory=list)
     labs: int = 0
     step_cost_s: list[float] = field(default_factory=list)
     read_cost_s: list[float] = field(default_factory=list)
@@ -78,8 +79,9 @@ def run_demo(speed: float = 720.0, seed: int = 7, fmu_path: str | Path = DEFAULT
             time.sleep(0.005)
             m = client.read_measurements()
         t_prev = m["batch_time"]
+        # Inputs are set before initialisation too: the estimator starts from the measured temperature.
         twin.start({"estimator_on": 1, "correction_on": 1, "t_batch_end": recipe.end_time_s,
-                    "T0": m["T_reactor"]}, t0_s=t_prev)
+                    "T0": m["T_reactor"], "T_measured": m["T_reactor"], "T_jacket": m["T_jacket"]}, t0_s=t_prev)
         say(f"{'t [h]':>6} {'phase':<9} {'T [C]':>6} {'Tj [C]':>6} {'lab c_B':>8} {'c_B est +- 2sd':>16} "
             f"{'true c_B':>8} {'yield fcst':>10} {'stop fcst':>9}  health")
         say(f"{'':>6} {'':<9} {'':>6} {'':>6} {'[mol/L]':>8} {'[mol/L]':>16} {'[mol/L]':>8} {'[%]':>10} {'[h]':>9}")
@@ -113,6 +115,7 @@ def run_demo(speed: float = 720.0, seed: int = 7, fmu_path: str | Path = DEFAULT
             res.c_B_est.append(out["c_B"])
             res.c_B_std.append(out["c_B_std"])
             res.c_B_true.append(truth[1])
+            res.health.append(int(out["model_health"]))
             t_prev = t_now
             if t_now >= next_report:
                 next_report += report_every_s

@@ -83,6 +83,7 @@ def test_demo_batch_end_to_end():
     assert res.labs >= 8, res.labs  # 6 h batch, a sample every 30 min, results 30-45 min later
     assert res.t_s[-1] >= 0.9 * DEFAULT_RECIPE.end_time_s, res.t_s[-1]
     assert all(c >= 0.0 for c in res.c_B_est)
+    assert max(res.health) < 2, "model-health alarm on a fault-free batch"
     # Generous bound: the demo's fidelity figure is printed by `twin demo`; this guards against a
     # broken chain (wrong units or registers would give errors of tens of percent).
     assert res.rmse_pct_of_max < 10.0, res.rmse_pct_of_max
