@@ -12,6 +12,7 @@ from test_fmu_fmpy import Log, slave
 from twin_core.estimator import SoftSensor, SoftSensorConfig
 from twin_core.hybrid import HybridTwin
 from twin_core.params import ModelParams
+from twin_core.signals import by_name
 
 DT = 10.0
 N = 540  # 1.5 h
@@ -61,8 +62,9 @@ def _fmu_run(s, plant: dict, n_from: int, n_to: int) -> np.ndarray:  # noqa: ANN
 
 def _reference(plant: dict, n: int) -> np.ndarray:
     """twin_core's SoftSensor driven as the FMU documents it (scan at t + dt, assay on arrival)."""
-    cfg = SoftSensorConfig(T_noise_std_K=0.1, lab_abs_std_mol_per_m3=10.0, rate_rel_std=0.05,
-                           forecast_interval_s=300.0)
+    sig = by_name()  # the FMU's tuning parameters at their start values (signal table)
+    cfg = SoftSensorConfig(T_noise_std_K=sig["sigma_T_meas"].start, lab_abs_std_mol_per_m3=sig["sigma_lab"].start,
+                           rate_rel_std=sig["sigma_rate_rel"].start, forecast_interval_s=sig["forecast_interval"].start)
     sensor = SoftSensor(ModelParams(), None, cfg)
     sensor.start(0.0, T_measured_K=plant["T_meas"][0])
     sensor.set_plan(None, 36000.0)
