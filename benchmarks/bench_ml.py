@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  grouped cross-validation         {tm['cross_validation']:8.2f} s  "
           f"({len(rep['cross_validation']['candidates'])} candidates)")
     print(f"  final fit                        {tm['final_fit']:8.3f} s")
-    print(f"  ONNX export (skl2onnx)           {tm['export']:8.3f} s")
+    print(f"  ONNX export                      {tm['export']:8.3f} s")
     print(f"  held-out scoring                 {tm['holdout_scoring']:8.2f} s")
     print(f"  total                            {total:8.2f} s")
     print("Grouped CV (RMSE of ln f1, ln f2; mean over folds):")

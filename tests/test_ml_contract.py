@@ -236,3 +236,26 @@ def test_correction_regressor_keeps_the_estimator_contract() -> None:
     assert list(good.feature_names_in_) == list(DEFAULT_FEATURES) and good.n_features_in_ == 4
     with pytest.raises(ParameterError, match="must have 4 columns"):
         good.predict(X[:, :3])  # feature names are fixed
+
+
+@pytest.mark.parametrize("name, n_nodes", [("ridge_poly2", 4), ("ridge_poly3", None)])
+def test_quadratic_ridge_exports_as_a_four_node_quadratic_form(tmp_path: Path, name: str, n_nodes: int | None) -> None:
+    """ridge_poly2 (scaler, degree-2 monomials, ridge) is written as Gemm, MatMul, Mul, MatMul with the
+    scaling, the monomial selection and the intercept folded into the constants; degree 3 keeps the
+    generic converter. Both agree with scikit-learn to 1e-9 relative, inside and beyond the training box."""
+    X, y = synthetic_rows(300)
+    model = RateCorrectionRegressor(candidates()[name]).fit(X, y)
+    onx = to_onnx(model, "0" * 64)
+    ops = [node.op_type for node in onx.graph.node]
+    if n_nodes is not None:
+        assert ops == ["Gemm", "MatMul", "Mul", "MatMul"]  # no Cast: float64 throughout
+    else:
+        assert "Gather" in ops
+    save(onx, tmp_path / "m.onnx")
+    corr = OnnxCorrection(tmp_path / "m.onnx")
+    rng = np.random.default_rng(7)
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    Xt = rng.uniform(lo - 0.2 * (hi - lo), hi + 0.2 * (hi - lo), (2000, 4))
+    want = model.predict(Xt)
+    np.testing.assert_allclose(corr.predict_log_factors(Xt), want, rtol=1e-9, atol=0.0)
+    np.testing.assert_allclose(corr.predict_log_factors(Xt[:1]), want[:1], rtol=1e-9, atol=0.0)
