@@ -1,8 +1,9 @@
 """Export a fitted :class:`~ml_onnx.model.RateCorrectionRegressor` to ONNX with its contract metadata.
 
 skl2onnx converts the fitted regressor in double precision (``DoubleTensorType``) with the input and
-output names of ml_onnx.contract, except for the shipped family (StandardScaler -> Monomials of degree
-<= 2 -> Ridge), written directly as a 4-node quadratic form (:func:`_quadratic_model`). The metadata
+output names of ml_onnx.contract. The shipped family (StandardScaler -> Monomials of degree <= 2 ->
+Ridge) goes through skl2onnx as a :class:`QuadraticForm` with its own converter: 4 nodes instead of
+12 (:func:`_quadratic_form_converter`). The metadata
 (``metadata_props``) carries the feature names and units, what the output means, the training-domain
 bounds and ramp widths, the SHA-256 of the training data, library versions, the model version and the
 creation time.
@@ -190,7 +191,28 @@ def _quadratic_parts(est: object) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return mean, scale, W
 
 
-def _quadratic_model(mean: np.ndarray, scale: np.ndarray, W: np.ndarray, doc: str) -> onnx.ModelProto:
+class QuadraticForm:
+    """Export vehicle: the fitted model as y_k = z^T W_k z with z = [(x - mean) / scale, 1].
+
+    Built from a fitted pipeline by :func:`_quadratic_parts` (no fitting of its own); skl2onnx
+    converts it with :func:`_quadratic_form_converter`, registered below.
+    """
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, W: np.ndarray) -> None:
+        self.mean, self.scale, self.W = mean, scale, W
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The model's output [N, K] in plain numpy (for checks)."""
+        z = np.hstack([(np.asarray(X, dtype=np.float64) - self.mean) / self.scale, np.ones((len(X), 1))])
+        return np.einsum("ni,kij,nj->nk", z, self.W, z)
+
+
+def _quadratic_form_shape(operator) -> None:  # type: ignore[no-untyped-def]
+    k = operator.raw_operator.W.shape[0]
+    operator.outputs[0].type = operator.inputs[0].type.__class__([operator.inputs[0].get_first_dimension(), k])
+
+
+def _quadratic_form_converter(scope, operator, container) -> None:  # type: ignore[no-untyped-def]
     """The 4-node ONNX form of a ridge on scaled degree-<=2 monomials (see :func:`_quadratic_parts`).
 
     With m = n + 1 and K outputs, one Gemm writes z = [(x - mean) / scale, 1] K times side by side
@@ -200,6 +222,8 @@ def _quadratic_model(mean: np.ndarray, scale: np.ndarray, W: np.ndarray, doc: st
     rounding differs (a few 1e-12 relative on the held-out rows, contract 1e-9), in 4 nodes
     instead of the 12 that the generic Monomials converter and skl2onnx's scaler and ridge write.
     """
+    op = operator.raw_operator
+    mean, scale, W = op.mean, op.scale, op.W
     K, m = W.shape[0], W.shape[1]
     n = m - 1
     A1 = np.zeros((n, m))
@@ -213,22 +237,41 @@ def _quadratic_model(mean: np.ndarray, scale: np.ndarray, W: np.ndarray, doc: st
     for k in range(K):
         B[k * m:(k + 1) * m, k * m:(k + 1) * m] = W[k].T
         S[k * m:(k + 1) * m, k] = 1.0
-    h = onnx.helper
-    init = [numpy_helper.from_array(v, name=k) for k, v in
-            (("scale_embed", A), ("scale_offset", c), ("quadratic_form", B), ("block_sum", S))]
-    nodes = [
-        h.make_node("Gemm", [INPUT_NAME, "scale_embed", "scale_offset"], ["z_tiled"], name="scale"),   # [N, K m]
-        h.make_node("MatMul", ["z_tiled", "quadratic_form"], ["Wz"], name="quadratic_form"),          # [N, K m]
-        h.make_node("Mul", ["Wz", "z_tiled"], ["zWz_terms"], name="terms"),                            # [N, K m]
-        h.make_node("MatMul", ["zWz_terms", "block_sum"], [OUTPUT_NAME], name="sum"),                  # [N, K]
-    ]
-    graph = h.make_graph(nodes, "rate_correction",
-                         [h.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.DOUBLE, [None, n])],
-                         [h.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.DOUBLE, [None, K])],
-                         init)
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", TARGET_OPSET[""])], ir_version=8)
-    model.doc_string, model.domain = doc, "ai.onnx"  # where skl2onnx puts them
-    return model
+
+    def const(stem: str, v: np.ndarray) -> str:
+        nm = scope.get_unique_variable_name(stem)
+        container.add_initializer(nm, onnx.TensorProto.DOUBLE, list(v.shape), v.ravel().tolist())
+        return nm
+
+    def node(op_type: str, inputs: list[str], out: str) -> str:
+        container.add_node(op_type, inputs, out, name=scope.get_unique_operator_name(op_type))
+        return out
+
+    x = operator.inputs[0].full_name
+    zz = node("Gemm", [x, const("scale_embed", A), const("scale_offset", c)],
+              scope.get_unique_variable_name("z_tiled"))                                          # [N, K m]
+    wz = node("MatMul", [zz, const("quadratic_form", B)], scope.get_unique_variable_name("Wz"))   # [N, K m]
+    terms = node("Mul", [wz, zz], scope.get_unique_variable_name("zWz_terms"))                    # [N, K m]
+    node("MatMul", [terms, const("block_sum", S)], operator.outputs[0].full_name)                 # [N, K]
+
+
+def _drop_final_cast(onx: onnx.ModelProto) -> None:
+    """Remove the double -> double Cast skl2onnx appends to rename the output (a no-op on values)."""
+    nodes = onx.graph.node
+    last = nodes[-1]
+    if last.op_type != "Cast" or list(last.output) != [OUTPUT_NAME]:
+        return
+    if not any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in last.attribute):
+        return
+    src = last.input[0]
+    for nd in nodes:
+        for i, out in enumerate(nd.output):
+            if out == src:
+                nd.output[i] = OUTPUT_NAME
+    nodes.remove(last)
+
+
+update_registered_converter(QuadraticForm, "TwinQuadraticForm", _quadratic_form_shape, _quadratic_form_converter)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -270,17 +313,17 @@ def to_onnx(model: RateCorrectionRegressor, data_sha256: str, model_version: str
     names = tuple(str(n) for n in model.feature_names_in_)
     doc = description or "Learned factors on the two reaction rates of the batch-reactor twin"
     quadratic = _quadratic_parts(model.estimator_)
-    if quadratic is not None:  # the ridge_poly2 family: 4 nodes (see _quadratic_model)
-        onx = _quadratic_model(*quadratic, doc=doc)
-    else:
-        onx = convert_sklearn(
-            model.estimator_,
-            initial_types=[(INPUT_NAME, DoubleTensorType([None, len(names)]))],
-            final_types=[(OUTPUT_NAME, DoubleTensorType([None, N_OUTPUTS]))],
-            target_opset=dict(TARGET_OPSET),
-            name="rate_correction",
-            doc_string=doc,
-        )
+    # The ridge_poly2 family goes through skl2onnx as a QuadraticForm (4 nodes), the rest as is.
+    onx = convert_sklearn(
+        QuadraticForm(*quadratic) if quadratic is not None else model.estimator_,
+        initial_types=[(INPUT_NAME, DoubleTensorType([None, len(names)]))],
+        final_types=[(OUTPUT_NAME, DoubleTensorType([None, N_OUTPUTS]))],
+        target_opset=dict(TARGET_OPSET),
+        name="rate_correction",
+        doc_string=doc,
+    )
+    if quadratic is not None:
+        _drop_final_cast(onx)
     meta = {
         "twin.contract_version": CONTRACT_VERSION,
         "twin.feature_names": json.dumps(list(names)),
