@@ -33,6 +33,7 @@ from ml_onnx.features import feature_matrix
 from twin_core.errors import ParameterError
 from twin_core.model import coefficients
 from twin_core.params import ModelParams
+from twin_core.validate import positive
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,7 @@ class ReconcileConfig:
 
     def __post_init__(self) -> None:
         for name in ("knot_s", "rw_sd_per_knot", "level_sd", "lab_rsd", "lab_floor_mol_per_m3"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0.0):
-                raise ParameterError(f"reconcile.{name}", v, "must be finite and > 0")
+            positive(f"reconcile.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
