@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twin_core.estimator import SoftSensor, SoftSensorConfig
+from twin_core.estimation import SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridTwin
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe

@@ -40,7 +40,7 @@ from fmu.variables import (
     fmi_variables,
 )
 from twin_core.errors import IntegrationError, MeasurementError, ParameterError, TwinError
-from twin_core.estimator import Estimate, SoftSensor, SoftSensorConfig
+from twin_core.estimation import Estimate, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridStepState, HybridTwin
 from twin_core.integrator import Tolerance
 from twin_core.signals import params_from_signals

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_fmu_fmpy import Log, slave
 
-from twin_core.estimator import SoftSensor, SoftSensorConfig
+from twin_core.estimation import SoftSensor, SoftSensorConfig
 from twin_core.hybrid import HybridTwin
 from twin_core.params import ModelParams
 from twin_core.signals import by_name

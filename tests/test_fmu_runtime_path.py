@@ -17,7 +17,7 @@ PROBE = textwrap.dedent("""
     import sys
     import fmu.slave  # noqa: F401  (the FMU's Python side, as bundled)
     from ml_onnx.runtime import OnnxCorrection
-    from twin_core.estimator import SoftSensor, SoftSensorConfig
+    from twin_core.estimation import SoftSensor, SoftSensorConfig
     from twin_core.hybrid import HybridTwin
     from twin_core.params import ModelParams
     from twin_core.recipe import DEFAULT_RECIPE

@@ -10,7 +10,7 @@ import pytest
 from softsensor_synthetic import RECIPE, make_batch
 
 from twin_core.errors import ParameterError
-from twin_core.estimator import SoftSensor, SoftSensorConfig
+from twin_core.estimation import SoftSensor, SoftSensorConfig
 from twin_core.params import ModelParams
 
 

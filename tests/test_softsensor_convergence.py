@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from softsensor_synthetic import TRUE_PARAMS, make_batch, run
 
-from twin_core.estimator import IA, IB, IT, IUA, SoftSensor, SoftSensorConfig
+from twin_core.estimation import IA, IB, IT, IUA, SoftSensor, SoftSensorConfig
 from twin_core.params import ModelParams
 
 NOMINAL = ModelParams()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from softsensor_synthetic import make_batch, run
 
-from twin_core.estimator import IB, SoftSensor, SoftSensorAlarm, SoftSensorConfig
+from twin_core.estimation import IB, SoftSensor, SoftSensorAlarm, SoftSensorConfig
 from twin_core.params import ModelParams
 from twin_core.softsensor_cli import read_dataset
 from twin_core.softsensor_replay import c_B_rmse_percent, inject_fault, params_for, replay

@@ -15,7 +15,7 @@ from softsensor_synthetic import RECIPE, make_batch, run
 
 from twin_core.analysis import Economics, economic_stop, impurity_fraction, optimal_stop
 from twin_core.errors import ParameterError
-from twin_core.estimator import IB, SoftSensor, SoftSensorConfig
+from twin_core.estimation import IB, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import HybridTwin
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from softsensor_synthetic import make_batch, run
 
-from twin_core.estimator import IB, IC, SoftSensor, SoftSensorConfig
+from twin_core.estimation import IB, IC, SoftSensor, SoftSensorConfig
 from twin_core.params import ModelParams
 
 CFG = SoftSensorConfig(T_sensor_lag_s=0.0)

@@ -13,7 +13,7 @@ from scipy.optimize import minimize
 from softsensor_synthetic import make_batch, run
 
 from twin_core.errors import MeasurementError
-from twin_core.estimator import IB, IC, N_STATES, SoftSensor, SoftSensorConfig
+from twin_core.estimation import IB, IC, N_STATES, SoftSensor, SoftSensorConfig
 from twin_core.params import ModelParams
 
 CFG = SoftSensorConfig(T_sensor_lag_s=0.0, history_window_s=3600.0)

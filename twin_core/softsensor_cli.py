@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from twin_core.errors import ParameterError
-from twin_core.estimator import IB, IC, IT, SoftSensor, SoftSensorAlarm, SoftSensorConfig
+from twin_core.estimation import IB, IC, IT, SoftSensor, SoftSensorAlarm, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe

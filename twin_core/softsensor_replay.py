@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from twin_core.errors import MeasurementError
-from twin_core.estimator import STATE_NAMES, SoftSensor, SoftSensorAlarm
-from twin_core.forecast import Forecast
+from twin_core.estimation import STATE_NAMES, SoftSensor, SoftSensorAlarm
+from twin_core.estimation import Forecast
 from twin_core.hybrid import CorrectionModel, HybridTwin
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe

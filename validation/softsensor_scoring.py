@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from twin_core.estimator import SoftSensor, SoftSensorAlarm, SoftSensorConfig, chi2_bounds_mean
-from twin_core.health import chi2_quantile
+from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig, chi2_bounds_mean
+from twin_core.estimation import chi2_quantile
 from twin_core.hybrid import CorrectionModel
 from twin_core.model import coefficients
 from twin_core.params import ModelParams
