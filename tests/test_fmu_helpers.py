@@ -2,9 +2,8 @@
 host, the reference run with twin_core's own stepping, and FMPy runs with an input table.
 
 Each FMU variant is built once per process into a private temporary folder (never dist/, which
-``python3 build.py`` owns): ``physics`` (no correction), ``hybrid`` (dist/correction.onnx when it
-exists, otherwise a small correction fitted here with ml_onnx's own exporter, so the hybrid tests
-never depend on a prior ``twin train``) and ``variant`` (another model identifier, another build id
+``python3 build.py`` owns): ``physics`` (no correction), ``hybrid`` (a small correction fitted here
+with ml_onnx's own exporter, so the hybrid tests never depend on what is in dist/) and ``variant`` (another model identifier, another build id
 and other baked-in start values: the "two different builds in one process" case).
 """
 
@@ -42,14 +41,14 @@ def fmi_headers() -> Path:
 
 @functools.cache
 def correction_path() -> Path:
-    """dist/correction.onnx if built, else a small correction fitted on a synthetic data set."""
-    dist = ROOT / "dist" / "correction.onnx"
-    if dist.is_file():
-        # A private copy: the FMU and the reference must read the same bytes even if `twin train`
-        # rewrites dist/ while the tests run.
-        own = _BASE / "dist_correction.onnx"
-        shutil.copyfile(dist, own)
-        return own
+    """The test correction (see :func:`synthetic_correction`), fitted once per process."""
+    return synthetic_correction(_BASE)
+
+
+def synthetic_correction(folder: Path) -> Path:
+    """A small correction fitted on a synthetic data set with ml_onnx's own exporter, written to
+    ``folder/correction.onnx``: the hybrid tests never depend on what a prior ``twin train`` left in
+    dist/. Deterministic (a ridge fit on simulated batches): the same bytes on every run."""
     from sklearn.linear_model import Ridge
 
     from ml_onnx.export import save, to_onnx
@@ -68,7 +67,7 @@ def correction_path() -> Path:
     # A smooth, temperature-dependent correction of both rates (about +-20 %).
     y = np.column_stack([0.15 * np.tanh((x[:, 3] - 330.0) / 20.0), -0.1 + 1e-4 * x[:, 1]])
     model = RateCorrectionRegressor(estimator=Ridge(alpha=1e-6)).fit(X, y)
-    out = _BASE / "correction.onnx"
+    out = Path(folder) / "correction.onnx"
     save(to_onnx(model, "0" * 64, description="test correction"), out)
     return out
 
