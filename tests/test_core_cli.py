@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from twin_core import Twin, load_recipe
-from twin_core.cli import main
+from twin_core.offline.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

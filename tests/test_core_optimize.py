@@ -10,7 +10,7 @@ import pytest
 
 from twin_core import ModelParams, Recipe, Twin, load_recipe
 from twin_core.analysis import Economics
-from twin_core.optimize import OptimizationResult, OptimizerConfig, format_result, optimize_recipe
+from twin_core.offline.optimize import OptimizationResult, OptimizerConfig, format_result, optimize_recipe
 
 C0 = 273.15
 # Few segments and a coarse grid keep the tests quick; the constraints are the defaults.

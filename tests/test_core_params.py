@@ -8,7 +8,7 @@ import pytest
 
 from twin_core import ParameterError, ParameterTypeError, Tolerance, load_params, load_recipe
 from twin_core.analysis import Economics
-from twin_core.optimize import OptimizerConfig
+from twin_core.offline.optimize import OptimizerConfig
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 

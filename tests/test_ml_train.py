@@ -142,7 +142,7 @@ def test_reconciled_factors_follow_the_lab_assays() -> None:
 
 
 def test_twin_train_cli_writes_the_model_and_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from twin_core.cli import main
+    from twin_core.offline.cli import main
 
     keep: dict[str, set[str]] = {"train": set(), "holdout": set()}
     small = tmp_path / "small.csv"

@@ -17,7 +17,7 @@ from plant_sim.config import Fouling
 from plant_sim.dataset import COLUMNS, HEADER, HOLDOUT_EVERY, generate, sha256_file
 from plant_sim.recipes import HOLDOUT_FAMILIES, TRAIN_FAMILIES, recipe_library
 from plant_sim.scoring import BatchData, c_B_rmse_fraction, read_batches
-from twin_core.cli import build_parser, main
+from twin_core.offline.cli import build_parser, main
 
 DATA = ROOT / "data" / "simulated_batch_data.csv"
 SHA = ROOT / "data" / "simulated_batch_data.sha256"

@@ -420,7 +420,7 @@ def test_commands_cover_the_interface() -> None:
 def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "twin_core.cli", "plant", "--port", str(port), "--speed", "100"],
+    proc = subprocess.Popen([sys.executable, "-m", "twin_core.offline.cli", "plant", "--port", str(port), "--speed", "100"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         wait_for_port(port)
@@ -436,7 +436,7 @@ def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
 
 
 def test_twin_plant_print_map(capsys: pytest.CaptureFixture[str]) -> None:
-    from twin_core.cli import main
+    from twin_core.offline.cli import main
 
     assert main(["plant", "--print-map"]) == 0
     out = capsys.readouterr().out

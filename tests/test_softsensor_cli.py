@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twin_core.cli import main
+from twin_core.offline.cli import main
 from twin_core.errors import ParameterError
-from twin_core.softsensor_cli import load_correction, read_dataset
+from twin_core.offline.softsensor_cli import load_correction, read_dataset
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "simulated_batch_data.csv"
 

@@ -40,8 +40,8 @@ from twin_core.estimation import chi2_quantile
 from twin_core.hybrid import CorrectionModel
 from twin_core.model import coefficients
 from twin_core.params import ModelParams
-from twin_core.softsensor_cli import plot_replay, read_dataset
-from twin_core.softsensor_replay import (
+from twin_core.offline.softsensor_cli import plot_replay, read_dataset
+from twin_core.offline.softsensor_replay import (
     BatchInput,
     c_B_rmse_percent,
     inject_fault,

@@ -22,7 +22,7 @@ from twin_core.estimation import IB, IC, IT, SoftSensor, SoftSensorAlarm, SoftSe
 from twin_core.hybrid import CorrectionModel
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
-from twin_core.softsensor_replay import (
+from twin_core.offline.softsensor_replay import (
     BatchInput,
     ReplayResult,
     c_B_rmse_percent,

@@ -1,6 +1,6 @@
 """Replay a recorded batch through the soft sensor and score it against the hidden truth (no I/O).
 
-Used by ``twin softsensor`` (twin_core.softsensor_cli), by validation/softsensor_scoring.py (the
+Used by ``twin softsensor`` (twin_core.offline.softsensor_cli), by validation/softsensor_scoring.py (the
 table in docs/softsensor.md) and by the tests. A batch is given as arrays: the rows of the plant
 data set (one a minute), lab results on the row where they arrived, the recorded charge and the
 recipe. Sensor faults can be injected into a copy of a batch.
