@@ -1,6 +1,6 @@
 """Modbus TCP client of the PLC: typed reads and writes driven by the PLC register map.
 
-Addresses and encodings come from twin_core.plc_signals (generated from the signal table), so
+Addresses and encodings come from twin_core.signals (generated from the signal table), so
 this client never hard-codes a register. Reads are grouped into one request per contiguous block
 of input registers; the recipe download is one write-multiple request (atomic in the PLC).
 A Modbus exception response becomes :class:`PlcRequestError` carrying the exception code.
@@ -16,7 +16,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from twin_core.errors import TwinError
-from twin_core.plc_signals import PLC_MEASUREMENTS, RECIPE_MAX_POINTS, register_entry
+from twin_core.signals import PLC_MEASUREMENTS, RECIPE_MAX_POINTS, register_entry
 from twin_core.recipe import Recipe
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The PLC as a Modbus device, without sockets: the register image and request handling.
 
 :class:`PlcModbusDevice` turns one request PDU (function code + data) into one response PDU, using
-the register map generated from twin_core.plc_signals. pymodbus (pinned) decodes the request PDUs
+the register map generated from twin_core.signals. pymodbus (pinned) decodes the request PDUs
 and encodes the responses; the checks and the translation to PLC calls are ours, so every refusal has
 the exception code the Modbus application protocol specifies:
 
@@ -47,7 +47,7 @@ from pymodbus.pdu.register_message import (
 
 from plant_sim.interface import PlcCommandError, PlcPort, PlcWriteError
 from twin_core.errors import TwinError
-from twin_core.plc_signals import PLC_REGISTER_MAP, RegisterEntry
+from twin_core.signals import PLC_REGISTER_MAP, RegisterEntry
 
 log = logging.getLogger(__name__)
 

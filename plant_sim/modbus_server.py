@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from plant_sim.interface import PlcPort
 from plant_sim.modbus_device import PlcModbusDevice
 from twin_core.errors import ParameterError
-from twin_core.plc_signals import format_register_map, register_map_csv
+from twin_core.signals import format_register_map, register_map_csv
 
 __all__ = ["PlcModbusServer", "PlcServerThread", "format_register_map", "register_map_csv", "run", "serve"]
 

@@ -259,6 +259,12 @@ class Plc:
             "plant_time": self.plant_time,
             "scan_count": float(self.scan_count % SCAN_COUNT_MODULUS),
         }
+        # SIMULATION ONLY: the hidden truth, for scoring (input registers 900..913).
+        x = self.truth.x
+        snap["sim_truth_scan_count"] = snap["scan_count"]
+        snap["sim_true_c_A"], snap["sim_true_c_B"], snap["sim_true_c_C"] = x[0], x[1], x[2]
+        snap["sim_true_T_reactor"], snap["sim_true_T_jacket"] = x[3], x[4]
+        snap["sim_true_c_A0"] = self.batch.true_c_A0_mol_per_m3 if self.batch is not None else math.nan
         snap.update(self._settings)
         return snap
 

@@ -12,7 +12,7 @@ from gateways.plc_client import MEASUREMENT_BLOCKS, PlcClient, PlcRequestError
 from plant_sim.interface import Phase
 from plant_sim.modbus_server import PlcServerThread
 from plant_sim.plc import Plc
-from twin_core.plc_signals import PLC_MEASUREMENTS
+from twin_core.signals import PLC_MEASUREMENTS
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
 
 

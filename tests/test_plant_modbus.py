@@ -27,7 +27,7 @@ from plant_sim.config import PlantConfig, PlcTiming
 from plant_sim.interface import Alarm, Phase
 from plant_sim.modbus_server import PlcServerThread, serve
 from plant_sim.plc import Plc
-from twin_core.plc_signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, register_entry
+from twin_core.signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, register_entry
 
 SCAN_S = 1.0
 DEADLINE_S = 60.0

@@ -12,12 +12,13 @@ from pymodbus.client import ModbusTcpClient
 
 from plant_sim import interface
 from plant_sim.modbus_server import format_register_map, register_map_csv
-from twin_core.plc_signals import (
+from twin_core.signals import (
     COMMAND_NAMES,
     PLC_COMMANDS,
     PLC_MEASUREMENTS,
     PLC_REGISTER_MAP,
     PLC_SETTINGS,
+    PLC_SIGNALS,
     PLC_SIM_HOOKS,
     RECIPE_MAX_POINTS,
     register_entry,
@@ -171,7 +172,7 @@ def test_map_has_no_overlap_and_every_signal_once() -> None:
             assert (e.binding.table, a) not in seen, (e.name, seen.get((e.binding.table, a)))
             seen[(e.binding.table, a)] = e.name
     primary = [e.signal.name for e in PLC_REGISTER_MAP if e.name == e.signal.name]
-    assert sorted(primary) == sorted(s.name for s in PLC_MEASUREMENTS + PLC_SETTINGS + PLC_COMMANDS + PLC_SIM_HOOKS)
+    assert sorted(primary) == sorted(s.name for s in PLC_SIGNALS)
 
 
 def test_whole_recipe_fits_one_write_multiple_request() -> None:

@@ -31,6 +31,7 @@ from plant_sim.interface import (
 )
 from plant_sim.plc import Plc, hold_target
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
+from twin_core.signals import PLC_SIM_TRUTH
 
 SHORT = Recipe((0.0, 60.0, 1860.0), (298.15, 298.15, 343.15), 2 * 3600.0, name="short")
 
@@ -69,6 +70,7 @@ def test_plc_implements_the_port_and_publishes_every_name() -> None:
     snap = p.snapshot()
     expected = set(MEASUREMENTS) | set(SETTINGS) | {f"sim_{h}" for h in SIMULATION_HOOKS}
     expected |= {f"recipe_time_{i}" for i in range(RECIPE_MAX_POINTS)} | {f"recipe_T_{i}" for i in range(RECIPE_MAX_POINTS)}
+    expected |= {s.name for s in PLC_SIM_TRUTH}
     assert set(snap) == expected
     assert all(isinstance(v, float) for v in snap.values())
     assert snap["phase"] == Phase.IDLE and snap["batch_id"] == 0.0

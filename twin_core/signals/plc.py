@@ -1,31 +1,80 @@
-"""The PLC signal table: every value the simulated PLC exposes over Modbus TCP, declared once.
+"""The PLC interface: every value the (simulated) PLC exposes over Modbus TCP, declared once.
 
-Measurements and status are input registers (FC4, read-only), the recipe and the limits are holding
-registers (FC3 / FC6 / FC16), commands are coils (FC1 / FC5 / FC15) that read back 0. Simulation-only
-hooks (inject a runaway, a sensor fault) sit in a separate block at address 900 of the holding and
-coil tables, so an integrator cannot mistake them for plant I/O.
+This module is the one declaration of the PLC's interface. plant_sim derives its register image,
+its setting checks and its command set from it, and clients (gateways) decode what they read with
+it, so neither imports the other:
 
-Encodings (see :class:`twin_core.signals.ModbusBinding` and docs/modbus.md): float32 in two
+- measurements and status (:data:`PLC_MEASUREMENTS`): input registers (FC4, read-only);
+- settings, the recipe and the limits (:data:`PLC_SETTINGS`), with their ranges, integer-ness and
+  phase rules (:data:`SETTING_RULES`): holding registers (FC3 / FC6 / FC16);
+- commands (:data:`COMMAND_NAMES`, :data:`PLC_COMMANDS`): coils (FC1 / FC5 / FC15) that read back 0;
+- the batch phases (:class:`Phase`), the alarm bits (:class:`Alarm`) and the sensor-fault codes
+  (:class:`SensorFault`) the registers carry;
+- SIMULATION ONLY, in separate blocks at address 900 of the coil, holding and input tables, so an
+  integrator cannot mistake them for plant I/O: the hooks (inject a runaway, a sensor fault;
+  :data:`PLC_SIM_HOOKS`) and the plant's hidden truth (:data:`PLC_SIM_TRUTH`: true concentrations and
+  temperatures, for scoring a soft sensor; a real PLC has no such registers).
+
+Encodings (see :class:`twin_core.signals.modbus.ModbusBinding` and docs/modbus.md): float32 in two
 registers, high word first, each word big-endian (the bytes on the wire are the big-endian IEEE 754
 float, "ABCD"); uint16 for phases, flags and alarm bits; uint32 (high word first) for counters; and,
 in a separate block of input registers, scaled INT16 copies of the main analogue values for SCADA
 systems that only read 16-bit integers (temperatures as degC x 10, controller output as % x 10).
 
 Addresses are 0-based protocol addresses; each block starts on a round number and leaves room to
-grow. The register map (:func:`register_map_csv`, :func:`format_register_map`) is generated from this
-table; docs/modbus_register_map_plc.csv holds it for integrators.
-
-The names agree with plant_sim.interface (MEASUREMENTS, SETTINGS, COMMANDS, SIMULATION_HOOKS); a
-test checks it, because twin_core must not import plant_sim.
+grow. The register map (:data:`PLC_REGISTER_MAP`; as text by twin_core.signals.text) is generated from
+this table; docs/modbus_register_map_plc.csv holds it for integrators.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+import math
 from dataclasses import dataclass
-from typing import Literal
 
-from twin_core.signals import C_HI, T_HI_K, T_LO_K, ModbusBinding, Signal, aligned_text, csv_text
+from twin_core.errors import ParameterError, ParameterTypeError
+from twin_core.signals.modbus import (
+    ModbusBinding,
+    RegisterEntry,
+    build_register_map,
+    register_entry_of,
+)
+from twin_core.signals.table import C_HI, T_HI_K, T_LO_K, Signal
+
+
+class Phase(enum.IntEnum):
+    """ISA-88-style batch phase, as published in input register ``phase``."""
+
+    IDLE = 0
+    CHARGING = 1
+    HEATING = 2
+    REACTING = 3
+    COOLING = 4
+    COMPLETE = 5
+    HELD = 6
+    ABORTED = 7
+
+
+class Alarm(enum.IntFlag):
+    """Alarm bits, as published in input registers ``alarms_active`` and ``alarms_unacked``."""
+
+    HIGH_T = 1 << 0
+    HIGH_DTDT = 1 << 1
+    JACKET_DEVIATION = 1 << 2
+    LAB_OUT_OF_SPEC = 1 << 3
+    INTERLOCK_TRIP = 1 << 4
+    SENSOR_FAULT = 1 << 5
+
+
+class SensorFault(enum.IntEnum):
+    """Fault codes of the simulation hook ``sim_sensor_fault`` (on the T_reactor transmitter)."""
+
+    NONE = 0
+    STUCK = 1
+    DRIFT = 2
+    SPIKE = 3
+    DROPOUT = 4
+
 
 RECIPE_MAX_POINTS = 16
 """Points of the jacket temperature programme the PLC holds."""
@@ -38,30 +87,35 @@ RECIPE_T_RANGE_K = (273.15, 423.15)
 """Jacket programme temperatures the PLC accepts [K] (0 .. 150 degC: the jacket utilities' range)."""
 LIMIT_T_RANGE_K = (303.15, 473.15)
 """T_trip and T_high_alarm the PLC accepts [K] (30 .. 200 degC)."""
+SAMPLE_INTERVAL_MIN_S = 60.0
+"""Shortest lab sample interval [s] besides 0 (no sampling)."""
 SAMPLE_INTERVAL_MAX_S = 86400.0
-"""Longest lab sample interval [s]; the PLC also requires >= 60 s unless 0 (no sampling)."""
+"""Longest lab sample interval [s]."""
 PLANT_TIME_MAX_S = 1e9
 """Upper end of the PLC clock's range [s]; float32 resolves it to 64 s there, to 1/16 s below 2**21 s (24 days)."""
 UINT16_MAX = 0xFFFF
 UINT32_MAX = 0xFFFF_FFFF
-N_PHASES = 8
-"""Phases of plant_sim.interface.Phase (0..7)."""
-N_SENSOR_FAULTS = 5
-"""Sensor fault kinds of the simulation hook (0 none, 1 stuck, 2 drift, 3 spike, 4 dropout)."""
+SCAN_COUNT_MODULUS = 2 ** 32
+"""scan_count is published modulo this (uint32)."""
+N_PHASES = len(Phase)
+N_SENSOR_FAULTS = len(SensorFault)
 
 COMMAND_NAMES = ("start", "hold", "resume", "abort", "reset", "ack_alarms")
 """Commands, in coil-address order (coil ``cmd_<name>`` at address = index)."""
 
-Kind = Literal["measurement", "setting", "command", "sim_hook"]
-Access = Literal["R", "RW", "W"]
+RECIPE_WRITABLE_PHASES = frozenset({Phase.IDLE, Phase.COMPLETE, Phase.ABORTED, Phase.HELD})
+"""Phases in which the recipe and T_trip may be written (Held: the documented path to change a recipe
+mid-batch is Hold, write, Resume). Settings marked ``any_phase`` may be written in every phase."""
 
-# Block starts (0-based protocol addresses).
+# Block starts (0-based protocol addresses). 900: simulation only, in every table.
 IR_PROCESS, IR_BATCH, IR_LAB, IR_ALARMS, IR_CLOCK, IR_SCADA_INT16 = 0, 20, 40, 60, 80, 100
+IR_SIM_TRUTH = 900
 HR_LIMITS, HR_RECIPE, HR_SIM = 0, 100, 900
 CO_COMMANDS, CO_SIM = 0, 900
 HR_RECIPE_POINTS = HR_RECIPE + 6
 """First programme point: recipe_time_<i> at HR_RECIPE_POINTS + 4 i, recipe_T_<i> two registers later.
 The header and the points are contiguous so one FC16 request (<= 123 registers) downloads a whole recipe."""
+CELSIUS_OFFSET_K = 273.15
 
 
 def _ir(address: int, encoding: str = "float32") -> ModbusBinding:
@@ -169,56 +223,96 @@ PLC_SIM_HOOKS: tuple[Signal, ...] = (
            "2 drift, 3 spike, 4 dropout", 0, N_SENSOR_FAULTS - 1, 1.0, start=0.0, type="Integer",
            modbus=ModbusBinding("holding", HR_SIM + 0, "uint16")),
 )
+"""Writable simulation hooks (coil 900, holding 900)."""
 
-PLC_SIGNALS: tuple[Signal, ...] = PLC_MEASUREMENTS + PLC_SETTINGS + PLC_COMMANDS + PLC_SIM_HOOKS
+PLC_SIM_TRUTH: tuple[Signal, ...] = (
+    _m("sim_truth_scan_count", "1", _ir(IR_SIM_TRUTH + 0, "uint32"), "SIMULATION ONLY: scan_count of the scan "
+       "the truth below belongs to (equal to scan_count when read in the same image)", 0, UINT32_MAX, 1.0),
+    _m("sim_true_c_A", "mol/m3", _ir(IR_SIM_TRUTH + 2), "SIMULATION ONLY: the plant's hidden true c_A",
+       0.0, C_HI, 1000.0, "mol/L"),
+    _m("sim_true_c_B", "mol/m3", _ir(IR_SIM_TRUTH + 4), "SIMULATION ONLY: the plant's hidden true c_B",
+       0.0, C_HI, 1000.0, "mol/L"),
+    _m("sim_true_c_C", "mol/m3", _ir(IR_SIM_TRUTH + 6), "SIMULATION ONLY: the plant's hidden true c_C",
+       0.0, C_HI, 1000.0, "mol/L"),
+    _m("sim_true_T_reactor", "K", _ir(IR_SIM_TRUTH + 8), "SIMULATION ONLY: the true reactor temperature "
+       "(no sensor lag, noise or fault)", T_LO_K, T_HI_K, 350.0, "degC"),
+    _m("sim_true_T_jacket", "K", _ir(IR_SIM_TRUTH + 10), "SIMULATION ONLY: the true jacket temperature",
+       T_LO_K, T_HI_K, 350.0, "degC"),
+    _m("sim_true_c_A0", "mol/m3", _ir(IR_SIM_TRUTH + 12), "SIMULATION ONLY: true initial c_A of the batch in the "
+       "vessel (NaN when there is none)", 0.0, C_HI, 1000.0, "mol/L"),
+)
+"""The simulated plant's hidden truth (input registers 900..913, read-only): for scoring a soft
+sensor against what it estimates. A real PLC has no such registers; nothing but scoring may read them."""
+
+PLC_SIGNALS: tuple[Signal, ...] = PLC_MEASUREMENTS + PLC_SETTINGS + PLC_COMMANDS + PLC_SIM_HOOKS + PLC_SIM_TRUTH
 """Every PLC value, one Signal each."""
-
-
-@dataclass(frozen=True)
-class RegisterEntry:
-    """One row of the register map: a signal (or a scaled view of one) at a Modbus address.
-
-    name: the register's name (the signal name, or ``<signal>_degC_x10`` style for a scaled view);
-    signal: the PLC signal whose value it carries (in the signal's SI unit once decoded);
-    kind: what a write does (setting -> Plc.write_setting, command -> Plc.command, ...).
-    """
-
-    name: str
-    signal: Signal
-    binding: ModbusBinding
-    kind: Kind
-    description: str
-
-    @property
-    def access(self) -> Access:
-        """R (input registers), RW (holding registers, simulation coils) or W (command coils, read back 0)."""
-        if self.binding.table in ("input", "discrete"):
-            return "R"
-        return "W" if self.kind == "command" else "RW"
-
-    @property
-    def addresses(self) -> range:
-        """Protocol addresses the entry occupies."""
-        return range(self.binding.address, self.binding.address + self.binding.width)
-
-
-def _entry(sig: Signal, kind: Kind) -> RegisterEntry:
-    if sig.modbus is None:
-        raise ValueError(f"PLC signal {sig.name} has no Modbus binding")
-    return RegisterEntry(sig.name, sig, sig.modbus, kind, sig.description)
-
 
 _BY_NAME = {s.name: s for s in PLC_SIGNALS}
 
 
+# -- the settings' rules ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SettingRule:
+    """How a writable PLC value is checked: the signal's [min, max], an integer where the signal is
+    Integer or Boolean, ``min_nonzero`` (0 or at least this: a lab interval of 0 means no sampling),
+    ``any_phase`` (writable in every phase; otherwise only in :data:`RECIPE_WRITABLE_PHASES`)."""
+
+    signal: Signal
+    any_phase: bool = False
+    min_nonzero: float | None = None
+
+    @property
+    def integer(self) -> bool:
+        return self.signal.type in ("Integer", "Boolean")
+
+    @property
+    def lo(self) -> float:
+        """Smallest value accepted besides 0 (the signal's min, or ``min_nonzero``)."""
+        return self.signal.min if self.min_nonzero is None else self.min_nonzero
+
+    @property
+    def hi(self) -> float:
+        return self.signal.max
+
+    def check(self, value: object) -> float:
+        """``value`` as a float if acceptable (phase aside); ParameterTypeError for a non-number,
+        ParameterError (naming the setting) for a value out of range, not finite or not an integer."""
+        name = self.signal.name
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise ParameterTypeError(name, value, "a number")
+        try:
+            v = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ParameterTypeError(name, value, "a number") from None
+        if not math.isfinite(v):
+            raise ParameterError(name, value, "must be finite")
+        if self.integer and v != math.floor(v):
+            raise ParameterError(name, value, "must be an integer")
+        if not (self.lo <= v <= self.hi or (self.min_nonzero is not None and v == 0.0)):
+            extra = " or 0" if self.min_nonzero is not None else ""
+            raise ParameterError(name, value, f"must be within [{self.lo}, {self.hi}]{extra}")
+        return v
+
+
+_ANY_PHASE = frozenset({"T_high_alarm", "sim_inject_runaway", "sim_sensor_fault"})
+_MIN_NONZERO = {"recipe_sample_interval": SAMPLE_INTERVAL_MIN_S}
+
+SETTING_RULES: dict[str, SettingRule] = {
+    s.name: SettingRule(s, any_phase=s.name in _ANY_PHASE, min_nonzero=_MIN_NONZERO.get(s.name))
+    for s in PLC_SETTINGS + PLC_SIM_HOOKS
+}
+"""Every writable PLC value (settings and simulation hooks) with its rule. Besides these, the PLC
+requires T_high_alarm <= T_trip and, at Start and Resume, a consistent recipe (times strictly
+increasing from 0 ...)."""
+
+
+# -- the register map ---------------------------------------------------------------------------------
 def _view(source: str, address: int, suffix: str, scale: float, offset: float, what: str) -> RegisterEntry:
     binding = ModbusBinding("input", address, "int16", scale, offset)
     sig = _BY_NAME[source]
     return RegisterEntry(f"{source}_{suffix}", sig, binding, "measurement",
                          f"{sig.description}, as INT16 {what} (0x8000 = no value)")
 
-
-CELSIUS_OFFSET_K = 273.15
 
 SCADA_INT16_VIEWS: tuple[RegisterEntry, ...] = (
     _view("T_reactor", IR_SCADA_INT16 + 0, "degC_x10", 10.0, CELSIUS_OFFSET_K, "degC x 10"),
@@ -228,31 +322,17 @@ SCADA_INT16_VIEWS: tuple[RegisterEntry, ...] = (
 )
 """Scaled INT16 copies of the main analogue values, for SCADA systems that read 16-bit integers only."""
 
-_TABLE_ORDER = {"coil": 0, "discrete": 1, "input": 2, "holding": 3}
-
-
-def _build_map() -> tuple[RegisterEntry, ...]:
-    entries = [_entry(s, "measurement") for s in PLC_MEASUREMENTS]
-    entries += [_entry(s, "setting") for s in PLC_SETTINGS]
-    entries += [_entry(s, "command") for s in PLC_COMMANDS]
-    entries += [_entry(s, "sim_hook") for s in PLC_SIM_HOOKS]
-    entries += SCADA_INT16_VIEWS
-    entries.sort(key=lambda e: (_TABLE_ORDER[e.binding.table], e.binding.address))
-    taken: dict[tuple[str, int], str] = {}
-    names: set[str] = set()
-    for e in entries:
-        if e.name in names:
-            raise ValueError(f"register name {e.name} used twice")
-        names.add(e.name)
-        for a in e.addresses:
-            other = taken.setdefault((e.binding.table, a), e.name)
-            if other != e.name:
-                raise ValueError(f"{e.name} overlaps {other} at {e.binding.table} address {a}")
-    return tuple(entries)
-
-
-PLC_REGISTER_MAP: tuple[RegisterEntry, ...] = _build_map()
+PLC_REGISTER_MAP: tuple[RegisterEntry, ...] = build_register_map((
+    *(register_entry_of(s, "measurement") for s in PLC_MEASUREMENTS),
+    *(register_entry_of(s, "setting") for s in PLC_SETTINGS),
+    *(register_entry_of(s, "command") for s in PLC_COMMANDS),
+    *(register_entry_of(s, "sim_hook") for s in PLC_SIM_HOOKS),
+    *(register_entry_of(s, "sim_truth") for s in PLC_SIM_TRUTH),
+    *SCADA_INT16_VIEWS,
+))
 """The whole map, ordered by table (coils, input registers, holding registers) and address."""
+
+_ENTRIES = {e.name: e for e in PLC_REGISTER_MAP}
 
 
 def plc_signal(name: str) -> Signal:
@@ -262,51 +342,9 @@ def plc_signal(name: str) -> Signal:
 
 def register_entry(name: str) -> RegisterEntry:
     """The register-map entry called ``name`` (KeyError if there is none)."""
-    for e in PLC_REGISTER_MAP:
-        if e.name == name:
-            return e
-    raise KeyError(name)
+    return _ENTRIES[name]
 
 
-_REFERENCE_BASE = {"coil": 0, "discrete": 100000, "input": 300000, "holding": 400000}
-_FUNCTION_CODES = {"coil": "1,5,15", "discrete": "2", "input": "4", "holding": "3,6,16"}
-
-MAP_COLUMNS = ("table", "function_codes", "address", "reference", "count", "name", "signal", "kind", "access",
-               "encoding", "scale", "offset", "unit", "min", "max", "description")
-"""Columns of the register-map CSV. ``address`` is the 0-based protocol address, ``reference`` the
-conventional 1-based 6-digit register number (0xxxxx coils, 3xxxxx input, 4xxxxx holding). The value
-decoded with ``encoding``/``scale``/``offset`` is in ``unit`` (SI); ``min``/``max`` bound writes."""
-
-
-def register_map_rows(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> list[dict[str, object]]:
-    """The map as flat rows (the columns of :data:`MAP_COLUMNS`)."""
-    out = []
-    for e in entries:
-        b, s = e.binding, e.signal
-        scaled = b.encoding in ("int16", "uint16", "uint32")
-        out.append({
-            "table": b.table, "function_codes": _FUNCTION_CODES[b.table], "address": b.address,
-            "reference": f"{_REFERENCE_BASE[b.table] + b.address + 1:06d}", "count": b.width, "name": e.name,
-            "signal": s.name, "kind": e.kind, "access": e.access, "encoding": b.encoding,
-            "scale": f"{b.scale:g}" if scaled else "", "offset": f"{b.offset:g}" if scaled else "",
-            "unit": s.unit, "min": f"{s.min:.10g}", "max": f"{s.max:.10g}", "description": e.description,
-        })
-    return out
-
-
-def register_map_csv(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> str:
-    """The register map as CSV text (docs/modbus_register_map_plc.csv)."""
-    return csv_text(MAP_COLUMNS, register_map_rows(entries))
-
-
-def format_register_map(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> str:
-    """The register map as an aligned text table for the console (``twin plant --print-map``)."""
-    cols = ("table", "address", "reference", "count", "name", "access", "encoding", "scale", "offset", "unit",
-            "min", "max")
-    head = [
-        "Modbus TCP register map of the simulated PLC (0-based protocol addresses; reference = 1-based number).",
-        "float32: two registers, high word first, big-endian bytes (ABCD). uint32: high word first.",
-        "int16/uint16/uint32: value = raw / scale + offset, in the SI unit shown. Block 900: simulation only.",
-        "",
-    ]
-    return "\n".join(head) + "\n" + aligned_text(cols, register_map_rows(entries))
+def is_simulation_only(entry: RegisterEntry) -> bool:
+    """True for the simulation-only registers (hooks and truth, address block 900)."""
+    return entry.kind in ("sim_hook", "sim_truth")
