@@ -74,14 +74,15 @@ def test_default_kinetics_differ_from_the_twin_by_10_to_30_percent() -> None:
     ({"pid": {"Ti_s": 0.0}}, "pid.Ti_s", ParameterError),
     ({"pid": {"Kp_per_K": math.nan}}, "pid.Kp_per_K", ParameterError),
     ({"sensors": {"T_reactor": {"tau": 3.0}}}, "sensors.T_reactor.tau", ParameterError),
-    ({"sensors": {"T_reactor": {"noise_sd_K": -0.1}}}, "sensors.noise_sd_K", ParameterError),
+    ({"sensors": {"T_reactor": {"noise_sd_K": -0.1}}}, "sensors.T_reactor.noise_sd_K", ParameterError),
     ({"lab": {"delay_min_s": 3000.0}}, "lab.delay_max_s", ParameterError),
     ({"lab": {"rsd": 0.6}}, "lab.rsd", ParameterError),
     ({"phases": {"T_safe_K": 280.0}}, "phases.cooling_T_jacket_K", ParameterError),
     ({"alarms": {"T_high_alarm_K": 390.0}}, "alarms.T_high_alarm_K", ParameterError),
     ({"plc": {"scan_s": 0.0}}, "plc.scan_s", ParameterError),
     ({"plc": {"scan_s": 100.0}}, "plc.scan_s", ParameterError),
-    ({"vessel": {"reactor": {"UA": 1.0}}}, "reactor.UA", ParameterError),
+    ({"vessel": {"reactor": {"UA": 1.0}}}, "vessel.reactor.UA", ParameterError),
+    ({"vessel": {"reactor": {"UA_W_per_K": -1.0}}}, "vessel.reactor.UA_W_per_K", ParameterError),
 ])
 def test_bad_configuration_is_refused_naming_the_field(mapping: dict, field: str, exc: type) -> None:
     with pytest.raises(exc) as info:

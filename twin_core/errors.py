@@ -30,6 +30,7 @@ class ParameterTypeError(TwinError, TypeError):
     def __init__(self, field: str, value: object, expected: str) -> None:
         self.field = field
         self.value = value
+        self.expected = expected
         super().__init__(f"{field}={value!r}: expected {expected}, got {type(value).__name__}")
 
 
