@@ -27,7 +27,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from twin_core import ModelParams, RateMultipliers, Recipe, StepState, Tolerance, Twin
-from twin_core.integrator import _integrate_n
+from twin_core.integrator import _integrate
 from twin_core.model import coefficients, derivatives
 
 C0 = 273.15
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def reference_step(state: StepState, t: float, dt: float, u: float) -> StepState:
         # The general loop with a closure around derivatives(): the design without the hot-path work.
-        x, h = _integrate_n(lambda tt, xx: derivatives(tt, xx, u, c), t, tuple(state.x), t + dt,
+        x, h = _integrate(lambda tt, xx: derivatives(tt, xx, u, c), t, tuple(state.x), t + dt,
                             min(state.h_s, dt) if state.h_s > 0.0 else dt, tol, None, None)
         return StepState(x, h)
 

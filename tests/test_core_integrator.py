@@ -1,5 +1,5 @@
 """The integrator and the co-simulation step: bit-identical restarts, agreement between the step and
-the whole-batch paths, the unrolled hot path against the general one, and its error handling."""
+the whole-batch paths, the step as integrate() with the fast right-hand side, and error handling."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from twin_core import IntegrationError, ModelParams, ParameterError, RateMultipliers, Recipe, StepState, Tolerance, Twin
 from twin_core.hybrid import HybridTwin
-from twin_core.integrator import Stats, _integrate4, _integrate_n, integrate
+from twin_core.integrator import Stats, integrate
 from twin_core.model import coefficients, derivatives, jacket_rhs
 
 C0 = 273.15
@@ -100,28 +100,29 @@ class Visits(list):
         self.append((t, x, h, ks))
 
 
-def test_unrolled_four_state_loop_is_bit_identical_to_general_loop() -> None:
+def test_step_is_integrate_with_the_models_rhs() -> None:
+    """Twin.step is integrate() over one communication step with the fast right-hand side; the same
+    as integrate() with a plain closure around derivatives(), bit for bit, rejected steps included."""
     c = coefficients(ModelParams())
     tol = Tolerance()
     for u in (C0 + 20.0, C0 + 75.0, C0 + 110.0):
         def f(t, x, u=u):
             return derivatives(t, x, u, c)
 
-        x = ModelParams().charge.x0
-        h4 = hn = 3600.0
-        s4, sn = Stats(), Stats()
-        visits4, visitsn = Visits(), Visits()
+        twin = Twin(tolerance=tol)
+        s = StepState(ModelParams().charge.x0, 0.0)
+        x, h = ModelParams().charge.x0, 0.0
+        sn = Stats()
+        visits = Visits()
         for n in range(10):
-            # Whole-hour intervals started with a too-large step: rejections are exercised as well.
-            x4, h4 = _integrate4(f, 3600.0 * n, x, 3600.0 * (n + 1), min(h4, 3600.0), tol, s4,
-                                 visits4.append_visit)
-            xn, hn = _integrate_n(f, 3600.0 * n, x, 3600.0 * (n + 1), min(hn, 3600.0), tol, sn,
-                                  visitsn.append_visit)
-            assert x4 == xn and h4 == hn
-            x = x4
-        assert visits4 == visitsn
-        assert (s4.accepted, s4.rejected, s4.rhs_calls) == (sn.accepted, sn.rejected, sn.rhs_calls)
-        assert s4.rejected > 0  # the comparison covered rejected steps too
+            # Whole-hour steps started with the whole hour as first try: rejections are exercised too.
+            s = twin.step(s, 3600.0 * n, 3600.0, u)
+            x, h = integrate(f, 3600.0 * n, x, 3600.0 * (n + 1), tol, h0=h, stats=sn, on_step=visits.append_visit)
+            assert s.x == x and s.h_s == h
+        assert (twin.stats.accepted, twin.stats.rejected, twin.stats.rhs_calls) == (sn.accepted, sn.rejected, sn.rhs_calls)
+        assert sn.rejected > 0  # the comparison covered rejected steps too
+        assert sn.rhs_calls == 1 * 10 + 6 * (sn.accepted + sn.rejected)
+        assert len(visits) == sn.accepted and all(type(v[1]) is tuple for v in visits)
 
 
 @pytest.mark.parametrize("correction", [None, RateMultipliers(1.3, 0.8),

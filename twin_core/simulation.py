@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from twin_core.errors import IntegrationError, ParameterError
-from twin_core.integrator import P, Stats, Tolerance, _integrate4, integrate
-from twin_core.model import RateCorrection, State, coefficients, derivatives, isothermal_derivatives, jacket_rhs
+from twin_core.integrator import P, Stats, Tolerance, integrate
+from twin_core.model import (RateCorrection, State, coefficients, derivatives, isothermal_derivatives, jacket_rhs,
+                             rates)
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 
@@ -106,22 +107,7 @@ class Twin:
         if not math.isfinite(u):
             raise ParameterError("T_jacket", u, "must be finite")
         self._u_cell[0] = u
-        t1 = t + dt
-        tol = self.tolerance
-        if len(tol.atol) != 4:
-            h0 = state.h_s
-            x, h = integrate(self._f_step, t, state.x, t1, tol, h0=h0 if h0 > 0.0 else dt, stats=self.stats)
-            return StepState(x, h)  # type: ignore[arg-type]
-        # The hot path: integrate()'s set-up done inline (same first step as integrate() would take,
-        # so results are bit-identical), straight into the unrolled four-state loop.
-        span = t1 - t
-        h = state.h_s
-        if not 0.0 < h <= span:
-            h = span
-        x = state.x
-        if type(x) is not tuple:  # e.g. a list or an array restored by a host: plain floats, as integrate()
-            x = tuple(float(v) for v in x)
-        x, h = _integrate4(self._f_step, t, x, t1, h, tol, self.stats, None)
+        x, h = integrate(self._f_step, t, state.x, t + dt, self.tolerance, h0=state.h_s, stats=self.stats)
         return StepState(x, h)  # type: ignore[arg-type]
 
     def simulate(self, recipe: Recipe, t_end_s: float | None = None, dt_out_s: float = 60.0,
@@ -180,9 +166,7 @@ class Twin:
         c = self._c
         if c.ua == 0.0:
             return np.full(len(t), np.nan)
-        d = 1.0 / x[:, 3] - c.inv_T_ref
-        r1 = c.k1_ref * np.exp(-c.E1_over_R * d) * x[:, 0]
-        r2 = c.k2_ref * np.exp(-c.E2_over_R * d) * x[:, 1]
+        r1, r2 = rates(x.T, c)
         slope = _slopes(recipe, t)
         return x[:, 3] + (slope - c.q1 * r1 - c.q2 * r2) / c.ua
 
