@@ -7,7 +7,8 @@ Layout of the archive::
     binaries/linux64/batchtwin_bridge_<id>.so Python bridge (fmu/native/bridge.c)
     resources/batchtwin.cfg                   build id, GUID, Python environment, slave module
     resources/batchtwin_<id>/                 the Python code, under a package unique to this build:
-        fmu/ (slave, variables, forecast)  twin_core/  ml_onnx/  pythonfmu/
+        the import closure of fmu.slave (fmu/, twin_core/, ml_onnx/ when a correction is bundled),
+        and pythonfmu/
     resources/correction.onnx                 the learned correction (when built with one)
     documentation/fmu.md
 
@@ -54,8 +55,6 @@ DEFAULT_OUT = ROOT / "dist" / f"{MODEL_NAME}.fmu"
 DEFAULT_CORRECTION = ROOT / "dist" / CORRECTION_FILE
 PLATFORM = "linux64"
 
-FMU_RUNTIME_MODULES = ("__init__.py", "slave.py", "variables.py", "forecast.py")
-"""The parts of the fmu package that run inside the FMU (build code stays out)."""
 VENDORED = ("twin_core", "ml_onnx", "fmu", "pythonfmu")
 """Top-level packages bundled under the build's own package name."""
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)
@@ -127,18 +126,83 @@ def default_correction() -> Path | None:
 
 
 # -- sources ---------------------------------------------------------------------------------------
+SLAVE_MODULE = "fmu.slave"
+"""Where the FMU's Python side starts: the bundle is the import closure of this module."""
+
+
+PYTHONFMU = Path(pythonfmu.__file__).resolve().parent
+PYTHONFMU_INIT = (f'"""The runtime modules of pythonfmu {pythonfmu.__version__} (its builder stays out of the FMU)."""\n'
+                  f'__version__ = "{pythonfmu.__version__}"\n').encode()
+"""The bundled pythonfmu package's own ``__init__``: pythonfmu's imports its builder and argparse."""
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of module ``name`` (a package's ``__init__.py``) when it is bundled (the
+    project's packages and pythonfmu), None otherwise."""
+    top, _, rest = name.partition(".")
+    if top == "pythonfmu":
+        base = PYTHONFMU.joinpath(*rest.split(".")) if rest else PYTHONFMU
+    elif top in ("twin_core", "ml_onnx", "fmu"):
+        base = ROOT.joinpath(*name.split("."))
+    else:
+        return None
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _imported_names(f: Path, name: str) -> set[str]:
+    """Every module name ``f`` (module ``name``) may import, lazy imports inside functions included;
+    ``from a import b`` yields both ``a`` and ``a.b`` (b may be a submodule)."""
+    tree = ast.parse(f.read_bytes(), filename=str(f))
+    package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return out
+
+
+def import_closure(start: str = SLAVE_MODULE, correction: bool = True) -> dict[str, Path]:
+    """Project modules (name -> file) that importing ``start`` can load: the modules it imports,
+    transitively, and the ``__init__`` of every package on the way. Without a correction the
+    learned-correction runtime (ml_onnx) stays out: the slave imports it only when one is bundled."""
+    found: dict[str, Path] = {}
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a module's packages are imported first
+            mod = ".".join(parts[:i])
+            if mod in found or (not correction and parts[0] == "ml_onnx"):
+                continue
+            f = module_file(mod)
+            if f is None:
+                continue
+            found[mod] = f
+            if mod != "pythonfmu":  # replaced by PYTHONFMU_INIT, not followed
+                todo.extend(_imported_names(f, mod))
+    return dict(sorted(found.items()))
+
+
 def _sources(correction: bool) -> dict[str, bytes]:
-    """Relative path under the build package -> file content, for every bundled Python file."""
+    """Relative path under the build package -> file content, for every bundled Python file: the
+    import closure of the slave, pythonfmu's runtime modules included (so the build id changes only
+    when something the FMU runs changes)."""
     out: dict[str, bytes] = {}
-    for name in FMU_RUNTIME_MODULES:
-        out[f"fmu/{name}"] = (ROOT / "fmu" / name).read_bytes()
-    for f in sorted((ROOT / "twin_core").glob("*.py")):
-        out[f"twin_core/{f.name}"] = f.read_bytes()
-    if correction:
-        for f in sorted((ROOT / "ml_onnx").glob("*.py")):
-            out[f"ml_onnx/{f.name}"] = f.read_bytes()
-    for f in sorted(Path(pythonfmu.__file__).parent.glob("*.py")):
-        out[f"pythonfmu/{f.name}"] = f.read_bytes()
+    for name, f in import_closure(SLAVE_MODULE, correction).items():
+        rel = f.relative_to(PYTHONFMU.parent if name.startswith("pythonfmu") else ROOT).as_posix()
+        out[rel] = PYTHONFMU_INIT if name == "pythonfmu" else f.read_bytes()
     return out
 
 
@@ -257,10 +321,9 @@ def build_fmu(opts: BuildOptions | None = None) -> Path:
             dst.write_text(vendor_source(data.decode("utf-8"), package, rel), encoding="utf-8")
         (pkg / "__init__.py").write_text(f'"""Python code of BatchReactorTwin FMU build {bid}."""\n'
                                          f'BUILD_ID = "{bid}"\n', encoding="utf-8")
-        for sub in VENDORED:
-            init = pkg / sub / "__init__.py"
-            if (pkg / sub).is_dir() and not init.exists():
-                init.write_text("", encoding="utf-8")
+        for d in sorted(p for p in pkg.rglob("*") if p.is_dir()):  # pythonfmu's folder has its own
+            if not (d / "__init__.py").exists():
+                (d / "__init__.py").write_text("", encoding="utf-8")
         if correction is not None:
             (res / CORRECTION_FILE).write_bytes(correction)
         cfg = {

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pythonfmu import Boolean, Fmi2Slave, Integer, Real
+# pythonfmu's runtime modules by name: its package __init__ imports its builder (and argparse).
 from pythonfmu.default_experiment import DefaultExperiment
 from pythonfmu.enums import Fmi2Causality, Fmi2Initial, Fmi2Status, Fmi2Variability
+from pythonfmu.fmi2slave import Fmi2Slave
+from pythonfmu.variables import Boolean, Integer, Real
 
 from fmu import forecast
 from fmu.variables import (

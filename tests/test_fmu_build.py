@@ -3,6 +3,7 @@ table, the bundled code under a build-unique package, the native binaries' depen
 
 from __future__ import annotations
 
+import ast
 import math
 import subprocess
 import zipfile
@@ -10,7 +11,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from test_fmu_helpers import VARIANT_IDENTIFIER, fmu, model
+from test_fmu_helpers import VARIANT_IDENTIFIER, extracted, fmu, model
 
 from fmu.build import BuildError, BuildOptions, vendor_source
 from fmu.variables import fmi_variables
@@ -183,3 +184,89 @@ def test_nothing_in_the_fmu_finalises_python(tmp_path) -> None:
     for so in tmp_path.glob("*.so"):
         syms = subprocess.run(["nm", "-D", str(so)], capture_output=True, text=True, check=True).stdout
         assert "Py_Finalize" not in syms and "Py_FinalizeEx" not in syms, so.name
+
+
+OFFLINE_ONLY = ("scipy", "sklearn", "skl2onnx", "matplotlib", "tqdm", "argparse")
+"""Modules the FMU's Python must never import (scipy's shutdown crashes C hosts; the rest is offline)."""
+
+
+def _bundled(kind: str) -> tuple[str, set[str]]:
+    with zipfile.ZipFile(fmu(kind)) as zf:
+        cfg = dict(line.split("=", 1) for line in zf.read("resources/batchtwin.cfg").decode().splitlines()
+                   if line and not line.startswith("#"))
+        prefix = f"resources/{cfg['package']}/"
+        names = {n[len(prefix):] for n in zf.namelist() if n.startswith(prefix) and n.endswith(".py")}
+    return cfg["package"], {n for n in names if n != "__init__.py"}
+
+
+@pytest.mark.parametrize("kind,correction", [("physics", False), ("hybrid", True)])
+def test_fmu_bundles_exactly_the_import_closure_of_its_slave(kind: str, correction: bool) -> None:
+    from fmu.build import ROOT as SRC
+    from fmu.build import import_closure
+
+    _, bundled = _bundled(kind)
+    names = {n for n in bundled if not n.startswith("pythonfmu/")}
+    closure = {f.relative_to(SRC).as_posix() for m, f in import_closure("fmu.slave", correction).items()
+               if not m.startswith("pythonfmu")}
+    assert names == closure
+    # pythonfmu: its runtime modules only, under an __init__ of our own (its own imports the builder)
+    assert {n for n in bundled if n.startswith("pythonfmu/")} == {
+        "pythonfmu/__init__.py", "pythonfmu/_version.py", "pythonfmu/default_experiment.py", "pythonfmu/enums.py",
+        "pythonfmu/fmi2slave.py", "pythonfmu/logmsg.py", "pythonfmu/variables.py"}
+    assert "fmu/slave.py" in names and "twin_core/model.py" in names
+    assert ("ml_onnx/runtime.py" in names) is correction
+    # the offline tools stay out: the CLI, studies, training and export, the build itself
+    for n in names:
+        assert not n.startswith("twin_core/offline/"), n
+        assert n not in ("fmu/build.py", "fmu/commands.py", "ml_onnx/train.py", "ml_onnx/export.py",
+                         "ml_onnx/commands.py", "ml_onnx/dataset.py", "ml_onnx/model.py"), n
+
+
+def test_no_bundled_module_imports_an_offline_only_package() -> None:
+    from fmu.build import _imported_names, import_closure
+
+    for name, f in import_closure("fmu.slave", correction=True).items():
+        bad = {m for m in _imported_names(f, name) if m.split(".")[0] in OFFLINE_ONLY}
+        assert not bad, (name, bad)
+
+
+def test_import_closure_follows_packages_relative_and_lazy_imports(tmp_path) -> None:
+    from fmu.build import import_closure
+
+    closure = import_closure("fmu.slave", correction=True)
+    # a module's packages come with it, and a lazy import inside a function counts
+    assert {"fmu", "twin_core", "ml_onnx", "ml_onnx.runtime"} <= set(closure)
+    assert "ml_onnx" not in {n.split(".")[0] for n in import_closure("fmu.slave", correction=False)}
+
+
+@pytest.mark.parametrize("kind", ["physics", "hybrid"])
+def test_bundled_python_imports_none_of_scipy_sklearn_matplotlib_tqdm_argparse(kind: str, tmp_path) -> None:
+    """The FMU's own copy of its Python, imported and run in a fresh interpreter from the extracted
+    archive (as the native loader does), leaves none of the offline-only packages in sys.modules.
+
+    One exception, outside our code: ``import onnx`` (the hybrid FMU checks its model's contract with
+    onnx) imports the standard library's argparse in onnx's own ``__init__`` (onnx.gen_proto); no
+    bundled module imports it (test above)."""
+    import sys
+
+    package, _ = _bundled(kind)
+    resources = str(extracted(kind) / "resources")
+    probe = f"""
+import sys
+sys.path.insert(0, {resources!r})
+from {package}.fmu.slave import BatchReactorTwin
+s = BatchReactorTwin(instance_name="probe", resources={resources!r})
+s.setup_experiment(0.0)
+s.enter_initialization_mode()
+s.exit_initialization_mode()
+for n in range(10):
+    s.do_step(60.0 * n, 60.0)
+print(sorted({{m.split(".")[0] for m in sys.modules}}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    forbidden = set(OFFLINE_ONLY) - ({"argparse"} if kind == "hybrid" else set())
+    assert not loaded & forbidden, loaded & forbidden
+    assert ("onnxruntime" in loaded) is (kind == "hybrid")
