@@ -17,7 +17,6 @@ tables raise ParameterError naming the field. plant_sim/plant.toml holds the def
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from twin_core.errors import ParameterError
 from twin_core.params import ModelParams
-from twin_core.validate import from_mapping, spec, validated
+from twin_core.validate import from_mapping, load_toml, spec, validated
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("plant.toml")
 """The default plant configuration shipped with the package (equal to ``PlantConfig()``)."""
@@ -255,10 +254,4 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> P
 def load_plant_config(path: str | Path | None = None) -> PlantConfig:
     """Load a plant configuration TOML (None: the shipped default plant_sim/plant.toml)."""
     p = DEFAULT_CONFIG_PATH if path is None else Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError(str(p), None, f"not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ParameterError(str(p), None, f"cannot read: {exc}") from exc
-    return config_from_mapping(data, source=str(p))
+    return config_from_mapping(load_toml(p), source=str(p))

@@ -11,27 +11,29 @@ class TwinError(Exception):
     """Base class of every error the twin raises on purpose."""
 
 
-class ParameterError(TwinError, ValueError):
-    """A parameter, recipe or configuration value is invalid.
+class FieldError(TwinError):
+    """A value of a named field was refused: ``field`` (dotted path where nested), ``value`` given."""
 
-    ``field`` names the offending field (dotted path where nested), ``value`` is what was given.
-    """
-
-    def __init__(self, field: str, value: object, reason: str) -> None:
+    def __init__(self, field: str, value: object, message: str) -> None:
         self.field = field
         self.value = value
+        super().__init__(f"{field}={value!r}: {message}")
+
+
+class ParameterError(FieldError, ValueError):
+    """A parameter, recipe or configuration value is invalid; ``reason`` says why."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        super().__init__(field, value, reason)
 
 
-class ParameterTypeError(TwinError, TypeError):
+class ParameterTypeError(FieldError, TypeError):
     """A parameter has the wrong type (e.g. a string where a number is expected)."""
 
     def __init__(self, field: str, value: object, expected: str) -> None:
-        self.field = field
-        self.value = value
         self.expected = expected
-        super().__init__(f"{field}={value!r}: expected {expected}, got {type(value).__name__}")
+        super().__init__(field, value, f"expected {expected}, got {type(value).__name__}")
 
 
 class IntegrationError(TwinError, ArithmeticError):

@@ -9,14 +9,13 @@ Arrhenius constants are written around a reference temperature T_ref_K:
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from twin_core.errors import ParameterError
-from twin_core.validate import T_MAX_K, T_MIN_K, from_mapping, spec, validated  # noqa: F401  (re-exported: part of this module's API)
+from twin_core.validate import T_MAX_K, T_MIN_K, from_mapping, load_toml, spec, validated  # noqa: F401  (re-exported: part of this module's API)
 
 R_J_PER_MOL_K = 8.314462618
 """Molar gas constant [J/(mol*K)]."""
@@ -118,9 +117,4 @@ def load_params(path: str | Path) -> ModelParams:
 
     Missing keys take their defaults; unknown keys raise ParameterError.
     """
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError(str(p), None, f"not valid TOML: {exc}") from exc
-    return params_from_mapping(data, source=str(p))
+    return params_from_mapping(load_toml(path), source=str(path))

@@ -24,7 +24,6 @@ TOML form (steps are appended to the start point; ``points`` may be given instea
 from __future__ import annotations
 
 import bisect
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.params import T_MAX_K, T_MIN_K
+from twin_core.validate import load_toml
 from twin_core.validate import number as _num
 
 MODES = ("jacket", "reactor")
@@ -182,12 +182,7 @@ def recipe_from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> R
 
 def load_recipe(path: str | Path) -> Recipe:
     """Load a recipe from a TOML file; unknown keys and non-monotonic times raise ParameterError."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError(str(p), None, f"not valid TOML: {exc}") from exc
-    return recipe_from_mapping(data, source=str(p))
+    return recipe_from_mapping(load_toml(path), source=str(path))
 
 
 DEFAULT_RECIPE = Recipe(times_s=(0.0, 3600.0), temps_K=(298.15, 343.15), end_time_s=6 * 3600.0,

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any, Literal, TypeVar, dataclass_transform
 
 from twin_core.errors import ParameterError, ParameterTypeError
@@ -227,3 +229,15 @@ def from_mapping(cls: type[C], data: object, source: str = "<mapping>", section:
 def _rename(field: str, own: str, path: str) -> str:
     """``own.x`` -> ``path.x``: a field named by its class's section, renamed by where it sits."""
     return _join(path, field[len(own) + 1:] if own and field.startswith(own + ".") else field)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML file; a missing, unreadable or malformed file raises ParameterError
+    naming the file (configuration loaders build their classes from it with :func:`from_mapping`)."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ParameterError(str(p), None, f"not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ParameterError(str(p), None, f"cannot read: {exc.strerror or exc}") from exc
