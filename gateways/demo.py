@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gateways.fmu_runner import DEFAULT_FMU, FmuRunner
 from gateways.plc_client import PlcClient
-from plant_sim.interface import Phase
+from twin_core.signals import Phase
 from plant_sim.modbus_server import PlcServerThread
 from plant_sim.plc import Plc
 from twin_core.recipe import DEFAULT_RECIPE, Recipe

@@ -9,7 +9,8 @@ from a family not used in training (plant_sim.recipes).
 
 Rows are written every 60 s of plant time from Start (time_s = 0) until the batch is Complete and
 its last lab result has arrived. Floats have fixed formats, so the file is reproducible bit for bit
-from (batches, seed, configuration). Columns are documented in docs/plant.md (COLUMNS below).
+from (batches, seed, configuration). The columns and their formats are declared once, in
+twin_core.offline.batches (the schema every offline reader uses), and documented in docs/plant.md.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from plant_sim.config import PlantConfig, PlcTiming
-from plant_sim.interface import Phase
 from plant_sim.plc import Plc
 from plant_sim.recipes import PlantRecipe, recipe_library
+from twin_core.offline.batches import (
+    BATCH_TABLE_COLUMNS,
+    COLUMNS,
+    HEADER,
+    RECIPE_COLUMNS,
+    batches_path,
+    recipes_path,
+)
+from twin_core.signals import Phase
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +50,6 @@ CLEANING_EVERY = (15, 25)
 """A cleaning event every this many batches (uniform, inclusive)."""
 MAX_BATCH_S = 48 * 3600.0
 """A batch that is not Complete with its lab results in after this long is an error."""
-
-COLUMNS: tuple[tuple[str, str], ...] = (
-    # (name, format) -- format "" means a string or int written as is
-    ("batch_id", ""),
-    ("recipe_id", ""),
-    ("split", ""),
-    ("time_s", ""),
-    ("phase", ""),
-    ("T_reactor_K", ".2f"),
-    ("T_jacket_K", ".2f"),
-    ("T_jacket_sp_K", ".2f"),
-    ("pid_output", ".3f"),
-    ("lab_c_B_mol_per_m3", ".2f"),
-    ("lab_c_C_mol_per_m3", ".2f"),
-    ("lab_sample_time_s", ".0f"),
-    ("charge_c_A0_recorded_mol_per_m3", ".1f"),
-    ("batches_since_cleaning", ""),
-    ("true_c_A_mol_per_m3", ".1f"),
-    ("true_c_B_mol_per_m3", ".1f"),
-    ("true_c_C_mol_per_m3", ".1f"),
-    ("true_T_K", ".2f"),
-    ("true_T_jacket_K", ".2f"),
-    ("true_UA_W_per_K", ".0f"),
-)
-HEADER = ",".join(c for c, _ in COLUMNS)
-RECIPE_COLUMNS = "recipe_id,family,split,end_time_s,sample_interval_s,n_points,times_s,temps_K"
-BATCH_COLUMNS = ("batch_id,recipe_id,split,start_plant_time_s,cleaned_before,batches_since_cleaning,"
-                 "charge_c_A0_recorded_mol_per_m3,rows,aborted,"
-                 "true_c_A0_mol_per_m3,true_T0_K,true_activity,true_UA_W_per_K")
 
 
 @dataclass(frozen=True)
@@ -90,16 +70,6 @@ def dataset_config(config: PlantConfig | None = None, scan_s: float = DATASET_SC
     return replace(config if config is not None else PlantConfig(), plc=PlcTiming(scan_s=scan_s))
 
 
-def recipes_path(out: Path) -> Path:
-    """Where the recipe library of data file ``out`` is written (``<stem>.recipes.csv``)."""
-    return out.with_name(out.stem + ".recipes.csv")
-
-
-def batches_path(out: Path) -> Path:
-    """Where the one-row-per-batch table of data file ``out`` is written (``<stem>.batches.csv``)."""
-    return out.with_name(out.stem + ".batches.csv")
-
-
 def _fmt(value: object, spec: str) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return ""  # no value (no lab result on this row, or a transmitter dropout)
@@ -108,7 +78,7 @@ def _fmt(value: object, spec: str) -> str:
 
 def write_recipes_csv(library: list[PlantRecipe], path: Path) -> None:
     """The recipe library as CSV (programme points as ';'-separated lists)."""
-    lines = [RECIPE_COLUMNS]
+    lines = [",".join(RECIPE_COLUMNS)]
     for r in library:
         rc = r.recipe
         lines.append(",".join([r.recipe_id, r.family, r.split, f"{rc.end_time_s:.0f}", f"{r.sample_interval_s:.0f}",
@@ -153,7 +123,7 @@ def run_batch(plc: Plc, pr: PlantRecipe, out: io.TextIOBase) -> tuple[int, bool]
     scans_per_row = round(ROW_INTERVAL_S / plc.scan_s)
     if abs(scans_per_row * plc.scan_s - ROW_INTERVAL_S) > 1e-9:
         raise ValueError(f"scan {plc.scan_s} s does not divide the row interval {ROW_INTERVAL_S} s")
-    formats = [f for _, f in COLUMNS]
+    formats = [c.fmt for c in COLUMNS]
     t0_scan = plc.scan_count
     T_safe = plc.config.phases.T_safe_K
     rows = 0
@@ -204,7 +174,7 @@ def generate(out: str | Path, batches: int = 200, seed: int = 0, config: PlantCo
     plc = Plc(cfg, seed=seed)
     buf = io.StringIO()
     buf.write(HEADER + "\n")
-    table = [BATCH_COLUMNS]
+    table = [",".join(BATCH_TABLE_COLUMNS)]
     rows = 0
     iterator = schedule
     if progress:

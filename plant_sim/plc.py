@@ -2,7 +2,8 @@
 
 One ``Plc`` object is the whole simulated plant as seen from outside: the hidden truth
 (plant_sim.truth), the transmitters (plant_sim.sensors), the lab (plant_sim.lab) and the PLC logic.
-It implements plant_sim.interface.PlcPort, which the Modbus server (plant_sim.modbus_server) and
+It implements plant_sim.interface.PlcPort (the names, ranges, phase rules and commands
+are those of the one declaration, twin_core.signals.plc), which the Modbus server (plant_sim.modbus_server) and
 the fast data-set generator (plant_sim.dataset) both drive.
 
 Scan (every ``plc.scan_s`` of plant time; plant time = scan_count * scan_s, never accumulated):
@@ -59,79 +60,40 @@ from dataclasses import dataclass
 import numpy as np
 
 from plant_sim.config import PlantConfig
-from plant_sim.interface import (
-    COMMANDS,
-    RECIPE_MAX_POINTS,
-    SETTINGS,
-    Alarm,
-    Phase,
-    PlcCommandError,
-    PlcWriteError,
-)
+from plant_sim.interface import PlcCommandError, PlcWriteError
 from plant_sim.lab import LabAssay, LabResult
 from plant_sim.pid import PidController
-from plant_sim.sensors import RandomStream, SensorFault, TemperatureSensor
+from plant_sim.sensors import RandomStream, TemperatureSensor
 from plant_sim.truth import Truth
 from twin_core.errors import ParameterError
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
+from twin_core.signals import (
+    COMMAND_NAMES,
+    PLC_SIM_HOOKS,
+    RECIPE_MAX_POINTS,
+    RECIPE_WRITABLE_PHASES,
+    SCAN_COUNT_MODULUS,
+    SETTING_RULES,
+    Alarm,
+    Phase,
+    SensorFault,
+)
 
 log = logging.getLogger(__name__)
 
 RUNNING = frozenset({Phase.CHARGING, Phase.HEATING, Phase.REACTING, Phase.COOLING})
 """Phases in which the batch clock runs."""
 _DEVIATION_PHASES = frozenset({Phase.CHARGING, Phase.HEATING, Phase.REACTING})
-RECIPE_WRITABLE = frozenset({Phase.IDLE, Phase.COMPLETE, Phase.ABORTED, Phase.HELD})
-"""Phases in which recipe_* and T_trip may be written."""
-SIMULATION_SETTINGS = ("sim_inject_runaway", "sim_sensor_fault")
+SIMULATION_SETTINGS = tuple(s.name for s in PLC_SIM_HOOKS)
 """Writable simulation hooks (also in the snapshot)."""
-
-RECIPE_TIME_MAX_S = 172800.0
-"""Longest recipe time / end time accepted [s] (48 h)."""
-RECIPE_T_RANGE_K = (273.15, 423.15)
-"""Jacket programme temperatures accepted [K] (0 .. 150 degC)."""
-LIMIT_T_RANGE_K = (303.15, 473.15)
-"""T_trip and T_high_alarm accepted [K] (30 .. 200 degC)."""
-SAMPLE_INTERVAL_RANGE_S = (60.0, 86400.0)
-"""recipe_sample_interval accepted [s] when not 0."""
-SCAN_COUNT_MODULUS = 2 ** 32
+_COMMANDS = (*COMMAND_NAMES, "inject_runaway")
+"""Commands Plc.command accepts: the interface's, plus the simulation hook as a command."""
 SPIKE_ALARM_HOLD_S = 10.0
 """A detected spike keeps the sensor-fault alarm active this long [s] (visible to a poller)."""
 _EPS = 1e-9
 _HIGH_T, _HIGH_DTDT, _JACKET_DEVIATION = int(Alarm.HIGH_T), int(Alarm.HIGH_DTDT), int(Alarm.JACKET_DEVIATION)
 _LAB_OUT_OF_SPEC, _INTERLOCK_TRIP, _SENSOR_FAULT = (int(Alarm.LAB_OUT_OF_SPEC), int(Alarm.INTERLOCK_TRIP),
                                                     int(Alarm.SENSOR_FAULT))
-
-
-@dataclass(frozen=True)
-class _Spec:
-    lo: float
-    hi: float
-    integer: bool = False
-    anytime: bool = False  # writable in every phase (otherwise only in RECIPE_WRITABLE)
-    zero_ok: bool = False  # 0 accepted besides [lo, hi]
-
-
-def _specs() -> dict[str, _Spec]:
-    s: dict[str, _Spec] = {
-        "recipe_n_points": _Spec(1, RECIPE_MAX_POINTS, integer=True),
-        "recipe_end_time": _Spec(1.0, RECIPE_TIME_MAX_S),
-        "recipe_mode": _Spec(0, 0, integer=True),
-        "recipe_sample_interval": _Spec(*SAMPLE_INTERVAL_RANGE_S, zero_ok=True),
-        "T_trip": _Spec(*LIMIT_T_RANGE_K),
-        "T_high_alarm": _Spec(*LIMIT_T_RANGE_K, anytime=True),
-        "sim_inject_runaway": _Spec(0, 1, integer=True, anytime=True),
-        "sim_sensor_fault": _Spec(0, max(SensorFault), integer=True, anytime=True),
-    }
-    for i in range(RECIPE_MAX_POINTS):
-        s[f"recipe_time_{i}"] = _Spec(0.0, RECIPE_TIME_MAX_S)
-        s[f"recipe_T_{i}"] = _Spec(*RECIPE_T_RANGE_K)
-    return s
-
-
-SETTING_SPECS: dict[str, _Spec] = _specs()
-"""Every writable name with its range and phase rule."""
-if not set(SETTINGS) <= set(SETTING_SPECS):  # the two tables must agree; caught at import
-    raise RuntimeError(f"settings without a spec: {sorted(set(SETTINGS) - set(SETTING_SPECS))}")
 
 
 def hold_target(recipe: Recipe, charge_time_s: float) -> float:
@@ -182,7 +144,7 @@ class Plc:
         T_idle = cfg.phases.idle_T_jacket_K
         self.truth = Truth(cfg, (0.0, 0.0, 0.0, T_idle, T_idle), self._UA_for(0))
 
-        self._settings: dict[str, float] = {name: 0.0 for name in SETTING_SPECS}
+        self._settings: dict[str, float] = {name: 0.0 for name in SETTING_RULES}
         self._settings.update({"T_trip": cfg.alarms.T_trip_K, "T_high_alarm": cfg.alarms.T_high_alarm_K})
         for i in range(RECIPE_MAX_POINTS):
             self._settings[f"recipe_T_{i}"] = T_idle
@@ -290,12 +252,9 @@ class Plc:
     def command(self, name: str) -> None:
         """Issue a command of COMMANDS (or the hook ``inject_runaway``); PlcCommandError if not
         allowed in the current phase (nothing changed)."""
-        handler = {"start": self._cmd_start, "hold": self._cmd_hold, "resume": self._cmd_resume,
-                   "abort": self._cmd_abort, "reset": self._cmd_reset, "ack_alarms": self._cmd_ack,
-                   "inject_runaway": self._cmd_inject_runaway}.get(name)
-        if handler is None:
-            raise PlcCommandError(f"unknown command {name!r}; expected one of {(*COMMANDS, 'inject_runaway')}")
-        handler()
+        if name not in _COMMANDS:
+            raise PlcCommandError(f"unknown command {name!r}; expected one of {_COMMANDS}")
+        getattr(self, f"_cmd_{name}")()
 
     # -- conveniences for tests and the generator -----------------------------------------------
     def load_recipe(self, recipe: Recipe, sample_interval_s: float = 1800.0) -> None:
@@ -442,23 +401,16 @@ class Plc:
             target[f"recipe_T_{i}"] = recipe.temps_K[j]
 
     def _check_write(self, name: str, value: object) -> float:
-        spec = SETTING_SPECS.get(name)
-        if spec is None:
+        rule = SETTING_RULES.get(name)
+        if rule is None:
             raise PlcWriteError(f"{name!r} is not a writable setting")
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise PlcWriteError(f"{name}={value!r}: not a number")
-        v = float(value)
-        if not math.isfinite(v):
-            raise PlcWriteError(f"{name}={value!r}: must be finite")
-        if not spec.anytime and self.phase not in RECIPE_WRITABLE:
+        if not rule.any_phase and self.phase not in RECIPE_WRITABLE_PHASES:
             raise PlcWriteError(f"{name} cannot be written in phase {self.phase.name}; "
                                 "Hold the batch, write, then Resume")
-        if spec.integer and v != math.floor(v):
-            raise PlcWriteError(f"{name}={value!r}: must be an integer")
-        if not (spec.lo <= v <= spec.hi or (spec.zero_ok and v == 0.0)):
-            extra = " or 0" if spec.zero_ok else ""
-            raise PlcWriteError(f"{name}={value!r}: must be within [{spec.lo}, {spec.hi}]{extra}")
-        return v
+        try:
+            return rule.check(value)
+        except (ParameterError, TypeError) as exc:
+            raise PlcWriteError(str(exc)) from None
 
     def _recipe_from_settings(self) -> Recipe:
         s = self._settings
@@ -551,7 +503,7 @@ class Plc:
         self._clear_lab()
         self.phase = Phase.IDLE
 
-    def _cmd_ack(self) -> None:
+    def _cmd_ack_alarms(self) -> None:
         self._unacked = 0
 
     def _cmd_inject_runaway(self) -> None:

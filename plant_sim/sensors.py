@@ -5,7 +5,7 @@ first-order lag (thermowell), discretised exactly for a value held over the scan
     y <- y + (1 - exp(-dt/tau)) (x - y)
 then the reading is y + N(0, sd), rounded to a multiple of the quantum (ADC / register resolution).
 
-Faults (codes as in plant_sim.interface.SIMULATION_HOOKS):
+Faults (codes: twin_core.signals.SensorFault, the ``sim_sensor_fault`` hook):
     0 none; 1 stuck (the reading freezes at its value when the fault starts); 2 drift (the reading
     walks away at drift_K_per_s from the fault start); 3 spike (each scan, with probability
     p * dt, a one-scan excursion of +-spike_K); 4 dropout (no value: NaN).
@@ -13,22 +13,12 @@ Faults (codes as in plant_sim.interface.SIMULATION_HOOKS):
 
 from __future__ import annotations
 
-import enum
 import math
 
 import numpy as np
 
 from plant_sim.config import SensorSpec
-
-
-class SensorFault(enum.IntEnum):
-    """Fault codes of the ``sim_sensor_fault`` hook."""
-
-    NONE = 0
-    STUCK = 1
-    DRIFT = 2
-    SPIKE = 3
-    DROPOUT = 4
+from twin_core.signals import SensorFault
 
 
 class RandomStream:

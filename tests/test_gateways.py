@@ -9,7 +9,7 @@ import pytest
 from gateways.demo import run_demo
 from gateways.fmu_runner import DEFAULT_FMU
 from gateways.plc_client import MEASUREMENT_BLOCKS, PlcClient, PlcRequestError
-from plant_sim.interface import Phase
+from twin_core.signals import Phase
 from plant_sim.modbus_server import PlcServerThread
 from plant_sim.plc import Plc
 from twin_core.signals import PLC_MEASUREMENTS

@@ -24,7 +24,7 @@ from conftest import ROOT, free_port, wait_for_port
 from pymodbus.client import ModbusTcpClient
 
 from plant_sim.config import PlantConfig, PlcTiming
-from plant_sim.interface import Alarm, Phase
+from twin_core.signals import Alarm, Phase
 from plant_sim.modbus_server import PlcServerThread, serve
 from plant_sim.plc import Plc
 from twin_core.signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, register_entry

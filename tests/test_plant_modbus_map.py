@@ -10,20 +10,28 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pymodbus.client import ModbusTcpClient
 
-from plant_sim import interface
 from plant_sim.modbus_server import format_register_map, register_map_csv
+from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.signals import (
     COMMAND_NAMES,
+    INT16_NO_VALUE,
+    IR_SIM_TRUTH,
     PLC_COMMANDS,
     PLC_MEASUREMENTS,
     PLC_REGISTER_MAP,
     PLC_SETTINGS,
     PLC_SIGNALS,
     PLC_SIM_HOOKS,
+    PLC_SIM_TRUTH,
     RECIPE_MAX_POINTS,
+    SETTING_RULES,
+    Alarm,
+    ModbusBinding,
+    Phase,
+    SensorFault,
+    is_simulation_only,
     register_entry,
 )
-from twin_core.signals import INT16_NO_VALUE, ModbusBinding
 
 F32 = ModbusBinding("holding", 0, "float32")
 DT = ModbusTcpClient.DATATYPE
@@ -135,33 +143,71 @@ def test_binding_rejects_bad_declarations(kwargs: dict) -> None:
         ModbusBinding(**kwargs)
 
 
-# -- the table agrees with the PLC's interface ------------------------------------------------------
-def test_measurements_agree_with_interface() -> None:
-    assert {s.name: s.unit for s in PLC_MEASUREMENTS} == interface.MEASUREMENTS
+# -- the one declaration of the PLC's interface ----------------------------------------------------
+def test_measurements_are_input_registers_and_settings_holding_registers() -> None:
     assert all(s.modbus is not None and s.modbus.table == "input" for s in PLC_MEASUREMENTS)
-
-
-def test_settings_agree_with_interface() -> None:
-    expected = dict(interface.SETTINGS)
-    for i in range(interface.RECIPE_MAX_POINTS):
-        expected[f"recipe_time_{i}"] = "s"
-        expected[f"recipe_T_{i}"] = "K"
-    assert {s.name: s.unit for s in PLC_SETTINGS} == expected
-    assert RECIPE_MAX_POINTS == interface.RECIPE_MAX_POINTS
     assert all(s.modbus is not None and s.modbus.table == "holding" for s in PLC_SETTINGS)
+    names = {s.name for s in PLC_SETTINGS}
+    assert {f"recipe_time_{i}" for i in range(RECIPE_MAX_POINTS)} <= names
+    assert {f"recipe_T_{i}" for i in range(RECIPE_MAX_POINTS)} <= names
+    assert f"recipe_time_{RECIPE_MAX_POINTS}" not in names
 
 
-def test_commands_and_hooks_agree_with_interface() -> None:
-    assert COMMAND_NAMES == interface.COMMANDS
-    assert [s.name for s in PLC_COMMANDS] == [f"cmd_{c}" for c in interface.COMMANDS]
-    assert {s.name for s in PLC_SIM_HOOKS} == {f"sim_{h}" for h in interface.SIMULATION_HOOKS}
-    assert all(s.modbus is not None and s.modbus.address >= 900 for s in PLC_SIM_HOOKS)
+def test_commands_are_coils_in_the_declared_order() -> None:
+    assert [s.name for s in PLC_COMMANDS] == [f"cmd_{c}" for c in COMMAND_NAMES]
+    assert [s.modbus.address for s in PLC_COMMANDS if s.modbus] == list(range(len(COMMAND_NAMES)))
+
+
+def test_simulation_only_blocks_are_separate_and_marked() -> None:
+    sim = [e for e in PLC_REGISTER_MAP if is_simulation_only(e)]
+    assert {e.signal.name for e in sim} == {s.name for s in PLC_SIM_HOOKS + PLC_SIM_TRUTH}
+    assert all(e.binding.address >= 900 and e.description.startswith("SIMULATION ONLY") for e in sim)
+    assert all(e.binding.address < 900 for e in PLC_REGISTER_MAP if not is_simulation_only(e))
+    truth = [e for e in sim if e.kind == "sim_truth"]
+    assert truth and all(e.binding.table == "input" and e.access == "R" for e in truth)
+    assert {"sim_true_c_A", "sim_true_c_B", "sim_true_c_C", "sim_true_T_reactor"} <= {e.name for e in truth}
+    lo = min(e.binding.address for e in truth)
+    hi = max(e.binding.address + e.binding.width for e in truth)
+    assert (lo, hi - lo) == (IR_SIM_TRUTH, sum(e.binding.width for e in truth))  # one contiguous read
+    assert hi - lo <= 125
 
 
 def test_phase_and_alarm_ranges_cover_the_enums() -> None:
     phase = register_entry("phase").signal
-    assert phase.max == max(interface.Phase) and phase.min == min(interface.Phase)
-    assert register_entry("alarms_active").signal.max >= sum(interface.Alarm)
+    assert phase.max == max(Phase) and phase.min == min(Phase)
+    assert register_entry("alarms_active").signal.max >= sum(Alarm)
+    assert register_entry("sim_sensor_fault").signal.max == max(SensorFault)
+
+
+def test_every_writable_register_has_one_rule_with_the_signal_range() -> None:
+    writable = {e.signal.name: e.signal for e in PLC_REGISTER_MAP if e.access != "R" and e.kind != "command"}
+    assert set(writable) == set(SETTING_RULES)
+    for name, rule in SETTING_RULES.items():
+        assert rule.signal is writable[name]
+        assert rule.hi == rule.signal.max
+        assert rule.lo == (rule.signal.min if rule.min_nonzero is None else rule.min_nonzero), name
+    assert SETTING_RULES["recipe_sample_interval"].min_nonzero == 60.0
+
+
+@pytest.mark.parametrize(("name", "value", "error"), [
+    ("T_trip", math.nan, ParameterError),
+    ("T_trip", 473.16, ParameterError),
+    ("recipe_n_points", 2.5, ParameterError),
+    ("recipe_n_points", 0, ParameterError),
+    ("recipe_sample_interval", 59.0, ParameterError),
+    ("recipe_sample_interval", "60", ParameterTypeError),
+    ("recipe_mode", True, ParameterTypeError),
+])
+def test_setting_rule_refuses_naming_the_setting(name: str, value: object, error: type) -> None:
+    with pytest.raises(error) as info:
+        SETTING_RULES[name].check(value)
+    assert info.value.field == name
+
+
+def test_setting_rule_accepts_bounds_and_zero_interval() -> None:
+    assert SETTING_RULES["recipe_sample_interval"].check(0) == 0.0
+    assert SETTING_RULES["recipe_sample_interval"].check(60) == 60.0
+    assert SETTING_RULES["recipe_n_points"].check(RECIPE_MAX_POINTS) == RECIPE_MAX_POINTS
 
 
 # -- the map -----------------------------------------------------------------------------------------
@@ -193,15 +239,3 @@ def test_text_map_lists_every_register() -> None:
     for e in PLC_REGISTER_MAP:
         assert f" {e.name} " in text
     assert "high word first" in text
-
-
-def test_setting_ranges_agree_with_the_plc() -> None:
-    """The signal table's min/max (what the server checks, what integrators read) are the PLC's own."""
-    from plant_sim.plc import SETTING_SPECS
-
-    writable = {e.signal.name: e.signal for e in PLC_REGISTER_MAP if e.access != "R" and e.kind != "command"}
-    assert set(writable) == set(SETTING_SPECS)
-    for name, spec in SETTING_SPECS.items():
-        sig = writable[name]
-        assert (sig.min, sig.max) == ((0.0 if spec.zero_ok else spec.lo), spec.hi), name
-        assert (sig.type in ("Integer", "Boolean")) == spec.integer, name

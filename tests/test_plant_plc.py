@@ -17,21 +17,17 @@ import pytest
 from conftest import ROOT, free_port, wait_for_port
 
 from plant_sim.config import Alarms, Jacket, PlantConfig, PlcTiming
-from plant_sim.interface import (
-    COMMANDS,
-    MEASUREMENTS,
-    RECIPE_MAX_POINTS,
-    SETTINGS,
-    SIMULATION_HOOKS,
-    Alarm,
-    Phase,
-    PlcCommandError,
-    PlcPort,
-    PlcWriteError,
-)
+from plant_sim.interface import PlcCommandError, PlcPort, PlcWriteError
 from plant_sim.plc import Plc, hold_target
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
-from twin_core.signals import PLC_SIM_TRUTH
+from twin_core.signals import (
+    COMMAND_NAMES,
+    PLC_COMMANDS,
+    PLC_SIGNALS,
+    RECIPE_MAX_POINTS,
+    Alarm,
+    Phase,
+)
 
 SHORT = Recipe((0.0, 60.0, 1860.0), (298.15, 298.15, 343.15), 2 * 3600.0, name="short")
 
@@ -68,9 +64,8 @@ def test_plc_implements_the_port_and_publishes_every_name() -> None:
     port: PlcPort = p  # checked by type checkers; the loop checks it at run time
     assert all(callable(getattr(port, m)) for m in ("scan", "snapshot", "write_setting", "write_settings", "command"))
     snap = p.snapshot()
-    expected = set(MEASUREMENTS) | set(SETTINGS) | {f"sim_{h}" for h in SIMULATION_HOOKS}
-    expected |= {f"recipe_time_{i}" for i in range(RECIPE_MAX_POINTS)} | {f"recipe_T_{i}" for i in range(RECIPE_MAX_POINTS)}
-    expected |= {s.name for s in PLC_SIM_TRUTH}
+    expected = {s.name for s in PLC_SIGNALS} - {s.name for s in PLC_COMMANDS}
+    assert {f"recipe_time_{i}" for i in range(RECIPE_MAX_POINTS)} <= expected
     assert set(snap) == expected
     assert all(isinstance(v, float) for v in snap.values())
     assert snap["phase"] == Phase.IDLE and snap["batch_id"] == 0.0
@@ -415,7 +410,8 @@ def test_same_seed_same_plant_different_seed_different() -> None:
 
 
 def test_commands_cover_the_interface() -> None:
-    assert set(COMMANDS) == {"start", "hold", "resume", "abort", "reset", "ack_alarms"}
+    assert set(COMMAND_NAMES) == {"start", "hold", "resume", "abort", "reset", "ack_alarms"}
+    assert all(callable(getattr(Plc, f"_cmd_{name}", None)) for name in COMMAND_NAMES)  # one handler each
 
 
 # -- twin plant (the command that serves the PLC) ---------------------------------------------------------
