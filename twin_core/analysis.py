@@ -25,9 +25,9 @@ from typing import Literal
 
 import numpy as np
 
-from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.params import ModelParams
 from twin_core.simulation import Trajectory
+from twin_core.validate import spec, validated
 
 
 def conversion(x: np.ndarray, p: ModelParams) -> np.ndarray:
@@ -117,7 +117,7 @@ def optimal_stop(tr: Trajectory) -> tuple[float, float]:
     return _refine_max(tr.t_s, cB, i)
 
 
-@dataclass(frozen=True)
+@validated("economics")
 class Economics:
     """Economic data of a batch for the economic stop (currency units are the user's, e.g. EUR).
 
@@ -134,26 +134,10 @@ class Economics:
     not the economic stop.
     """
 
-    value_B_per_mol: float = 50.0
-    cost_per_h: float = 2000.0
-    turnaround_s: float = 4 * 3600.0
-    impurity_spec_fraction: float = 0.15
-
-    def __post_init__(self) -> None:
-        for name in ("value_B_per_mol", "cost_per_h", "turnaround_s", "impurity_spec_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ParameterTypeError(f"economics.{name}", v, "a real number")
-            if not math.isfinite(v):
-                raise ParameterError(f"economics.{name}", v, "must be finite")
-        if self.value_B_per_mol <= 0.0:
-            raise ParameterError("economics.value_B_per_mol", self.value_B_per_mol, "must be > 0")
-        if self.cost_per_h < 0.0:
-            raise ParameterError("economics.cost_per_h", self.cost_per_h, "must be >= 0")
-        if self.turnaround_s < 0.0:
-            raise ParameterError("economics.turnaround_s", self.turnaround_s, "must be >= 0")
-        if not 0.0 < self.impurity_spec_fraction <= 1.0:
-            raise ParameterError("economics.impurity_spec_fraction", self.impurity_spec_fraction, "must be in (0, 1]")
+    value_B_per_mol: float = spec(50.0, unit="1/mol", gt=0.0)
+    cost_per_h: float = spec(2000.0, unit="1/h", ge=0.0)
+    turnaround_s: float = spec(4 * 3600.0, unit="s", ge=0.0)
+    impurity_spec_fraction: float = spec(0.15, gt=0.0, le=1.0)
 
     def profit(self, t_s: np.ndarray | float, c_B_mol_per_m3: np.ndarray | float, p: ModelParams) -> np.ndarray:
         """Profit of a batch discharged at t_s [s] with c_B [mol/m3] (currency units)."""
