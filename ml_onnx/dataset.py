@@ -1,11 +1,12 @@
-"""Plant batch data: read it, keep the hidden truth apart, and turn measurements into training targets.
+"""Plant batch data turned into training targets for the rate correction.
 
-The plant data set (data/simulated_batch_data.csv, columns in docs/plant.md) has one row a minute
-per batch: what a plant measures (reactor and jacket temperatures, jacket setpoint, controller
-output, phase, the recorded charge) and, on the row where a result arrives, a lab assay of c_B and
-c_C with the batch time its sample was drawn. The simulator's hidden states (``true_*``) are read
-into a separate :class:`BatchTruth`, used only to score; nothing in this module's fitting path
-receives them (tests/test_ml_dataset.py checks that scrambling them changes no target).
+The plant data set (data/simulated_batch_data.csv, columns in docs/plant.md) is read by the one
+data-set reader, :func:`twin_core.offline.batches.read_batches`: one ``Batch`` per batch with what a
+plant measures (reactor and jacket temperatures, jacket setpoint, controller output, phase, the
+recorded charge, the lab assays of c_B and c_C with the batch time each sample was drawn) and, apart
+in ``truth``, the simulator's hidden states. Nothing in this module's fitting path reads ``truth``:
+``ml_onnx.train`` hands :func:`reconcile` the batches ``without_truth()``
+(tests/test_ml_train.py checks that scrambling the ``true_*`` columns changes no target).
 
 Targets ("fitting through the ODE at the lab-sample times", incremental identification):
 for each batch the species balances of twin_core.model are integrated with the reactor temperature
@@ -19,11 +20,9 @@ training rows (features of ml_onnx.features -> ln f1, ln f2) for the regressor.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -32,104 +31,11 @@ from scipy.sparse import lil_matrix
 from ml_onnx.features import feature_matrix
 from twin_core.errors import ParameterError
 from twin_core.model import coefficients
+from twin_core.offline.batches import Batch
 from twin_core.params import ModelParams
 from twin_core.validate import positive
 
 log = logging.getLogger(__name__)
-
-MEASURED_COLUMNS = ("batch_id", "recipe_id", "split", "time_s", "phase", "T_reactor_K", "T_jacket_K",
-                    "T_jacket_sp_K", "pid_output", "lab_c_B_mol_per_m3", "lab_c_C_mol_per_m3",
-                    "lab_sample_time_s", "charge_c_A0_recorded_mol_per_m3")
-TRUTH_COLUMNS = ("true_c_A_mol_per_m3", "true_c_B_mol_per_m3", "true_c_C_mol_per_m3", "true_T_K")
-
-
-@dataclass(frozen=True)
-class PlantBatch:
-    """What the plant measured during one batch (SI units; arrays share the row times ``t_s``).
-
-    Lab assays: ``lab_t_s`` the batch time each sample was drawn [s], ``lab_c_B``/``lab_c_C`` its
-    results [mol/m3], in order of sampling.
-    """
-
-    batch_id: int
-    recipe_id: str
-    split: str
-    t_s: np.ndarray
-    T_reactor_K: np.ndarray
-    T_jacket_K: np.ndarray
-    T_jacket_sp_K: np.ndarray
-    pid_output: np.ndarray
-    phase: np.ndarray
-    c_A0_recorded_mol_per_m3: float
-    lab_t_s: np.ndarray
-    lab_c_B: np.ndarray
-    lab_c_C: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.t_s)
-        where = f"batch {self.batch_id}"
-        if n < 2:
-            raise ParameterError(f"{where}.t_s", n, "needs at least two rows")
-        for name in ("T_reactor_K", "T_jacket_K", "T_jacket_sp_K", "pid_output", "phase"):
-            if len(getattr(self, name)) != n:
-                raise ParameterError(f"{where}.{name}", len(getattr(self, name)), f"must have {n} rows like t_s")
-        if not np.all(np.diff(self.t_s) > 0.0):
-            raise ParameterError(f"{where}.t_s", "not increasing", "row times must be strictly increasing")
-        if not (len(self.lab_t_s) == len(self.lab_c_B) == len(self.lab_c_C)):
-            raise ParameterError(f"{where}.lab", len(self.lab_t_s), "lab columns must have equal lengths")
-        if not (math.isfinite(self.c_A0_recorded_mol_per_m3) and self.c_A0_recorded_mol_per_m3 > 0.0):
-            raise ParameterError(f"{where}.c_A0_recorded", self.c_A0_recorded_mol_per_m3, "must be finite and > 0")
-
-
-@dataclass(frozen=True)
-class BatchTruth:
-    """The simulator's hidden states of one batch at the row times: for scoring only."""
-
-    batch_id: int
-    t_s: np.ndarray
-    x: np.ndarray
-    """(N, 4): c_A, c_B, c_C [mol/m3], T [K]."""
-
-
-def _float(s: str) -> float:
-    return float(s) if s != "" else math.nan
-
-
-def read_plant_data(path: str | Path) -> tuple[list[PlantBatch], dict[int, BatchTruth]]:
-    """Read a plant data-set CSV: the measured batches (file order) and, apart, their hidden truth.
-
-    Raises ParameterError naming a missing column. The truth mapping is empty when the file has no
-    ``true_*`` columns (real plant data).
-    """
-    p = Path(path)
-    rows_by_batch: dict[int, list[dict[str, str]]] = {}
-    with open(p, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in MEASURED_COLUMNS if c not in header]
-        if missing:
-            raise ParameterError(str(p), missing, "missing column(s)")
-        has_truth = all(c in header for c in TRUTH_COLUMNS)
-        for row in reader:
-            rows_by_batch.setdefault(int(row["batch_id"]), []).append(row)
-    batches: list[PlantBatch] = []
-    truth: dict[int, BatchTruth] = {}
-    for bid, rows in rows_by_batch.items():
-        col = {c: np.array([_float(r[c]) for r in rows]) for c in MEASURED_COLUMNS if c not in ("recipe_id", "split")}
-        lab = np.isfinite(col["lab_c_B_mol_per_m3"]) & np.isfinite(col["lab_sample_time_s"])
-        order = np.argsort(col["lab_sample_time_s"][lab], kind="stable")
-        batches.append(PlantBatch(
-            batch_id=bid, recipe_id=rows[0]["recipe_id"], split=rows[0]["split"], t_s=col["time_s"],
-            T_reactor_K=col["T_reactor_K"], T_jacket_K=col["T_jacket_K"], T_jacket_sp_K=col["T_jacket_sp_K"],
-            pid_output=col["pid_output"], phase=col["phase"],
-            c_A0_recorded_mol_per_m3=float(col["charge_c_A0_recorded_mol_per_m3"][0]),
-            lab_t_s=col["lab_sample_time_s"][lab][order], lab_c_B=col["lab_c_B_mol_per_m3"][lab][order],
-            lab_c_C=col["lab_c_C_mol_per_m3"][lab][order]))
-        if has_truth:
-            x = np.column_stack([[_float(r[c]) for r in rows] for c in TRUTH_COLUMNS])
-            truth[bid] = BatchTruth(bid, col["time_s"], x)
-    log.info("read %d batches (%d with truth) from %s", len(batches), len(truth), p)
-    return batches, truth
 
 
 def fill_gaps(v: np.ndarray) -> np.ndarray:
@@ -144,7 +50,7 @@ def fill_gaps(v: np.ndarray) -> np.ndarray:
     return np.interp(idx, idx[ok], v[ok])
 
 
-def measured_temperature(b: PlantBatch) -> np.ndarray:
+def measured_temperature(b: Batch) -> np.ndarray:
     """Reactor temperature [K] for reconciliation: gaps filled, then a 3-point median against
     single-row spikes (the transmitter's lag of ~10 s is well below the 60 s rows)."""
     T = fill_gaps(b.T_reactor_K)
@@ -245,7 +151,7 @@ def _hat_basis(t: np.ndarray, K: int, knot_s: float) -> np.ndarray:
     return B
 
 
-def reconcile(batches: list[PlantBatch], params: ModelParams | None = None,
+def reconcile(batches: list[Batch], params: ModelParams | None = None,
               config: ReconcileConfig | None = None) -> list[Reconciled]:
     """Estimate each batch's log rate factors ln f1(t), ln f2(t) from its lab assays.
 

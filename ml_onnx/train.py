@@ -8,8 +8,9 @@ Pipeline (``twin train``):
      grouped by batch (no batch in both a training and a validation fold); ship the best one whose
      ONNX form keeps float64;
   4. fit it on every training batch, export to ONNX (ml_onnx.export), reload with the runtime;
-  5. score on the held-out batches against the simulator's hidden truth: the twin driven by the
-     measured jacket temperature (zero-order hold over each row), physics only vs hybrid.
+  5. score on the held-out batches against the simulator's hidden truth in the one open-loop replay
+     (twin_core.offline.batches.open_loop: recorded charge, measured jacket temperature as the mean
+     of the two readings bracketing each row interval), physics only vs hybrid.
 The JSON report holds the cross-validation table, the parity of ONNX vs scikit-learn, and the
 held-out table.
 """
@@ -29,21 +30,14 @@ from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from ml_onnx.dataset import (
-    BatchTruth,
-    PlantBatch,
-    ReconcileConfig,
-    fill_gaps,
-    read_plant_data,
-    reconcile,
-    training_table,
-)
+from ml_onnx.dataset import ReconcileConfig, reconcile, training_table
 from ml_onnx.export import MODEL_VERSION, save, sha256_file, to_onnx
 from ml_onnx.features import DEFAULT_FEATURES, feature_matrix
 from ml_onnx.model import FLOAT32_ONLY, RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
 from twin_core.errors import ParameterError
-from twin_core.hybrid import CorrectionModel, HybridTwin
+from twin_core.hybrid import CorrectionModel
+from twin_core.offline.batches import JACKET_INPUT_RULE, Batch, open_loop, read_batches, score_open_loop
 from twin_core.params import ModelParams
 
 log = logging.getLogger(__name__)
@@ -75,46 +69,20 @@ class TrainConfig:
                 raise ParameterError("candidate_names", self.candidate_names, f"expected some of {sorted(candidates())}")
 
 
-# -- the twin on one batch ---------------------------------------------------------------------------
-def run_twin(batch: PlantBatch, correction: CorrectionModel | None, params: ModelParams | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Twin states (N, 4) at the batch's rows and the in-domain flag per step (N,).
-
-    Driven as on the plant floor: measured jacket temperature held over each row, the recorded
-    charge c_A0 and the first measured reactor temperature as the initial state.
-    """
-    p = (params or ModelParams()).replace(c_A0_mol_per_m3=batch.c_A0_recorded_mol_per_m3,
-                                          T0_K=float(fill_gaps(batch.T_reactor_K)[0]))
-    Tj = fill_gaps(batch.T_jacket_K)
-    twin = HybridTwin(p, correction)
-    state = twin.initial_state()
-    t = batch.t_s
-    x = np.empty((len(t), 4))
-    ok = np.ones(len(t), dtype=bool)
-    x[0] = state.x
-    for i in range(1, len(t)):
-        state = twin.step(state, float(t[i - 1]), float(t[i] - t[i - 1]), float(Tj[i - 1]))
-        x[i] = state.x
-        ok[i - 1] = state.in_domain
-    ok[-1] = ok[-2]
-    return x, ok
-
-
-def score_batch(batch: PlantBatch, truth: BatchTruth, correction: CorrectionModel,
-                params: ModelParams | None = None) -> dict[str, object]:
-    """Physics-only vs hybrid on one batch, against the hidden truth (scoring only)."""
-    xt = truth.x
-    c_A0_true = float(xt[0, 0] + xt[0, 1] + xt[0, 2])
-    y_true = float(xt[-1, 1]) / c_A0_true
+# -- held-out scoring -------------------------------------------------------------------------------
+def score_batch(batch: Batch, correction: CorrectionModel, params: ModelParams | None = None) -> dict[str, object]:
+    """Physics-only vs hybrid on one batch in the one open-loop replay
+    (:func:`twin_core.offline.batches.score_open_loop`), against the hidden truth (scoring only)."""
     out: dict[str, object] = {"batch_id": batch.batch_id, "recipe_id": batch.recipe_id}
     for name, corr in (("physics", None), ("hybrid", correction)):
-        x, ok = run_twin(batch, corr, params)
-        out[f"{name}_rmse_c_B_mol_per_m3"] = float(np.sqrt(np.mean((x[:, 1] - xt[:, 1]) ** 2)))
-        out[f"{name}_rmse_c_C_mol_per_m3"] = float(np.sqrt(np.mean((x[:, 2] - xt[:, 2]) ** 2)))
-        out[f"{name}_final_yield_error"] = float(x[-1, 1] / batch.c_A0_recorded_mol_per_m3 - y_true)
+        s = score_open_loop(batch, params, corr)
+        out[f"{name}_rmse_c_B_mol_per_m3"] = s.rmse_c_B_mol_per_m3
+        out[f"{name}_rmse_c_B_percent"] = s.rmse_c_B_percent
+        out[f"{name}_rmse_c_C_mol_per_m3"] = s.rmse_c_C_mol_per_m3
+        out[f"{name}_final_yield_error"] = s.final_yield_error
         if corr is not None:
-            out["in_domain_fraction"] = float(np.mean(ok))
-    out["final_yield_true"] = y_true
+            out["in_domain_fraction"] = s.in_domain_fraction
+    out["final_yield_true"] = s.final_yield_true
     out["c_B_improvement"] = 1.0 - out["hybrid_rmse_c_B_mol_per_m3"] / out["physics_rmse_c_B_mol_per_m3"]  # type: ignore[operator]
     return out
 
@@ -132,6 +100,7 @@ def summarize_holdout(rows: list[dict[str, object]]) -> dict[str, object]:
         s = {"batches": len(sel)}
         for m in ("physics", "hybrid"):
             s[f"{m}_rmse_c_B_mol_per_m3"] = mean(f"{m}_rmse_c_B_mol_per_m3", sel)
+            s[f"{m}_rmse_c_B_percent"] = mean(f"{m}_rmse_c_B_percent", sel)
             s[f"{m}_rmse_c_C_mol_per_m3"] = mean(f"{m}_rmse_c_C_mol_per_m3", sel)
             s[f"{m}_final_yield_rms_error"] = rms(f"{m}_final_yield_error", sel)
         if sel:
@@ -196,9 +165,8 @@ class TrainResult:
     model: RateCorrectionRegressor
     correction: OnnxCorrection
     report: dict[str, object]
-    train_batches: list[PlantBatch]
-    holdout_batches: list[PlantBatch]
-    truth: dict[int, BatchTruth]
+    train_batches: list[Batch]
+    holdout_batches: list[Batch]
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray
@@ -213,8 +181,9 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
     data, out = Path(data), Path(out)
     report_path = Path(report_path) if report_path is not None else out.with_name(out.stem + "_report.json")
     data_sha = sha256_file(data)
-    batches, truth = read_plant_data(data)
-    train_b = [b for b in batches if b.split == "train"]
+    batches = list(read_batches(data).values())
+    # The fitting path sees what a plant would have: the hidden truth is kept for scoring only.
+    train_b = [b.without_truth() for b in batches if b.split == "train"]
     hold_b = [b for b in batches if b.split == "holdout"]
     if cfg.max_train_batches is not None:
         train_b = train_b[:cfg.max_train_batches]
@@ -276,18 +245,18 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
     if score and hold_b:
         # Parity of the shipped ONNX model with scikit-learn on held-out feature rows (the physics
         # twin's states on the held-out batches, unclipped).
-        Xh = np.vstack([feature_matrix(cfg.feature_names, b.t_s, run_twin(b, None)[0]) for b in hold_b])
+        Xh = np.vstack([feature_matrix(cfg.feature_names, b.t_s, open_loop(b).x) for b in hold_b])
         a, o = model.predict(Xh), corr.predict_log_factors(Xh)
         report["parity"] = {"rows": int(len(Xh)),
                             "max_abs_diff": float(np.max(np.abs(a - o))),
                             "max_rel_diff": float(np.max(np.abs(a - o) / np.maximum(np.abs(a), 1e-300)))}
         t0 = time.perf_counter()
-        rows = [score_batch(b, truth[b.batch_id], corr)
+        rows = [score_batch(b, corr)
                 for b in tqdm(hold_b, desc="held-out scoring", unit="batch", disable=not progress, leave=False)
-                if b.batch_id in truth]
+                if b.truth is not None]
         t_score = time.perf_counter() - t0
-        report["holdout"] = {"driven_by": "measured T_jacket (zero-order hold per row), recorded c_A0, first "
-                                          "measured T as T0; scored against the hidden true_* states",
+        report["holdout"] = {"driven_by": f"twin_core.offline.batches.open_loop: {JACKET_INPUT_RULE}; "
+                                          "scored against the hidden true_* states",
                              "summary": summarize_holdout(rows), "batches": rows}
     stages.update(1)
     stages.close()
@@ -297,4 +266,4 @@ def train(data: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT, cfg: T
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     log.info("wrote %s and %s", out, report_path)
-    return TrainResult(model, corr, report, train_b, hold_b, truth, X, y, groups, folds)
+    return TrainResult(model, corr, report, train_b, hold_b, X, y, groups, folds)

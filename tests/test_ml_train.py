@@ -7,17 +7,17 @@ this module fast; ``twin train`` runs the full job (all batches, all candidates)
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ml_onnx.dataset import read_plant_data, reconcile, training_table
+from ml_onnx.dataset import reconcile, training_table
 from ml_onnx.features import DEFAULT_FEATURES, feature_matrix
-from ml_onnx.train import TrainConfig, TrainResult, choose, run_twin, train
+from ml_onnx.train import TrainConfig, TrainResult, choose, train
 from tests.conftest import ROOT
+from twin_core.offline.batches import open_loop, read_batches
 
 DATA = ROOT / "data" / "simulated_batch_data.csv"
 MIN_IMPROVEMENT = 0.50
@@ -46,7 +46,7 @@ def test_no_batch_is_in_both_a_training_and_a_validation_fold(trained: TrainResu
 
 
 def test_onnx_equals_scikit_learn_on_the_held_out_set(trained: TrainResult) -> None:
-    X = np.vstack([feature_matrix(DEFAULT_FEATURES, b.t_s, run_twin(b, None)[0]) for b in trained.holdout_batches])
+    X = np.vstack([feature_matrix(DEFAULT_FEATURES, b.t_s, open_loop(b).x) for b in trained.holdout_batches])
     assert len(X) > 1000
     want = trained.model.predict(X)
     got = trained.correction.predict_log_factors(X)
@@ -120,17 +120,16 @@ def test_fitting_never_reads_the_hidden_truth(tmp_path: Path) -> None:
         paths.append(path)
     tables = []
     for path in paths:
-        batches, truth = read_plant_data(path)
-        assert set(truth) == {int(i) for i in ids}
-        assert not any("true" in f.name for f in dataclasses.fields(batches[0]))
+        batches = list(read_batches(path).values())
+        assert [b.batch_id for b in batches] == [int(i) for i in ids]
+        assert all(b.truth is not None for b in batches)  # read with the truth, as train() reads it
         tables.append(training_table(reconcile(batches), DEFAULT_FEATURES))
     for a, b in zip(tables[0], tables[1], strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_reconciled_factors_follow_the_lab_assays() -> None:
-    batches, _ = read_plant_data(DATA)
-    some = [b for b in batches if b.split == "train"][:6]
+    some = [b for b in read_batches(DATA).values() if b.split == "train"][:6]
     rec = reconcile(some)
     for r, b in zip(rec, some, strict=True):
         # Standardised lab residuals of order 1 (assay rsd 1.5 %): the ODE goes through the data.

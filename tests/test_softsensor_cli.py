@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twin_core.offline.cli import main
 from twin_core.errors import ParameterError
-from twin_core.offline.softsensor_cli import load_correction, read_dataset
+from twin_core.offline.batches import read_batches
+from twin_core.offline.cli import main
+from twin_core.offline.softsensor_cli import load_correction
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "simulated_batch_data.csv"
 
 
-def test_read_dataset_matches_the_csv():
-    batches = read_dataset(DATA, {10, 11})
+def test_read_batches_matches_the_csv():
+    batches = read_batches(DATA, {10, 11})
     assert sorted(batches) == [10, 11]
     with open(DATA, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["batch_id"] == "10"]
@@ -29,7 +30,11 @@ def test_read_dataset_matches_the_csv():
         assert cB == float(r["lab_c_B_mol_per_m3"]) and cC == float(r["lab_c_C_mol_per_m3"])
         assert 1800.0 - 60.0 <= ta - ts <= 2700.0 + 60.0  # 30-45 min late, to the row
     assert b.truth.shape == (len(rows), 4) and np.all(np.isfinite(b.truth))
-    assert b.c_A0_mol_per_m3 == float(rows[0]["charge_c_A0_recorded_mol_per_m3"])
+    assert b.c_A0_recorded_mol_per_m3 == float(rows[0]["charge_c_A0_recorded_mol_per_m3"])
+    for j, col in enumerate(("true_c_A_mol_per_m3", "true_c_B_mol_per_m3", "true_c_C_mol_per_m3", "true_T_K")):
+        assert b.truth[:, j].tolist() == [float(r[col]) for r in rows]
+    for name in ("T_reactor_K", "T_jacket_K", "T_jacket_sp_K", "pid_output"):
+        np.testing.assert_array_equal(getattr(b, name), [float(r[name] or "nan") for r in rows])  # NaN == NaN here
 
 
 def test_twin_softsensor_replays_and_plots(tmp_path, capsys):

@@ -5,8 +5,9 @@
 What it measures (issue 5), every figure from the held-out batches of data/simulated_batch_data.csv
 unless said otherwise:
 1. c_B RMSE of the live estimate vs the plant's hidden truth, as % of the batch's largest c_B: soft
-   sensor vs open-loop hybrid vs open-loop physics (open loop: driven by the measured jacket
-   temperature from the recorded charge, no feedback).
+   sensor vs open-loop hybrid vs open-loop physics (open loop: twin_core.offline.batches.open_loop,
+   the one replay of the README and ml_onnx figures: the recorded charge, the measured jacket
+   temperature as the mean of the two readings bracketing each row interval, no feedback).
 2. Final-yield forecast error (points of yield) at 25, 50, 75 % of the batch time, forecasts under
    the batch's recipe; the error of the forecast optimal-stop time and of the impurity at that stop.
 3. Sensor faults injected at 40 % of each held-out batch: stuck transmitter and drifts of 0.3 K/min
@@ -35,22 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig, chi2_bounds_mean
-from twin_core.estimation import chi2_quantile
+from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig, chi2_bounds_mean, chi2_quantile
 from twin_core.hybrid import CorrectionModel
 from twin_core.model import coefficients
+from twin_core.offline.batches import Batch, c_B_rmse_percent, open_loop, params_for, read_batches
+from twin_core.offline.plots import plot_replay
+from twin_core.offline.softsensor_replay import inject_fault, nees, replay, true_final_yield
 from twin_core.params import ModelParams
-from twin_core.offline.softsensor_cli import plot_replay, read_dataset
-from twin_core.offline.softsensor_replay import (
-    BatchInput,
-    c_B_rmse_percent,
-    inject_fault,
-    nees,
-    open_loop,
-    params_for,
-    replay,
-    true_final_yield,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "simulated_batch_data.csv"
@@ -104,7 +96,7 @@ def variants(quick: bool) -> list[tuple[str, CorrectionModel | None]]:
     return out
 
 
-def true_stop(b: BatchInput) -> tuple[float, float]:
+def true_stop(b: Batch) -> tuple[float, float]:
     """Time of the true maximum of c_B within the reaction programme and the impurity there."""
     inside = b.t_s <= b.t_end_s
     i = int(np.argmax(np.where(inside, b.truth[:, 1], -np.inf)))
@@ -112,7 +104,7 @@ def true_stop(b: BatchInput) -> tuple[float, float]:
     return float(b.t_s[i]), float(x[2] / (x[0] + x[1] + x[2]))
 
 
-def score_variant(name: str, corr: CorrectionModel | None, batches: list[BatchInput], faults: bool) -> dict:
+def score_variant(name: str, corr: CorrectionModel | None, batches: list[Batch], faults: bool) -> dict:
     base = ModelParams()
     rows = []
     fault_rows: dict[str, list[float]] = {}
@@ -121,7 +113,7 @@ def score_variant(name: str, corr: CorrectionModel | None, batches: list[BatchIn
         res = replay(s, b, [f * b.t_end_s for f in FRACTIONS])
         y = true_final_yield(b)
         t_opt, f_opt = true_stop(b)
-        ol = open_loop(b, base, corr)
+        ol = open_loop(b, base, corr).x
         ne = nees(res, b.truth)
         # NEES at fixed fractions of the batch time, to average across batches (Monte-Carlo style).
         grid = np.interp(NEES_GRID * b.t_end_s, b.t_s, ne)
@@ -171,7 +163,7 @@ def fault_free_alarms(n: int, seed: int, corrs: list[tuple[str, CorrectionModel 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fault_free.csv"
         generate(path, batches=n, seed=seed, progress=False)
-        batches = list(read_dataset(path).values())
+        batches = list(read_batches(path).values())
     out = {}
     base = ModelParams()
     for name, corr in corrs:
@@ -274,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("twin_core").setLevel(logging.ERROR)
     t0 = time.perf_counter()
-    batches = [b for b in read_dataset(DATA).values() if b.split == "holdout"]
+    batches = [b for b in read_batches(DATA).values() if b.split == "holdout"]
     if args.quick:
         batches = batches[:5]
     vs = variants(args.quick)
@@ -298,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(rows, key=lambda row: row["rmse_softsensor"])["batch"]
     for b in [batches[0]] + [bb for bb in batches if bb.batch_id == worst and bb is not batches[0]]:
         res = replay(SoftSensor(params_for(b, ModelParams()), c, SoftSensorConfig()), b)
-        plot_replay(b, res, fig_dir / f"softsensor_batch{b.batch_id}.png", open_loop(b, ModelParams(), c),
-                    open_loop(b, ModelParams(), None))
+        plot_replay(b, res, fig_dir / f"softsensor_batch{b.batch_id}.png", open_loop(b, ModelParams(), c).x,
+                    open_loop(b, ModelParams(), None).x)
     if not args.no_doc and not args.quick:
         write_doc(table)
         print(f"wrote the table into {DOC.relative_to(ROOT)}")

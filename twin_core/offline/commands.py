@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 
 from twin_core import signals
+from twin_core.offline.plots import plot_trajectory
 from twin_core.params import ModelParams, load_params
 from twin_core.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from twin_core.simulation import Trajectory, Twin
-
-C0 = 273.15
 
 
 def _load(args: argparse.Namespace) -> tuple[ModelParams, Recipe]:
@@ -26,32 +25,6 @@ def write_trajectory_csv(tr: Trajectory, path: str | Path) -> None:
     header = "t_s,c_A_mol_per_m3,c_B_mol_per_m3,c_C_mol_per_m3,T_K,T_jacket_K"
     data = np.column_stack([tr.t_s, tr.x, tr.T_jacket_K])
     np.savetxt(path, data, delimiter=",", header=header, comments="", fmt="%.10g")
-
-
-def plot_trajectory(tr: Trajectory, path: str | Path, title: str = "") -> None:
-    """Concentrations and temperatures against time, axes in mol/L, degC and h."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t_h = tr.t_s / 3600.0
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for col, label in zip(range(3), ("A", "B (product)", "C (impurity)"), strict=True):
-        ax1.plot(t_h, tr.x[:, col] / 1000.0, label=label)
-    ax1.set_ylabel("concentration [mol/L]")
-    ax1.legend()
-    ax1.grid(alpha=0.3)
-    ax2.plot(t_h, tr.T_K - C0, label="reactor T")
-    ax2.plot(t_h, tr.T_jacket_K - C0, "--", label="jacket T_j")
-    ax2.set_ylabel("temperature [degC]")
-    ax2.set_xlabel("time [h]")
-    ax2.legend()
-    ax2.grid(alpha=0.3)
-    fig.suptitle(title or tr.recipe.name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

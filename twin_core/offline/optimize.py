@@ -43,28 +43,29 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from twin_core.analysis import Economics, impurity_fraction
-from twin_core.errors import ParameterError, ParameterTypeError
+from twin_core.errors import ParameterError
 from twin_core.integrator import Tolerance
-from twin_core.params import T_MAX_K, T_MIN_K, ModelParams, load_params
+from twin_core.offline.plots import C0, plot_result
+from twin_core.params import ModelParams, load_params
 from twin_core.recipe import Recipe
 from twin_core.simulation import DEFAULT_TOLERANCE, Trajectory, Twin
+from twin_core.validate import spec, validated
 
 log = logging.getLogger(__name__)
 
-C0 = 273.15
 Objective = Literal["yield", "economic"]
 OPTIMISER_TOLERANCE = Tolerance(rtol=1e-10, atol=(1e-8, 1e-8, 1e-8, 1e-8))
 """Integrator tolerance inside the optimiser (finite-difference gradients need clean outputs)."""
 
 
-@dataclass(frozen=True)
+@validated("optimizer")
 class OptimizerConfig:
     """Bounds, constraints and settings of the recipe optimisation (SI units).
 
@@ -74,56 +75,25 @@ class OptimizerConfig:
     1 K/min (thermal-shock limit of glass-lined steel); batch 1 ... 10 h.
     """
 
-    n_segments: int = 6
-    T_jacket_min_K: float = C0 + 15.0
-    T_jacket_max_K: float = C0 + 110.0
-    ramp_max_K_per_s: float = 1.0 / 60.0
-    T_max_K: float = C0 + 85.0
-    t_end_min_s: float = 3600.0
-    t_end_max_s: float = 10 * 3600.0
-    objective: Objective = "yield"
-    economics: Economics = field(default_factory=Economics)
-    n_samples: int = 240
-    T_margin_K: float = 0.05
-    max_iter: int = 100
-    grid_step_K: float = 1.0
+    n_segments: int = spec(6, kind="int", ge=1, le=48)
+    T_jacket_min_K: float = spec(C0 + 15.0, unit="K", kind="temperature")
+    T_jacket_max_K: float = spec(C0 + 110.0, unit="K", kind="temperature")
+    ramp_max_K_per_s: float = spec(1.0 / 60.0, unit="K/s", gt=0.0)
+    T_max_K: float = spec(C0 + 85.0, unit="K", kind="temperature")
+    t_end_min_s: float = spec(3600.0, unit="s", gt=0.0)
+    t_end_max_s: float = spec(10 * 3600.0, unit="s", gt=0.0)
+    objective: Objective = spec("yield", kind="str", choices=("yield", "economic"))
+    economics: Economics = spec(kind=Economics, default_factory=Economics)
+    n_samples: int = spec(240, kind="int", ge=20, le=5000)
+    T_margin_K: float = spec(0.05, unit="K", ge=0.0, lt=5.0)
+    max_iter: int = spec(100, kind="int", ge=1)
+    grid_step_K: float = spec(1.0, unit="K", gt=0.0, le=10.0)
 
     def __post_init__(self) -> None:
-        for name in ("n_segments", "n_samples", "max_iter"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ParameterTypeError(f"optimizer.{name}", v, "an integer")
-        if not 1 <= self.n_segments <= 48:
-            raise ParameterError("optimizer.n_segments", self.n_segments, "must be within [1, 48]")
-        if not 20 <= self.n_samples <= 5000:
-            raise ParameterError("optimizer.n_samples", self.n_samples, "must be within [20, 5000]")
-        if self.max_iter < 1:
-            raise ParameterError("optimizer.max_iter", self.max_iter, "must be >= 1")
-        for name in ("T_jacket_min_K", "T_jacket_max_K", "ramp_max_K_per_s", "T_max_K", "t_end_min_s",
-                     "t_end_max_s", "T_margin_K", "grid_step_K"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ParameterTypeError(f"optimizer.{name}", v, "a real number")
-            if not math.isfinite(v):
-                raise ParameterError(f"optimizer.{name}", v, "must be finite")
-        for name in ("T_jacket_min_K", "T_jacket_max_K", "T_max_K"):
-            if not T_MIN_K <= getattr(self, name) <= T_MAX_K:
-                raise ParameterError(f"optimizer.{name}", getattr(self, name),
-                                     f"must be a temperature in kelvin within [{T_MIN_K}, {T_MAX_K}]")
         if not self.T_jacket_min_K < self.T_jacket_max_K:
             raise ParameterError("optimizer.T_jacket_max_K", self.T_jacket_max_K, "must be > T_jacket_min_K")
-        if not self.ramp_max_K_per_s > 0.0:
-            raise ParameterError("optimizer.ramp_max_K_per_s", self.ramp_max_K_per_s, "must be > 0")
         if not 0.0 < self.t_end_min_s < self.t_end_max_s:
             raise ParameterError("optimizer.t_end_max_s", self.t_end_max_s, "need 0 < t_end_min_s < t_end_max_s")
-        if not 0.0 <= self.T_margin_K < 5.0:
-            raise ParameterError("optimizer.T_margin_K", self.T_margin_K, "must be within [0, 5) K")
-        if not 0.0 < self.grid_step_K <= 10.0:
-            raise ParameterError("optimizer.grid_step_K", self.grid_step_K, "must be within (0, 10] K")
-        if self.objective not in ("yield", "economic"):
-            raise ParameterError("optimizer.objective", self.objective, "must be 'yield' or 'economic'")
-        if not isinstance(self.economics, Economics):
-            raise ParameterTypeError("optimizer.economics", self.economics, "Economics")
 
     @property
     def impurity_spec_fraction(self) -> float:
@@ -449,36 +419,6 @@ def format_result(res: OptimizationResult) -> str:
         f"SLSQP: {res.message} ({res.iterations} iterations, {res.simulations} simulations in all)",
     ]
     return "\n".join(lines)
-
-
-def plot_result(res: OptimizationResult, params: ModelParams, path: str | Path) -> None:
-    """Jacket and reactor temperature and c_B of the optimised recipe and its baselines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    twin = Twin(params)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for c, color in zip((res.best_reactor_isothermal, res.best_constant_jacket, res.optimised),
-                        ("tab:gray", "tab:blue", "tab:red"), strict=True):
-        tr = twin.simulate(c.recipe, dt_out_s=30.0)
-        ax1.plot(tr.t_s / 3600, tr.c_B / 1000, color=color, label=c.label)
-        ax2.plot(tr.t_s / 3600, tr.T_K - C0, color=color, label=f"{c.label}: reactor")
-        if c.recipe.mode == "jacket":
-            ax2.plot(tr.t_s / 3600, tr.T_jacket_K - C0, "--", color=color, label=f"{c.label}: jacket")
-    ax2.axhline(res.config.T_max_K - C0, color="k", lw=0.8, ls=":", label="T_max")
-    ax1.set_ylabel("c_B [mol/L]")
-    ax2.set_ylabel("temperature [degC]")
-    ax2.set_xlabel("time [h]")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=7)
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Optimised recipe ({res.config.objective} objective)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
-"""Replay a recorded batch through the soft sensor and score it against the hidden truth (no I/O).
+"""Replay a recorded batch through the soft sensor (closed loop) and score it against the hidden truth.
 
-Used by ``twin softsensor`` (twin_core.offline.softsensor_cli), by validation/softsensor_scoring.py (the
-table in docs/softsensor.md) and by the tests. A batch is given as arrays: the rows of the plant
-data set (one a minute), lab results on the row where they arrived, the recorded charge and the
-recipe. Sensor faults can be injected into a copy of a batch.
+Used by ``twin softsensor`` (twin_core.offline.softsensor_cli), by validation/softsensor_scoring.py
+(the table in docs/softsensor.md) and by the tests. A batch is a :class:`~twin_core.offline.batches.Batch`
+of the one data-set reader: the rows of the plant data set (one a minute), lab results on the row
+where they arrived, the recorded charge and the recipe. The soft sensor is fed every row's readings
+as they are (it does its own input checks); the open-loop replay it is compared with is
+:func:`twin_core.offline.batches.open_loop`. Sensor faults can be injected into a copy of a batch.
 """
 
 from __future__ import annotations
@@ -15,36 +17,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from twin_core.errors import MeasurementError
-from twin_core.estimation import STATE_NAMES, SoftSensor, SoftSensorAlarm
-from twin_core.estimation import Forecast
-from twin_core.hybrid import CorrectionModel, HybridTwin
-from twin_core.params import ModelParams
-from twin_core.recipe import Recipe
-
-
-@dataclass(frozen=True)
-class BatchInput:
-    """One recorded batch. Times [s] from the batch start; NaN where a reading is missing.
-
-    labs: (arrival time, sample time, c_B, c_C [mol/m3]) in order of arrival.
-    truth: the plant's hidden (c_A, c_B, c_C, T) at the row times, when known (scoring only).
-    """
-
-    batch_id: int
-    t_s: np.ndarray
-    T_reactor_K: np.ndarray
-    T_jacket_K: np.ndarray
-    labs: tuple[tuple[float, float, float, float], ...]
-    c_A0_mol_per_m3: float
-    recipe: Recipe | None = None
-    truth: np.ndarray | None = None
-    split: str = ""
-    recipe_id: str = ""
-
-    @property
-    def t_end_s(self) -> float:
-        """End of the reaction programme (the discharge decision), or the last row."""
-        return float(self.recipe.end_time_s) if self.recipe is not None else float(self.t_s[-1])
+from twin_core.estimation import STATE_NAMES, Forecast, SoftSensor, SoftSensorAlarm
+from twin_core.offline.batches import Batch
 
 
 @dataclass
@@ -68,13 +42,7 @@ class ReplayResult:
         return float(self.t_s[idx[0]]) if len(idx) else math.nan
 
 
-def params_for(batch: BatchInput, params: ModelParams) -> ModelParams:
-    """The model parameters with the batch's recorded charge (c_A0) and first measured temperature."""
-    T0 = batch.T_reactor_K[np.isfinite(batch.T_reactor_K)][0]
-    return params.replace(c_A0_mol_per_m3=float(batch.c_A0_mol_per_m3), T0_K=float(T0))
-
-
-def replay(sensor: SoftSensor, batch: BatchInput, forecast_times_s: Sequence[float] = (),
+def replay(sensor: SoftSensor, batch: Batch, forecast_times_s: Sequence[float] = (),
            keep_history: bool = False) -> ReplayResult:
     """Run ``batch`` row by row through ``sensor`` (started here from the recorded charge).
 
@@ -93,7 +61,7 @@ def replay(sensor: SoftSensor, batch: BatchInput, forecast_times_s: Sequence[flo
     forecasts: dict[float, Forecast] = {}
     finite = np.isfinite(batch.T_reactor_K)
     T0 = float(batch.T_reactor_K[finite][0])
-    est = sensor.start(float(t[0]), x0=(float(batch.c_A0_mol_per_m3), 0.0, 0.0, T0), T_measured_K=T0)
+    est = sensor.start(float(t[0]), x0=(float(batch.c_A0_recorded_mol_per_m3), 0.0, 0.0, T0), T_measured_K=T0)
     labs = sorted(batch.labs, key=lambda r: r[0])
     j = 0
     pending_fc = sorted(float(v) for v in forecast_times_s)
@@ -124,26 +92,7 @@ def replay(sensor: SoftSensor, batch: BatchInput, forecast_times_s: Sequence[flo
                         sensor.history() if keep_history else [])
 
 
-def open_loop(batch: BatchInput, params: ModelParams, correction: CorrectionModel | None = None) -> np.ndarray:
-    """The twin without feedback: (c_A, c_B, c_C, T) at the row times from the recorded charge and
-    the first measured temperature, driven by the measured jacket temperature (the mean of the two
-    readings that bracket each row interval, held over it)."""
-    twin = HybridTwin(params_for(batch, params), correction)
-    state = twin.initial_state()
-    t, Tj = batch.t_s, batch.T_jacket_K
-    out = np.empty((len(t), 4))
-    out[0] = state.x
-    last = float(Tj[np.isfinite(Tj)][0])
-    for i in range(1, len(t)):
-        a = float(Tj[i - 1]) if math.isfinite(Tj[i - 1]) else last
-        b = float(Tj[i]) if math.isfinite(Tj[i]) else a
-        last = b
-        state = twin.step(state, float(t[i - 1]), float(t[i] - t[i - 1]), 0.5 * (a + b))
-        out[i] = state.x
-    return out
-
-
-def inject_fault(batch: BatchInput, kind: str, t_fault_s: float, drift_K_per_s: float = 0.005) -> BatchInput:
+def inject_fault(batch: Batch, kind: str, t_fault_s: float, drift_K_per_s: float = 0.005) -> Batch:
     """A copy of ``batch`` whose reactor-temperature reading fails at t_fault_s [s]:
     ``stuck`` (frozen at its last value) or ``drift`` (walks away at drift_K_per_s)."""
     T = batch.T_reactor_K.copy()
@@ -157,17 +106,10 @@ def inject_fault(batch: BatchInput, kind: str, t_fault_s: float, drift_K_per_s: 
     return replace(batch, T_reactor_K=T)
 
 
-def c_B_rmse_percent(est_c_B: np.ndarray, true_c_B: np.ndarray) -> float:
-    """RMSE of c_B as a percentage of the batch's largest true c_B."""
-    return float(100.0 * np.sqrt(np.mean((est_c_B - true_c_B) ** 2)) / np.max(true_c_B))
-
-
-def true_final_yield(batch: BatchInput) -> float:
+def true_final_yield(batch: Batch) -> float:
     """True c_B at the end of the reaction programme over the recorded charge [1]."""
-    if batch.truth is None:
-        raise ValueError("the batch carries no truth")
-    cB = float(np.interp(batch.t_end_s, batch.t_s, batch.truth[:, 1]))
-    return cB / batch.c_A0_mol_per_m3
+    cB = float(np.interp(batch.t_end_s, batch.t_s, batch.require_truth()[:, 1]))
+    return cB / batch.c_A0_recorded_mol_per_m3
 
 
 def nees(result: ReplayResult, truth: np.ndarray) -> np.ndarray:

@@ -25,11 +25,10 @@ import numpy as np
 
 from twin_core import analysis
 from twin_core.errors import ParameterError
+from twin_core.offline.plots import C0, plot_study
 from twin_core.params import ModelParams, load_params
 from twin_core.recipe import Recipe
 from twin_core.simulation import Trajectory, Twin
-
-C0 = 273.15
 
 
 def default_grid(end_time_s: float = 10 * 3600.0, T0_K: float = 298.15) -> list[Recipe]:
@@ -109,35 +108,6 @@ def write_csv(rows: list[StudyRow], path: str | Path) -> None:
         d = r.as_dict()
         lines.append(",".join(f'"{d[c]}"' if isinstance(d[c], str) else repr(d[c]) for c in cols))
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def plot_study(rows: list[StudyRow], trs: list[Trajectory], path: str | Path) -> None:
-    """c_B and reactor temperature against time for every recipe, plus yield vs impurity at the optimum."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    colors = plt.get_cmap("tab20")(np.arange(len(rows)) % 20)  # one colour per recipe on all three axes
-    for r, tr, color in zip(rows, trs, colors, strict=True):
-        style = "-" if r.mode == "reactor" else "--"
-        axes[0].plot(tr.t_s / 3600, tr.c_B / 1000, style, color=color, label=r.name)
-        axes[1].plot(tr.t_s / 3600, tr.T_K - C0, style, color=color)
-        axes[2].scatter(100 * r.impurity_at_opt, 100 * r.yield_B_at_opt, color=color,
-                        marker="o" if r.mode == "reactor" else "s")
-        axes[2].annotate(r.name, (100 * r.impurity_at_opt, 100 * r.yield_B_at_opt), fontsize=6)
-    axes[0].set(xlabel="time [h]", ylabel="c_B [mol/L]", title="product B")
-    axes[1].set(xlabel="time [h]", ylabel="reactor temperature [degC]", title="temperature")
-    axes[2].set(xlabel="impurity C at optimal stop [mol %]", ylabel="yield of B at optimal stop [%]",
-                title="at the optimal stop")
-    axes[0].legend(fontsize=6)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle("Temperature-profile study (solid: reactor programme, dashed: jacket programme)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
