@@ -13,7 +13,8 @@
    - scikit-learn predict on the same row (the baseline).
    Median of repeated timing loops; wall clock on a shared machine, so the ratios matter most.
 3. The held-out accuracy table: per batch and mean c_B / c_C RMSE [mol/m3] and final-yield error
-   [points] for physics only vs hybrid, scored against the simulator's hidden truth.
+   [points] for physics only vs hybrid in the one open-loop replay (twin_core.offline.batches),
+   scored against the simulator's hidden truth.
 
 Goal (issue 4): <= 15 us per factors call.
 """
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  goal <= 15 us per factors call: {'met' if goal <= 15.0 else 'NOT met'} ({goal:.2f} us median; "
           f"os.getloadavg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
-    print("Held-out batches (twin driven by measured T_jacket; scored against the hidden truth):")
+    print("Held-out batches (the one open-loop replay, twin_core.offline.batches.open_loop; scored against the "
+          "hidden truth):")
     print("  batch recipe  in-domain  c_B RMSE phys -> hyb   c_C RMSE phys -> hyb   final-yield error phys -> hyb")
     for r in rep["holdout"]["batches"]:
         print(f"  {r['batch_id']:5d} {r['recipe_id']:6s}  {100 * r['in_domain_fraction']:6.0f} %   "
