@@ -37,12 +37,18 @@ from ml_onnx.model import FLOAT32_ONLY, RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
 from twin_core.errors import ParameterError
 from twin_core.hybrid import CorrectionModel
-from twin_core.offline.batches import JACKET_INPUT_RULE, Batch, open_loop, read_batches, score_open_loop
+from twin_core.offline.batches import (
+    DEFAULT_DATA,
+    JACKET_INPUT_RULE,
+    Batch,
+    open_loop,
+    read_batches,
+    score_open_loop,
+)
 from twin_core.params import ModelParams
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path("data/simulated_batch_data.csv")
 DEFAULT_OUT = Path("dist/correction.onnx")
 
 

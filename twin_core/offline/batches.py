@@ -42,6 +42,9 @@ from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 
 # -- the schema ---------------------------------------------------------------------------------------
+DEFAULT_DATA = Path("data/simulated_batch_data.csv")
+"""The data set every offline command reads by default (relative to the working directory)."""
+
 
 
 class Column(NamedTuple):

@@ -19,14 +19,13 @@ import numpy as np
 from twin_core.errors import ParameterError
 from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel
-from twin_core.offline.batches import c_B_rmse_percent, open_loop, params_for, read_batches
+from twin_core.offline.batches import DEFAULT_DATA, c_B_rmse_percent, open_loop, params_for, read_batches
 from twin_core.offline.plots import plot_replay
 from twin_core.offline.softsensor_replay import replay, true_final_yield
 from twin_core.params import ModelParams
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path("data/simulated_batch_data.csv")
 DEFAULT_CORRECTION = Path("dist/correction.onnx")
 
 
