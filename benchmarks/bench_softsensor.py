@@ -1,4 +1,4 @@
-"""Benchmark of the soft sensor (twin_core.estimator): cost per scan, per filter step, per lab
+"""Benchmark of the soft sensor (twin_core.estimation): cost per scan, per filter step, per lab
 arrival, per forecast, per checkpoint, with and without the ONNX correction.
 
     .venv/bin/python benchmarks/bench_softsensor.py [--quick]
@@ -79,16 +79,16 @@ def replay_timed(sensor: SoftSensor, t, T, Tj, labs, k0: int = 1) -> tuple[list[
     pool, step, lab_cost = [], [], []
     pending = sorted(labs, key=lambda r: r[3])
     j = 0
-    n_rec = len(sensor._records)
+    n_rec = len(sensor._history.records)
     clock = time.perf_counter_ns
     for k in range(k0, len(t)):
         tk = float(t[k])
         a = clock()
         sensor.update(tk, float(T[k]), float(Tj[k]))
         dt = (clock() - a) * 1e-3
-        if len(sensor._records) != n_rec:
+        if len(sensor._history.records) != n_rec:
             step.append(dt)
-            n_rec = len(sensor._records)
+            n_rec = len(sensor._history.records)
         else:
             pool.append(dt)
         while j < len(pending) and pending[j][3] <= tk:

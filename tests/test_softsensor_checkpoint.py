@@ -57,7 +57,7 @@ def test_restored_estimator_continues_bit_identically(correction):
     a.set_plan(RECIPE)
     split = 2703  # saved at t = 5404 s: mid filter interval, a lab pending, a forecast in the last estimate
     _drive(a, b, 1, split, labs)
-    assert a._n_acc > 0 and a._pending and a.estimate.forecast is not None
+    assert a._scans.n_acc > 0 and a._history.pending and a.estimate.forecast is not None
     state = a.get_state()
     assert _plain(state)
     restored = json.loads(json.dumps(state))  # through text, as a checkpoint store would keep it

@@ -16,10 +16,10 @@ import pytest
 from softsensor_synthetic import make_batch, run
 
 from twin_core.estimation import IB, SoftSensor, SoftSensorAlarm, SoftSensorConfig
-from twin_core.params import ModelParams
 from twin_core.offline.batches import c_B_rmse_percent, params_for
 from twin_core.offline.batches import read_batches as read_dataset
 from twin_core.offline.softsensor_replay import inject_fault, replay
+from twin_core.params import ModelParams
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "simulated_batch_data.csv"
 SENSOR = int(SoftSensorAlarm.T_SENSOR_STUCK | SoftSensorAlarm.T_SENSOR_DRIFT)

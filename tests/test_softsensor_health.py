@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from twin_core.estimation import chi2_bounds_mean
-from twin_core.estimation import Cusum, NisWindow, StuckDetector, chi2_cdf, chi2_quantile, normal_quantile
+from twin_core.estimation import (
+    Cusum,
+    NisWindow,
+    StuckDetector,
+    chi2_bounds_mean,
+    chi2_cdf,
+    chi2_quantile,
+    normal_quantile,
+)
 
 
 @pytest.mark.parametrize("p", [1e-6, 0.001, 0.01, 0.025, 0.3, 0.5, 0.8, 0.975, 0.999, 1 - 1e-7])

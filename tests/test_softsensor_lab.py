@@ -114,13 +114,13 @@ def test_assay_in_the_open_interval_waits_for_the_next_step():
         e0 = without.update(t, float(b.T_meas_K[k]), float(b.T_jacket_K[k]))
         if t == 3607.0:  # arrives two scans after the sample, three before the next step
             e1 = with_lab.add_lab(ts, cB + 8.0, cC, t)
-            assert len(with_lab._pending) == 1
+            assert len(with_lab._history.pending) == 1
         if t < 3610.0:
             assert e1.x == e0.x
     assert e1.c_B > e0.c_B + 1.0  # the step at 3610 s applied it
-    labs_used = [lab for r in with_lab._records for lab in r.labs]
+    labs_used = [lab for r in with_lab._history.records for lab in r.labs]
     assert [lab.sample_time_s for lab in labs_used] == [ts]
-    assert not with_lab._pending
+    assert not with_lab._history.pending
 
 
 @pytest.mark.parametrize("state", [IB, IC])

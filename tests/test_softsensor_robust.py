@@ -25,7 +25,7 @@ def running() -> SoftSensor:
     b = make_batch(dt_s=60.0, seed=7, t_end_s=2 * 3600.0, lab_delay_s=600.0)
     s = SoftSensor(ModelParams(), None, CFG)
     run(s, b)
-    assert s._lab_times == [1800.0, 3600.0, 5400.0]
+    assert s._history.lab_times == [1800.0, 3600.0, 5400.0]
     return s
 
 
@@ -96,7 +96,7 @@ def test_refusal_before_start_and_recovery_after_a_gap(running):
     with pytest.raises(MeasurementError):
         running.update(T_NOW + 60.0, math.nan, 340.0)
     e = running.update(T_NOW + 120.0, running.estimate.T_K, running.estimate.T_K)
-    assert e.t_s == T_NOW + 120.0 and running._records[-1].t_prev == T_NOW
+    assert e.t_s == T_NOW + 120.0 and running._history.records[-1].t_prev == T_NOW
 
 
 def test_temperature_spike_is_down_weighted():
@@ -174,12 +174,12 @@ def test_projection_is_the_closest_feasible_point_in_the_covariance_metric():
     """Oracle: the active-set projection equals the QP min (x-x0)' P^-1 (x-x0) s.t. bounds (scipy)."""
     s = SoftSensor(ModelParams(), None, CFG)
     rng = np.random.default_rng(1)
-    lo, hi = s._lo, s._hi
+    lo, hi = s._ekf.lo, s._ekf.hi
     for _ in range(20):
         L = rng.standard_normal((N_STATES, N_STATES))
         P = L @ L.T + 0.1 * np.eye(N_STATES)
         x0 = np.array([50.0, -3.0, -0.5, 340.0, 1.0, 1.2, 0.05]) + rng.standard_normal(N_STATES)
-        xp = s._project(x0.copy(), P)
+        xp = s._ekf.project(x0.copy(), P)
         ref = _qp_reference(x0, P, lo, hi)
         Pinv = np.linalg.inv(P)
         assert np.all(xp >= lo) and np.all(xp <= hi)
@@ -187,4 +187,4 @@ def test_projection_is_the_closest_feasible_point_in_the_covariance_metric():
         assert np.allclose(xp, ref, atol=1e-4)
     # Feasible points are left alone.
     x = np.array([50.0, 3.0, 0.5, 340.0, 1.0, 1.2, 0.9])
-    assert s._project(x, np.eye(N_STATES)) is x
+    assert s._ekf.project(x, np.eye(N_STATES)) is x

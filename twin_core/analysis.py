@@ -36,9 +36,17 @@ def conversion(x: np.ndarray, p: ModelParams) -> np.ndarray:
     return (cA0 - np.asarray(x)[..., 0]) / cA0
 
 
+def yield_of_c_B(c_B: float | np.ndarray, p: ModelParams) -> float | np.ndarray:
+    """Yield of B [1] at concentration c_B [mol/m3] (B formed per A charged): (c_B - c_B0) / c_A0.
+
+    The one place the formula is written (a float for a float, elementwise for an array).
+    """
+    return (c_B - p.charge.c_B0_mol_per_m3) / p.charge.c_A0_mol_per_m3
+
+
 def yield_B(x: np.ndarray, p: ModelParams) -> np.ndarray:
-    """Yield of B [1] (B formed per A charged)."""
-    return (np.asarray(x)[..., 1] - p.charge.c_B0_mol_per_m3) / p.charge.c_A0_mol_per_m3
+    """Yield of B [1] (B formed per A charged) for state rows x."""
+    return yield_of_c_B(np.asarray(x)[..., 1], p)
 
 
 def selectivity(x: np.ndarray, p: ModelParams) -> np.ndarray:
@@ -197,7 +205,7 @@ def economic_stop(tr: Trajectory, p: ModelParams, econ: Economics) -> EconomicSt
 
     def result(t_stop: float, c_B: float, f_C: float, why: StopReason) -> EconomicStop:
         return EconomicStop(t_stop, float(econ.profit(t_stop, c_B, p)), c_B,
-                            (c_B - p.charge.c_B0_mol_per_m3) / p.charge.c_A0_mol_per_m3, f_C, why)
+                            yield_of_c_B(c_B, p), f_C, why)
 
     if fC[0] > spec:
         return result(float(t[0]), float(cB[0]), float(fC[0]), "infeasible")
@@ -257,7 +265,7 @@ def summarize(tr: Trajectory, p: ModelParams) -> BatchSummary:
         t_end_s=float(tr.t_s[-1]), conversion=float(conversion(end, p)), yield_B=float(yield_B(end, p)),
         selectivity=sel, impurity_fraction=float(impurity_fraction(end)), c_B_end_mol_per_m3=float(end[1]),
         t_stop_opt_s=t_opt, c_B_max_mol_per_m3=cB_max,
-        yield_B_at_opt=(cB_max - p.charge.c_B0_mol_per_m3) / p.charge.c_A0_mol_per_m3,
+        yield_B_at_opt=yield_of_c_B(cB_max, p),
         T_peak_K=float(np.max(tr.T_K)),
     )
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from twin_core.errors import IntegrationError, ParameterError
 from twin_core.integrator import P, Stats, Tolerance, integrate
-from twin_core.model import (RateCorrection, State, coefficients, derivatives, isothermal_derivatives, jacket_rhs,
-                             rates)
+from twin_core.model import RateCorrection, State, coefficients, derivatives, isothermal_derivatives, jacket_rhs, rates
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 

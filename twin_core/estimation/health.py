@@ -1,5 +1,6 @@
-"""Model-health statistics of the soft sensor: chi-square bounds, a windowed innovation test,
-a two-sided CUSUM and a stuck-reading detector. Plain Python, no I/O, no scipy.
+"""Model health of the soft sensor: chi-square bounds, a windowed innovation test, a two-sided
+CUSUM, a stuck-reading detector, and the alarms they raise (:class:`ModelHealth`). Plain Python,
+no I/O, no scipy.
 
 Every detector keeps its state in plain floats and lists and exposes ``get_state``/``set_state``
 so that the estimator (and the FMU that carries it) can checkpoint it exactly.
@@ -7,9 +8,35 @@ so that the estimator (and the FMU that carries it) can checkpoint it exactly.
 
 from __future__ import annotations
 
+import enum
+import logging
 import math
 from collections import deque
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twin_core.estimation.config import SoftSensorConfig
+
+log = logging.getLogger(__name__)
+
+
+class SoftSensorAlarm(enum.IntFlag):
+    """Alarm bits of the soft sensor (published as an integer)."""
+
+    MODEL_MISMATCH = 1 << 0   # innovation test failing persistently, or two lab assays in a row far off
+    T_SENSOR_STUCK = 1 << 1   # reactor temperature reading frozen
+    T_SENSOR_DRIFT = 1 << 2   # CUSUM of the temperature innovations crossed its threshold (latched)
+
+
+_MISMATCH = int(SoftSensorAlarm.MODEL_MISMATCH)
+_STUCK = int(SoftSensorAlarm.T_SENSOR_STUCK)
+_DRIFT = int(SoftSensorAlarm.T_SENSOR_DRIFT)
+SENSOR_FAULTS = _STUCK | _DRIFT
+"""The alarms that keep the temperature reading out of the filter."""
+# Flags are kept as plain ints on the hot path (IntFlag operators cost microseconds); the enum
+# values for every combination are built once.
+ALARM_FLAGS = tuple(SoftSensorAlarm(i) for i in range(8))
 
 # Acklam's rational approximation of the standard normal quantile (relative error < 1.2e-9).
 _A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
@@ -264,3 +291,102 @@ class StuckDetector:
         self.value = float(s["value"])
         self.since_s = float(s["since_s"])
         self.count = int(s["count"])
+
+
+def chi2_bounds_mean(dof: int, n: int, p: float = 0.95) -> tuple[float, float]:
+    """Two-sided p-probability bounds of the mean of n independent chi-square(dof) values."""
+    a = 0.5 * (1.0 - p)
+    return chi2_quantile(a, dof * n) / n, chi2_quantile(1.0 - a, dof * n) / n
+
+
+class ModelHealth:
+    """The soft sensor's alarms (an int of :class:`SoftSensorAlarm` bits) from its detectors.
+
+    - T_SENSOR_STUCK while the raw reading is frozen (:meth:`reading`);
+    - MODEL_MISMATCH when the NIS window test has failed for ``mismatch_persist_s``, or two lab
+      assays in a row were beyond the lab gate (:meth:`lab`); cleared when both are fine again;
+    - T_SENSOR_DRIFT (latched until :meth:`reset`) when the CUSUM of the normalised temperature
+      innovations crosses its threshold (:meth:`temperature`).
+    """
+
+    def __init__(self, cfg: SoftSensorConfig) -> None:
+        self._nis_clip = cfg.nis_clip
+        self._persist_s = cfg.mismatch_persist_s
+        self._lab_gate = cfg.lab_gate_nis
+        self.nis_window = NisWindow(cfg.nis_window_s, cfg.nis_alpha)
+        self.cusum = Cusum(cfg.cusum_slack, cfg.cusum_threshold, cfg.cusum_clip)
+        self.stuck = StuckDetector(cfg.stuck_time_s, cfg.stuck_min_readings, cfg.stuck_tolerance_K)
+        self.alarms = 0
+        self.nis = 0.0               # NIS of the last temperature innovation
+        self.warn_since = math.nan   # since when the window test fails [s]
+        self.lab_fail_run = 0        # consecutive lab assays far off
+        self.lab_warning = False
+
+    def reading(self, t_s: float, T_K: float) -> None:
+        """One raw reading of the reactor temperature [K] at t_s [s] (stuck-sensor test)."""
+        if self.stuck.add(t_s, T_K):
+            self.alarms |= _STUCK
+        else:
+            self.alarms &= ~_STUCK
+
+    def temperature(self, t_s: float, innov: float, S: float, use_T: bool) -> None:
+        """The temperature innovation [K] of a filter step with its variance S [K^2] (S > 0)."""
+        zn = innov / math.sqrt(S)
+        self.nis = zn * zn
+        if not use_T:
+            return
+        if self.nis_window.add(t_s, min(self.nis, self._nis_clip)):
+            if self.warn_since != self.warn_since:
+                self.warn_since = t_s
+            if t_s - self.warn_since >= self._persist_s:
+                self.alarms |= _MISMATCH
+        else:
+            self.warn_since = math.nan
+            if self.lab_fail_run < 2:
+                self.alarms &= ~_MISMATCH
+        if self.cusum.add(zn):
+            if not self.alarms & _DRIFT:
+                log.warning("soft sensor: temperature innovations drift (CUSUM) at t=%.0f s", t_s)
+            self.alarms |= _DRIFT
+
+    def lab(self, nis: float) -> None:
+        """The NIS of a lab assay processed for the first time."""
+        if nis > self._lab_gate:
+            self.lab_fail_run += 1
+            self.lab_warning = True
+            if self.lab_fail_run >= 2:
+                self.alarms |= _MISMATCH
+        else:
+            self.lab_fail_run = 0
+            self.lab_warning = False
+
+    def level(self, in_domain: bool) -> int:
+        """0 good, 1 warning (window test failing, a lab assay far off, correction out of its
+        domain), 2 alarm (any alarm bit)."""
+        if self.alarms:
+            return 2
+        if self.nis_window.failing or self.lab_warning or not in_domain:
+            return 1
+        return 0
+
+    def reset(self) -> None:
+        """Clear the alarms and the latches behind them (operator acknowledgement)."""
+        self.alarms = 0
+        self.cusum.reset()
+        self.warn_since = math.nan
+        self.lab_fail_run = 0
+        self.lab_warning = False
+
+    def get_state(self) -> dict:
+        return {"nis_window": self.nis_window.get_state(), "cusum": self.cusum.get_state(),
+                "stuck": self.stuck.get_state(), "alarms": self.alarms, "nis": self.nis,
+                "warn_since": self.warn_since, "lab_fail_run": self.lab_fail_run, "lab_warning": self.lab_warning}
+
+    def set_state(self, s: dict) -> None:
+        self.nis_window.set_state(s["nis_window"])
+        self.cusum.set_state(s["cusum"])
+        self.stuck.set_state(s["stuck"])
+        self.alarms = int(s["alarms"])
+        self.nis = float(s["nis"])
+        self.warn_since = float(s["warn_since"])
+        self.lab_fail_run, self.lab_warning = int(s["lab_fail_run"]), bool(s["lab_warning"])

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from twin_core.analysis import Economics, economic_stop, impurity_fraction, optimal_stop
+from twin_core.analysis import Economics, economic_stop, impurity_fraction, optimal_stop, yield_of_c_B
+from twin_core.errors import ParameterError
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 from twin_core.simulation import Trajectory, output_times
@@ -75,6 +76,27 @@ class Forecast:
         return cls(**kw)
 
 
+def jacket_plan(recipe: Recipe | None, u_now_K: float, t0_s: float, settle_s: float) -> Callable[[float], float]:
+    """The jacket temperature [K] a forecast assumes, as a function of time [s].
+
+    With a recipe, the measured jacket temperature u_now_K at t0_s rejoins the programme with time
+    constant settle_s [s] (its controller closes the gap; NaN: no reading yet, the programme from
+    the start). Without one the jacket is held at u_now_K (ParameterError when it is NaN).
+    """
+    if recipe is not None:
+        offset = u_now_K - recipe.setpoint(t0_s) if u_now_K == u_now_K else 0.0
+
+        def jacket(t: float) -> float:
+            return recipe.setpoint(t) + offset * math.exp(-(t - t0_s) / settle_s)
+        return jacket
+    if u_now_K != u_now_K:
+        raise ParameterError("recipe", None, "no jacket temperature measured yet: give a recipe")
+
+    def held(t: float) -> float:
+        return u_now_K
+    return held
+
+
 def _interp(t: np.ndarray, y: np.ndarray, tq: float) -> float:
     return float(np.interp(tq, t, y))
 
@@ -85,7 +107,7 @@ def forecast_from(substep: SubStep, params: ModelParams, t0_s: float, x0: np.nda
     """Run ``substep`` from (t0_s, x0, P0) to t_end_s in steps of dt_s with T_j = jacket(t) [K]
     (evaluated mid-step and held) and summarise the batch (see :class:`Forecast`)."""
     econ = economics if economics is not None else Economics()
-    cA0, cB0 = params.charge.c_A0_mol_per_m3, params.charge.c_B0_mol_per_m3
+    cA0 = params.charge.c_A0_mol_per_m3
     x, P, h = x0, P0, h0
     if t_end_s > t0_s:
         t = output_times(t_end_s, dt_s, t0_s)
@@ -112,16 +134,16 @@ def forecast_from(substep: SubStep, params: ModelParams, t0_s: float, x0: np.nda
     else:
         t_opt, cB_opt = float(t[0]), float(X[0, 1])
         f0 = float(impurity_fraction(X[0]))
-        t_econ, y_econ, f_econ, why = t_opt, (cB_opt - cB0) / cA0, f0, "end_of_trajectory"
+        t_econ, y_econ, f_econ, why = t_opt, yield_of_c_B(cB_opt, params), f0, "end_of_trajectory"
         p_econ = float(econ.profit(t_econ, cB_opt, params))
     x_opt = np.array([_interp(t, X[:, j], t_opt) for j in range(4)])
     x_opt[1] = cB_opt
     return Forecast(
         t_from_s=float(t[0]), t_end_s=float(t[-1]),
-        yield_end=(float(X[-1, 1]) - cB0) / cA0, yield_end_std=float(sB[-1]) / cA0,
+        yield_end=yield_of_c_B(float(X[-1, 1]), params), yield_end_std=float(sB[-1]) / cA0,
         c_B_end_mol_per_m3=float(X[-1, 1]), c_C_end_mol_per_m3=float(X[-1, 2]),
         impurity_end=float(impurity_fraction(X[-1])),
-        t_stop_opt_s=float(t_opt), yield_at_opt=(cB_opt - cB0) / cA0,
+        t_stop_opt_s=float(t_opt), yield_at_opt=yield_of_c_B(cB_opt, params),
         yield_at_opt_std=_interp(t, sB, t_opt) / cA0, impurity_at_opt=float(impurity_fraction(x_opt)),
         t_stop_econ_s=float(t_econ), yield_at_econ=float(y_econ), impurity_at_econ=float(f_econ),
         profit_at_econ=float(p_econ), econ_limited_by=str(why), in_domain=ok_all,
