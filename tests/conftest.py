@@ -1,12 +1,17 @@
-"""Shared test helpers: free loopback ports and waiting for a server to accept connections."""
+"""Shared test helpers: free loopback ports, waiting for a server to accept connections, and the
+session's FMU builds (fixture ``fmus``)."""
 
 from __future__ import annotations
 
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from test_fmu_helpers import FmuBuilds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +39,12 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0) -
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def fmus(tmp_path_factory: pytest.TempPathFactory) -> FmuBuilds:
+    """The session's FMU builds (physics, hybrid, variant), test correction and C test host, each made
+    on first use in a pytest temporary folder (never dist/)."""
+    from test_fmu_helpers import FmuBuilds
+
+    return FmuBuilds(tmp_path_factory.mktemp("fmu_builds"))

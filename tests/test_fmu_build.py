@@ -11,7 +11,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from test_fmu_helpers import VARIANT_IDENTIFIER, extracted, fmu, model
+from test_fmu_helpers import VARIANT_IDENTIFIER, FmuBuilds
 
 from fmu.build import BuildError, BuildOptions, vendor_source
 from fmu.variables import fmi_variables
@@ -20,19 +20,19 @@ from twin_core.signals import DISPLAY_UNITS, TWIN_SIGNALS, UNITS
 
 
 @pytest.mark.parametrize("kind", ["physics", "hybrid", "variant"])
-def test_validate_fmu_finds_no_problem(kind: str) -> None:
+def test_validate_fmu_finds_no_problem(fmus: FmuBuilds, kind: str) -> None:
     from fmpy.validation import validate_fmu
 
-    assert validate_fmu(str(fmu(kind))) == []
+    assert validate_fmu(str(fmus.fmu(kind))) == []
 
 
-def _md(kind: str) -> ElementTree.Element:
-    with zipfile.ZipFile(fmu(kind)) as zf:
+def _md(fmus: FmuBuilds, kind: str) -> ElementTree.Element:
+    with zipfile.ZipFile(fmus.fmu(kind)) as zf:
         return ElementTree.fromstring(zf.read("modelDescription.xml"))
 
 
-def test_variables_are_the_signal_table() -> None:
-    root = _md("physics")
+def test_variables_are_the_signal_table(fmus: FmuBuilds) -> None:
+    root = _md(fmus, "physics")
     svs = root.findall("ModelVariables/ScalarVariable")
     assert [sv.get("name") for sv in svs] == [s.name for s in TWIN_SIGNALS]
     for sv, sig in zip(svs, TWIN_SIGNALS, strict=True):
@@ -54,8 +54,8 @@ def test_variables_are_the_signal_table() -> None:
             assert sv.get("initial") == "calculated" and t.get("start") is None
 
 
-def test_temperatures_display_in_degC_and_units_are_defined() -> None:
-    root = _md("physics")
+def test_temperatures_display_in_degC_and_units_are_defined(fmus: FmuBuilds) -> None:
+    root = _md(fmus, "physics")
     units = {u.get("name"): u for u in root.findall("UnitDefinitions/Unit")}
     for name, u in units.items():
         base = u.find("BaseUnit")
@@ -69,8 +69,8 @@ def test_temperatures_display_in_degC_and_units_are_defined() -> None:
     assert {n for n, d in shown.items() if d == "degC"} == absolute
 
 
-def test_model_structure_and_capabilities() -> None:
-    root = _md("physics")
+def test_model_structure_and_capabilities(fmus: FmuBuilds) -> None:
+    root = _md(fmus, "physics")
     names = [sv.get("name") for sv in root.findall("ModelVariables/ScalarVariable")]
     outputs = [s.name for s in TWIN_SIGNALS if s.role == "output"]
     for section in ("Outputs", "InitialUnknowns"):
@@ -81,13 +81,13 @@ def test_model_structure_and_capabilities() -> None:
     for flag in ("canGetAndSetFMUstate", "canSerializeFMUstate", "canHandleVariableCommunicationStepSize"):
         assert cs.get(flag) == "true", flag
     assert cs.get("canBeInstantiatedOnlyOncePerProcess") == "false"
-    mi, guid, _ = model("variant")
+    mi, guid, _ = fmus.model("variant")
     assert mi == VARIANT_IDENTIFIER
-    assert guid != model("physics")[1]
+    assert guid != fmus.model("physics")[1]
 
 
-def test_bundled_code_lives_under_a_package_unique_to_the_build() -> None:
-    with zipfile.ZipFile(fmu("physics")) as zf:
+def test_bundled_code_lives_under_a_package_unique_to_the_build(fmus: FmuBuilds) -> None:
+    with zipfile.ZipFile(fmus.fmu("physics")) as zf:
         cfg = dict(line.split("=", 1) for line in zf.read("resources/batchtwin.cfg").decode().splitlines()
                    if line and not line.startswith("#"))
         package = cfg["package"]
@@ -103,16 +103,16 @@ def test_bundled_code_lives_under_a_package_unique_to_the_build() -> None:
         assert "resources/correction.onnx" not in zf.namelist()
         assert cfg["libpython"].endswith((".so", ".so.1.0"))
         assert f"binaries/linux64/{cfg['bridge']}" in zf.namelist()
-    with zipfile.ZipFile(fmu("hybrid")) as zf:
+    with zipfile.ZipFile(fmus.fmu("hybrid")) as zf:
         assert "resources/correction.onnx" in zf.namelist()
-    with zipfile.ZipFile(fmu("variant")) as zf:
+    with zipfile.ZipFile(fmus.fmu("variant")) as zf:
         cfg_v = zf.read("resources/batchtwin.cfg").decode()
         assert f"build_id={cfg['build_id']}" not in cfg_v
 
 
-def test_loader_has_no_libpython_dependency(tmp_path) -> None:
+def test_loader_has_no_libpython_dependency(fmus: FmuBuilds, tmp_path) -> None:
     """pythonfmu issue #202: its binary needs libpython preloaded. Ours links only libc (and dl)."""
-    with zipfile.ZipFile(fmu("physics")) as zf:
+    with zipfile.ZipFile(fmus.fmu("physics")) as zf:
         (tmp_path / "loader.so").write_bytes(zf.read("binaries/linux64/BatchReactorTwin.so"))
     out = subprocess.run(["readelf", "-d", str(tmp_path / "loader.so")], capture_output=True, text=True,
                          check=True).stdout
@@ -172,10 +172,10 @@ def test_docs_variable_table_is_generated_from_the_signal_table() -> None:
         assert f"`{s.name}`" in text
 
 
-def test_nothing_in_the_fmu_finalises_python(tmp_path) -> None:
+def test_nothing_in_the_fmu_finalises_python(fmus: FmuBuilds, tmp_path) -> None:
     """pythonfmu's wrapper finalises the interpreter from a library destructor (the crash at exit and
     the second-run crash). The FMU ships neither that wrapper nor any call of Py_Finalize."""
-    with zipfile.ZipFile(fmu("hybrid")) as zf:
+    with zipfile.ZipFile(fmus.fmu("hybrid")) as zf:
         names = zf.namelist()
         binaries = [n for n in names if n.startswith("binaries/")]
         assert not any("pythonfmu" in n for n in binaries), binaries
@@ -190,8 +190,8 @@ OFFLINE_ONLY = ("scipy", "sklearn", "skl2onnx", "matplotlib", "tqdm", "argparse"
 """Modules the FMU's Python must never import (scipy's shutdown crashes C hosts; the rest is offline)."""
 
 
-def _bundled(kind: str) -> tuple[str, set[str]]:
-    with zipfile.ZipFile(fmu(kind)) as zf:
+def _bundled(fmus: FmuBuilds, kind: str) -> tuple[str, set[str]]:
+    with zipfile.ZipFile(fmus.fmu(kind)) as zf:
         cfg = dict(line.split("=", 1) for line in zf.read("resources/batchtwin.cfg").decode().splitlines()
                    if line and not line.startswith("#"))
         prefix = f"resources/{cfg['package']}/"
@@ -200,11 +200,11 @@ def _bundled(kind: str) -> tuple[str, set[str]]:
 
 
 @pytest.mark.parametrize("kind,correction", [("physics", False), ("hybrid", True)])
-def test_fmu_bundles_exactly_the_import_closure_of_its_slave(kind: str, correction: bool) -> None:
+def test_fmu_bundles_exactly_the_import_closure_of_its_slave(fmus: FmuBuilds, kind: str, correction: bool) -> None:
     from fmu.build import ROOT as SRC
     from fmu.build import import_closure
 
-    _, bundled = _bundled(kind)
+    _, bundled = _bundled(fmus, kind)
     names = {n for n in bundled if not n.startswith("pythonfmu/")}
     closure = {f.relative_to(SRC).as_posix() for m, f in import_closure("fmu.slave", correction).items()
                if not m.startswith("pythonfmu")}
@@ -240,7 +240,8 @@ def test_import_closure_follows_packages_relative_and_lazy_imports(tmp_path) -> 
 
 
 @pytest.mark.parametrize("kind", ["physics", "hybrid"])
-def test_bundled_python_imports_none_of_scipy_sklearn_matplotlib_tqdm_argparse(kind: str, tmp_path) -> None:
+def test_bundled_python_imports_none_of_scipy_sklearn_matplotlib_tqdm_argparse(fmus: FmuBuilds, kind: str,
+                                                                               tmp_path) -> None:
     """The FMU's own copy of its Python, imported and run in a fresh interpreter from the extracted
     archive (as the native loader does), leaves none of the offline-only packages in sys.modules.
 
@@ -249,8 +250,8 @@ def test_bundled_python_imports_none_of_scipy_sklearn_matplotlib_tqdm_argparse(k
     bundled module imports it (test above)."""
     import sys
 
-    package, _ = _bundled(kind)
-    resources = str(extracted(kind) / "resources")
+    package, _ = _bundled(fmus, kind)
+    resources = str(fmus.extracted(kind) / "resources")
     probe = f"""
 import sys
 sys.path.insert(0, {resources!r})

@@ -15,21 +15,17 @@ from test_fmu_helpers import (
     U0_K,
     U1_K,
     VARIANT_START,
-    extracted,
-    fmu,
-    host,
-    model,
+    FmuBuilds,
     read_host_csv,
     reference,
-    run_host,
     simulate_fmpy,
 )
 
 OUT = ("c_A", "c_B", "c_C", "T")
 
 
-def _opts(kind: str, stop: float = 3600.0, dt: float = 60.0, u1: float = U1_K) -> list[str]:
-    _, _, vr = model(kind)
+def _opts(fmus: FmuBuilds, kind: str, stop: float = 3600.0, dt: float = 60.0, u1: float = U1_K) -> list[str]:
+    _, _, vr = fmus.model(kind)
     return ["--stop", repr(stop), "--dt", repr(dt), "--in", str(vr["T_jacket"]),
             "--out", ",".join(str(vr[n]) for n in OUT), "--step", f"{T_STEP_S!r}:{U0_K!r}:{u1!r}"]
 
@@ -39,22 +35,22 @@ def _ok(proc) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("kind", ["physics", "hybrid"])
-def test_c_host_csv_equals_fmpy(kind: str, tmp_path: Path) -> None:
+def test_c_host_csv_equals_fmpy(fmus: FmuBuilds, kind: str, tmp_path: Path) -> None:
     stop, dt = 3600.0, 60.0
     csv = tmp_path / "out.csv"
-    proc = run_host(kind, csv, *_opts(kind, stop, dt))
+    proc = fmus.run_host(kind, csv, *_opts(fmus, kind, stop, dt))
     _ok(proc)
     got = read_host_csv(csv)[0]
-    want = simulate_fmpy(fmu(kind), stop, dt)
+    want = simulate_fmpy(fmus.fmu(kind), stop, dt)
     # Same FMU code, same inputs, same doubles: the C master reproduces FMPy's run exactly.
     np.testing.assert_array_equal(got, want)
 
 
-def test_twenty_consecutive_runs_exit_cleanly(tmp_path: Path) -> None:
+def test_twenty_consecutive_runs_exit_cleanly(fmus: FmuBuilds, tmp_path: Path) -> None:
     """No crash at exit: the interpreter is never finalised, numpy/onnxruntime stay loaded."""
     for i in range(20):
         csv = tmp_path / f"run{i}.csv"
-        proc = run_host("hybrid", csv, *_opts("hybrid", stop=600.0))
+        proc = fmus.run_host("hybrid", csv, *_opts(fmus, "hybrid", stop=600.0))
         _ok(proc)
         assert "done errors_logged=0" in proc.stdout
     first = read_host_csv(tmp_path / "run0.csv")[0]
@@ -62,13 +58,13 @@ def test_twenty_consecutive_runs_exit_cleanly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("threads", [False, True])
-def test_several_instances_in_one_c_process(threads: bool, tmp_path: Path) -> None:
+def test_several_instances_in_one_c_process(fmus: FmuBuilds, threads: bool, tmp_path: Path) -> None:
     """Instance k gets U1 + 5 k; in lockstep from one thread, or each from its own host thread
     (one Python thread state per host thread)."""
     stop, dt, n = 2400.0, 60.0, 4
     csv = tmp_path / "multi.csv"
-    proc = run_host("physics", csv, *_opts("physics", stop, dt), "--instances", str(n),
-                    *(["--threads"] if threads else []))
+    proc = fmus.run_host("physics", csv, *_opts(fmus, "physics", stop, dt), "--instances", str(n),
+                         *(["--threads"] if threads else []))
     _ok(proc)
     rows = read_host_csv(csv)
     assert sorted(rows) == list(range(n))
@@ -76,10 +72,10 @@ def test_several_instances_in_one_c_process(threads: bool, tmp_path: Path) -> No
         np.testing.assert_allclose(rows[k], reference(stop, dt, u1=U1_K + 5.0 * k), rtol=1e-9, atol=0.0)
 
 
-def test_unload_and_reload_the_library_then_run_again(tmp_path: Path) -> None:
+def test_unload_and_reload_the_library_then_run_again(fmus: FmuBuilds, tmp_path: Path) -> None:
     """Simulink's second run (pythonfmu #222): free, dlclose, dlopen, instantiate, run."""
     csv = tmp_path / "reload.csv"
-    proc = run_host("hybrid", csv, *_opts("hybrid", stop=1200.0), "--reload")
+    proc = fmus.run_host("hybrid", csv, *_opts(fmus, "hybrid", stop=1200.0), "--reload")
     _ok(proc)
     data = np.loadtxt(csv, delimiter=",", ndmin=2)
     first, second = data[: len(data) // 2], data[len(data) // 2:]
@@ -87,35 +83,36 @@ def test_unload_and_reload_the_library_then_run_again(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first, second)
 
 
-def test_restore_and_continue_bit_identical_in_c_host(tmp_path: Path) -> None:
-    proc = run_host("hybrid", tmp_path / "state.csv", *_opts("hybrid", stop=3600.0), "--state-check", "1200")
+def test_restore_and_continue_bit_identical_in_c_host(fmus: FmuBuilds, tmp_path: Path) -> None:
+    proc = fmus.run_host("hybrid", tmp_path / "state.csv", *_opts(fmus, "hybrid", stop=3600.0),
+                         "--state-check", "1200")
     _ok(proc)
     assert "identical=1" in proc.stdout
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "600", "-1"])
-def test_bad_input_in_c_host_is_refused_and_the_host_carries_on(bad: str, tmp_path: Path) -> None:
-    _, _, vr = model("physics")
+def test_bad_input_in_c_host_is_refused_and_the_host_carries_on(fmus: FmuBuilds, bad: str, tmp_path: Path) -> None:
+    _, _, vr = fmus.model("physics")
     csv = tmp_path / "bad.csv"
-    proc = run_host("physics", csv, *_opts("physics", stop=600.0), "--bad", f"{vr['T_jacket']}={bad}")
+    proc = fmus.run_host("physics", csv, *_opts(fmus, "physics", stop=600.0), "--bad", f"{vr['T_jacket']}={bad}")
     _ok(proc)
     assert "bad status=3" in proc.stdout
     assert "T_jacket=" in proc.stderr and "refused" in proc.stderr
     np.testing.assert_allclose(read_host_csv(csv)[0], reference(600.0, 60.0), rtol=1e-9, atol=0.0)
 
 
-def test_two_builds_in_one_c_process_each_run_their_own_code(tmp_path: Path) -> None:
+def test_two_builds_in_one_c_process_each_run_their_own_code(fmus: FmuBuilds, tmp_path: Path) -> None:
     """pythonfmu #228: same module names in two FMUs collide. Here every build has its own package;
     the variant build bakes in other start values, so a collision would show in its results."""
     from twin_core.params import ModelParams
 
     stop, dt = 2400.0, 60.0
     csv = tmp_path / "two.csv"
-    mi_a, guid_a, vr_a = model("physics")
-    mi_b, guid_b, vr_b = model("variant")
+    mi_a, guid_a, vr_a = fmus.model("physics")
+    mi_b, guid_b, vr_b = fmus.model("variant")
     assert vr_a == vr_b
-    args = [str(host()), str(extracted("physics")), mi_a, guid_a, str(csv), *_opts("physics", stop, dt),
-            "--second", f"{extracted('variant')}|{mi_b}|{guid_b}"]
+    args = [str(fmus.host()), str(fmus.extracted("physics")), mi_a, guid_a, str(csv), *_opts(fmus, "physics", stop, dt),
+            "--second", f"{fmus.extracted('variant')}|{mi_b}|{guid_b}"]
     proc = subprocess.run(args, env={}, capture_output=True, text=True, timeout=120)
     _ok(proc)
     rows = read_host_csv(csv)
@@ -125,14 +122,14 @@ def test_two_builds_in_one_c_process_each_run_their_own_code(tmp_path: Path) -> 
     assert not np.allclose(rows[0], rows[1])
 
 
-def test_python_home_override_with_a_virtual_environment(tmp_path: Path) -> None:
+def test_python_home_override_with_a_virtual_environment(fmus: FmuBuilds, tmp_path: Path) -> None:
     """BATCHTWIN_PYTHON_HOME pointing at a venv: the loader derives libpython and site-packages."""
     venv = Path(sys.prefix)
     assert (venv / "pyvenv.cfg").is_file(), "the tests run in the project's virtual environment"
     csv = tmp_path / "venv.csv"
-    proc = run_host("hybrid", csv, *_opts("hybrid", stop=600.0), env={"BATCHTWIN_PYTHON_HOME": str(venv)})
+    proc = fmus.run_host("hybrid", csv, *_opts(fmus, "hybrid", stop=600.0), env={"BATCHTWIN_PYTHON_HOME": str(venv)})
     _ok(proc)
-    np.testing.assert_array_equal(read_host_csv(csv)[0], simulate_fmpy(fmu("hybrid"), 600.0, 60.0))
+    np.testing.assert_array_equal(read_host_csv(csv)[0], simulate_fmpy(fmus.fmu("hybrid"), 600.0, 60.0))
 
 
 @pytest.mark.parametrize(("env", "words"), [
@@ -140,8 +137,8 @@ def test_python_home_override_with_a_virtual_environment(tmp_path: Path) -> None
     ({"BATCHTWIN_LIBPYTHON": "/nonexistent/libpython3.11.so"}, ["cannot load the Python library",
                                                                   "BATCHTWIN_PYTHON_HOME"]),
 ])
-def test_a_wrong_python_is_reported_not_crashed(env: dict, words: list[str], tmp_path: Path) -> None:
-    proc = run_host("physics", tmp_path / "x.csv", *_opts("physics", stop=60.0), env=env)
+def test_a_wrong_python_is_reported_not_crashed(fmus: FmuBuilds, env: dict, words: list[str], tmp_path: Path) -> None:
+    proc = fmus.run_host("physics", tmp_path / "x.csv", *_opts(fmus, "physics", stop=60.0), env=env)
     assert proc.returncode == 2, proc.stderr  # the host's own "fmi2Instantiate failed" exit, no signal
     assert "fmi2Instantiate failed" in proc.stderr
     for w in words:

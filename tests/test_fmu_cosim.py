@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fmu_helpers import T_STEP_S, U0_K, U1_K, fmu, model, simulate_fmpy
+from test_fmu_helpers import T_STEP_S, U0_K, U1_K, FmuBuilds, simulate_fmpy
 
 SCRIPT = r"""
 import json, sys
@@ -52,18 +52,19 @@ print("RESULT " + json.dumps([rows[i] for i in idx]))
 
 
 @pytest.mark.parametrize(("kind", "instances"), [("physics", 1), ("hybrid", 2)])
-def test_libcosim_master_gives_the_same_results_as_fmpy(kind: str, instances: int, tmp_path: Path) -> None:
+def test_libcosim_master_gives_the_same_results_as_fmpy(fmus: FmuBuilds, kind: str, instances: int,
+                                                         tmp_path: Path) -> None:
     stop, dt = 3600.0, 60.0
-    _, _, vr = model(kind)
+    _, _, vr = fmus.model(kind)
     outs = ",".join(str(vr[n]) for n in ("c_A", "c_B", "c_C", "T"))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(fmu(kind)), str(vr["T_jacket"]), outs, repr(dt),
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(fmus.fmu(kind)), str(vr["T_jacket"]), outs, repr(dt),
                            str(int(stop / dt)), repr(T_STEP_S), repr(U0_K), repr(U1_K), str(instances)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     runs = [np.array(r) for r in json.loads(line[len("RESULT "):])]
     assert len(runs) == instances
-    want = simulate_fmpy(fmu(kind), stop, dt)[1:]
+    want = simulate_fmpy(fmus.fmu(kind), stop, dt)[1:]
     for got in runs:
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0.0)

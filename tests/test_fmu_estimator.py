@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_fmu_fmpy import Log, slave
+from test_fmu_helpers import FmuBuilds
 
 from twin_core.estimation import SoftSensor, SoftSensorConfig
 from twin_core.hybrid import HybridTwin
@@ -83,8 +84,8 @@ def _reference(plant: dict, n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def fmu_rows(plant: dict) -> np.ndarray:
-    with slave(init=False) as s:
+def fmu_rows(fmus: FmuBuilds, plant: dict) -> np.ndarray:
+    with slave(fmus, init=False) as s:
         _init(s, plant)
         return _fmu_run(s, plant, 0, N)
 
@@ -106,16 +107,16 @@ def test_fmu_outputs_are_the_soft_sensor_estimates(plant: dict, fmu_rows: np.nda
     assert abs(fmu_rows[i + 1, 2] - plant["x"][i + 2, 1]) < abs(fmu_rows[i - 1, 2] - plant["x"][i, 1]) + 1.0
 
 
-def test_soft_sensor_state_restores_bit_identically(plant: dict, fmu_rows: np.ndarray) -> None:
+def test_soft_sensor_state_restores_bit_identically(fmus: FmuBuilds, plant: dict, fmu_rows: np.ndarray) -> None:
     """Snapshot before the late assay arrives: the restored run re-processes it exactly alike."""
     n_mid = int(3000.0 / DT)
-    with slave(init=False) as s:
+    with slave(fmus, init=False) as s:
         _init(s, plant)
         _fmu_run(s, plant, 0, n_mid)
         state = s.getFMUstate()
         blob = s.serializeFMUstate(state)
         s.freeFMUstate(state)
-    with slave(init=False) as s2:  # another instance, not even initialised
+    with slave(fmus, init=False) as s2:  # another instance, not even initialised
         st = s2.deSerializeFMUstate(blob)
         s2.setFMUstate(st)
         s2.freeFMUstate(st)
@@ -123,11 +124,11 @@ def test_soft_sensor_state_restores_bit_identically(plant: dict, fmu_rows: np.nd
     np.testing.assert_array_equal(tail, fmu_rows[n_mid:])
 
 
-def test_refused_lab_assay_is_a_warning_and_the_run_goes_on(plant: dict) -> None:
+def test_refused_lab_assay_is_a_warning_and_the_run_goes_on(fmus: FmuBuilds, plant: dict) -> None:
     from fmpy.fmi1 import FMICallException
 
     log = Log()
-    with slave(log=log, init=False) as s:
+    with slave(fmus, log=log, init=False) as s:
         _init(s, plant)
         vr = s.vr
         _fmu_run(s, plant, 0, 10)

@@ -10,41 +10,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fmu_helpers import U1_K, correction_path, extracted, fmu, jacket, model, reference, simulate_fmpy
+from test_fmu_helpers import U1_K, FmuBuilds, jacket, reference, simulate_fmpy
 
 OUT = ("c_A", "c_B", "c_C", "T")
 
 
-def _correction():  # the same model the hybrid FMU bundles, run by the un-bundled ml_onnx runtime
+def _correction(fmus: FmuBuilds):  # the model the hybrid FMU bundles, run by the un-bundled ml_onnx runtime
     from ml_onnx.runtime import OnnxCorrection
 
-    return OnnxCorrection(correction_path())
+    return OnnxCorrection(fmus.correction())
 
 
 @pytest.mark.parametrize("kind", ["physics", "hybrid"])
-def test_simulate_fmu_equals_twin_core_stepping(kind: str) -> None:
+def test_simulate_fmu_equals_twin_core_stepping(fmus: FmuBuilds, kind: str) -> None:
     stop, dt = 7200.0, 60.0
-    got = simulate_fmpy(fmu(kind), stop, dt)
-    want = reference(stop, dt, _correction() if kind == "hybrid" else None)
+    got = simulate_fmpy(fmus.fmu(kind), stop, dt)
+    want = reference(stop, dt, _correction(fmus) if kind == "hybrid" else None)
     assert got.shape == want.shape == (121, 5)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=0.0)
     assert got[-1, 2] > 50.0  # the step to 70 degC made B: a non-trivial trajectory
 
 
-def test_hybrid_fmu_applies_the_correction() -> None:
+def test_hybrid_fmu_applies_the_correction(fmus: FmuBuilds) -> None:
     """The hybrid parity above must not pass because the correction does nothing."""
     stop, dt = 7200.0, 60.0
-    hybrid = simulate_fmpy(fmu("hybrid"), stop, dt)
+    hybrid = simulate_fmpy(fmus.fmu("hybrid"), stop, dt)
     physics = reference(stop, dt, None)
     assert np.max(np.abs(hybrid[:, 2] - physics[:, 2]) / np.maximum(physics[:, 2], 1.0)) > 1e-3
     # Switched off, the hybrid FMU is the physics twin again.
-    off = simulate_fmpy(fmu("hybrid"), stop, dt, start_values={"correction_on": False})
+    off = simulate_fmpy(fmus.fmu("hybrid"), stop, dt, start_values={"correction_on": False})
     np.testing.assert_allclose(off, physics, rtol=1e-9, atol=0.0)
 
 
-def test_simulate_fmu_with_one_second_steps_matches() -> None:
+def test_simulate_fmu_with_one_second_steps_matches(fmus: FmuBuilds) -> None:
     stop, dt = 2400.0, 1.0
-    got = simulate_fmpy(fmu("physics"), stop, dt)
+    got = simulate_fmpy(fmus.fmu("physics"), stop, dt)
     want = reference(stop, dt)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=0.0)
 
@@ -76,13 +76,13 @@ class Log:
 
 
 @contextmanager
-def slave(kind: str = "physics", name: str = "twin", log: Log | None = None, start: dict | None = None,
-          init: bool = True) -> Iterator:
+def slave(fmus: FmuBuilds, kind: str = "physics", name: str = "twin", log: Log | None = None,
+          start: dict | None = None, init: bool = True) -> Iterator:
     """An instantiated FMU2Slave (initialised unless init=False); freed (library unloaded) on exit."""
     from fmpy.fmi2 import FMU2Slave
 
-    mi, guid, vrs = model(kind)
-    s = FMU2Slave(guid=guid, unzipDirectory=str(extracted(kind)), modelIdentifier=mi, instanceName=name)
+    mi, guid, vrs = fmus.model(kind)
+    s = FMU2Slave(guid=guid, unzipDirectory=str(fmus.extracted(kind)), modelIdentifier=mi, instanceName=name)
     s.instantiate(callbacks=log.callbacks if log else None)
     s.vr = vrs
     try:
@@ -111,10 +111,10 @@ def _steps(s, n_from: int, n_to: int, dt: float, u1: float = U1_K) -> list[list[
     return rows
 
 
-def test_several_instances_in_one_process_do_not_interfere() -> None:
+def test_several_instances_in_one_process_do_not_interfere(fmus: FmuBuilds) -> None:
     dt, n = 60.0, 90
     u1s = (330.0, 343.15, 355.0)
-    with slave(name="a") as a, slave(name="b") as b, slave(name="c") as c:
+    with slave(fmus, name="a") as a, slave(fmus, name="b") as b, slave(fmus, name="c") as c:
         rows: dict[int, list] = {0: [], 1: [], 2: []}
         for i in range(n):  # interleaved, step by step
             for k, s in enumerate((a, b, c)):
@@ -125,21 +125,21 @@ def test_several_instances_in_one_process_do_not_interfere() -> None:
     assert not np.allclose(np.array(rows[0]), np.array(rows[2]))
 
 
-def test_instantiate_free_instantiate() -> None:
+def test_instantiate_free_instantiate(fmus: FmuBuilds) -> None:
     """What a second run in Simulink does (pythonfmu issue #222): free, unload, load, run again."""
     dt, n = 60.0, 40
     runs = []
     for _ in range(3):
-        with slave() as s:
+        with slave(fmus) as s:
             runs.append(np.array(_steps(s, 0, n, dt)))
     want = reference(n * dt, dt)[1:]
     for r in runs:
         np.testing.assert_array_equal(r, want)
 
 
-def test_reset_returns_to_the_instantiated_state() -> None:
+def test_reset_returns_to_the_instantiated_state(fmus: FmuBuilds) -> None:
     dt, n = 60.0, 40
-    with slave() as s:
+    with slave(fmus) as s:
         first = np.array(_steps(s, 0, n, dt))
         s.reset()
         s.setupExperiment(startTime=0.0)
@@ -152,9 +152,9 @@ def test_reset_returns_to_the_instantiated_state() -> None:
 
 # -- FMU state ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["physics", "hybrid"])
-def test_restore_and_continue_is_bit_identical(kind: str) -> None:
+def test_restore_and_continue_is_bit_identical(fmus: FmuBuilds, kind: str) -> None:
     dt, n_mid, n_end = 60.0, 25, 60  # the jacket step (t = 1800 s) falls after the snapshot
-    with slave(kind) as s:
+    with slave(fmus, kind) as s:
         _steps(s, 0, n_mid, dt)
         state = s.getFMUstate()
         blob = s.serializeFMUstate(state)
@@ -171,14 +171,14 @@ def test_restore_and_continue_is_bit_identical(kind: str) -> None:
     np.testing.assert_array_equal(deserialized, uninterrupted)
 
 
-def test_state_moves_between_instances_and_processes_of_one_build() -> None:
+def test_state_moves_between_instances_and_processes_of_one_build(fmus: FmuBuilds) -> None:
     dt = 60.0
-    with slave(name="src") as a:
+    with slave(fmus, name="src") as a:
         _steps(a, 0, 30, dt)
         blob = a.serializeFMUstate(a.getFMUstate())
         tail_a = np.array(_steps(a, 30, 50, dt))
     # A fresh instance, not even initialised: the state carries parameters, mode and integrator.
-    with slave(name="dst", init=False) as b:
+    with slave(fmus, name="dst", init=False) as b:
         st = b.deSerializeFMUstate(blob)
         b.setFMUstate(st)
         b.freeFMUstate(st)
@@ -186,13 +186,13 @@ def test_state_moves_between_instances_and_processes_of_one_build() -> None:
     np.testing.assert_array_equal(tail_a, tail_b)
 
 
-def test_state_of_another_build_is_refused() -> None:
+def test_state_of_another_build_is_refused(fmus: FmuBuilds) -> None:
     from fmpy.fmi1 import FMICallException
 
-    with slave("variant") as v:
+    with slave(fmus, "variant") as v:
         blob = v.serializeFMUstate(v.getFMUstate())
     log = Log()
-    with slave(log=log) as s:
+    with slave(fmus, log=log) as s:
         with pytest.raises(FMICallException):
             s.deSerializeFMUstate(blob)
         with pytest.raises(FMICallException):
@@ -223,12 +223,13 @@ BAD_SET = [
 
 
 @pytest.mark.parametrize(("name", "value", "phase", "words"), BAD_SET)
-def test_bad_value_gives_error_status_and_message(name: str, value: float, phase: str, words: list[str]) -> None:
+def test_bad_value_gives_error_status_and_message(fmus: FmuBuilds, name: str, value: float, phase: str,
+                                                  words: list[str]) -> None:
     from fmpy.fmi1 import FMICallException
 
     log = Log()
     dt = 60.0
-    with slave(log=log, init=phase == "step") as s:
+    with slave(fmus, log=log, init=phase == "step") as s:
         if phase == "init":
             s.setupExperiment(startTime=0.0)
             s.enterInitializationMode()
@@ -250,11 +251,12 @@ def test_bad_value_gives_error_status_and_message(name: str, value: float, phase
     ({"c_A0": 0.0}, ["c_A0", "must be > 0"]),  # in the declared range but refused by twin_core
     ({"E1": 1e3, "k1_ref": 0.9}, []),  # legal and extreme: must work (control)
 ])
-def test_parameters_checked_by_twin_core_at_exit_initialization(start: dict, words: list[str]) -> None:
+def test_parameters_checked_by_twin_core_at_exit_initialization(fmus: FmuBuilds, start: dict,
+                                                                words: list[str]) -> None:
     from fmpy.fmi1 import FMICallException
 
     log = Log()
-    with slave(log=log, init=False) as s:
+    with slave(fmus, log=log, init=False) as s:
         s.setupExperiment(startTime=0.0)
         s.enterInitializationMode()
         for k, v in start.items():
@@ -268,7 +270,7 @@ def test_parameters_checked_by_twin_core_at_exit_initialization(start: dict, wor
         _steps(s, 0, 3, 60.0)
 
 
-def test_step_that_cannot_be_accepted_is_discarded_and_the_state_kept() -> None:
+def test_step_that_cannot_be_accepted_is_discarded_and_the_state_kept(fmus: FmuBuilds) -> None:
     """A runaway the integrator cannot follow: fmi2Discard, the FMU stays at the last good time."""
     from fmpy.fmi1 import FMICallException
     from fmpy.fmi2 import fmi2LastSuccessfulTime
@@ -276,7 +278,7 @@ def test_step_that_cannot_be_accepted_is_discarded_and_the_state_kept() -> None:
     log = Log()
     # Very fast, strongly exothermic, adiabatic: the temperature explodes within one long step.
     start = {"k1_ref": 0.9, "E1": 3e5, "dH1": -5e5, "UA": 0.0, "cp": 100.0, "c_A0": 20000.0}
-    with slave(log=log, start=start) as s:
+    with slave(fmus, log=log, start=start) as s:
         before = s.getReal([s.vr[n] for n in OUT])
         with pytest.raises(FMICallException) as err:
             s.doStep(currentCommunicationPoint=0.0, communicationStepSize=1e5)
@@ -287,11 +289,11 @@ def test_step_that_cannot_be_accepted_is_discarded_and_the_state_kept() -> None:
     assert any("not accepted" in m for m in log.errors()), log.messages
 
 
-def test_do_step_out_of_sequence_is_an_error() -> None:
+def test_do_step_out_of_sequence_is_an_error(fmus: FmuBuilds) -> None:
     from fmpy.fmi1 import FMICallException
 
     log = Log()
-    with slave(log=log) as s:
+    with slave(fmus, log=log) as s:
         with pytest.raises(FMICallException):
             s.doStep(currentCommunicationPoint=100.0, communicationStepSize=60.0)
         with pytest.raises(FMICallException):
@@ -301,8 +303,8 @@ def test_do_step_out_of_sequence_is_an_error() -> None:
     assert any("communicationStepSize" in m for m in log.errors())
 
 
-def test_outputs_during_initialization_follow_the_parameters() -> None:
-    with slave(init=False) as s:
+def test_outputs_during_initialization_follow_the_parameters(fmus: FmuBuilds) -> None:
+    with slave(fmus, init=False) as s:
         s.setupExperiment(startTime=0.0)
         s.enterInitializationMode()
         s.setReal([s.vr["c_A0"], s.vr["T0"]], [800.0, 310.0])
@@ -310,18 +312,18 @@ def test_outputs_during_initialization_follow_the_parameters() -> None:
         s.exitInitializationMode()
 
 
-def test_fmu_file_name_is_kept(tmp_path: Path) -> None:
-    assert fmu("physics").name == "BatchReactorTwin.fmu"
+def test_fmu_file_name_is_kept(fmus: FmuBuilds, tmp_path: Path) -> None:
+    assert fmus.fmu("physics").name == "BatchReactorTwin.fmu"
 
 
-def test_variable_communication_step_sizes() -> None:
+def test_variable_communication_step_sizes(fmus: FmuBuilds) -> None:
     """canHandleVariableCommunicationStepSize: any sequence of steps, same as twin_core's stepping."""
     from twin_core.hybrid import HybridTwin
 
     sizes = [1.0, 0.25, 7.5, 60.0, 600.0, 3.0, 1e-3, 1200.0, 30.0]
-    twin = HybridTwin(None, _correction())
+    twin = HybridTwin(None, _correction(fmus))
     st = twin.initial_state()
-    with slave("hybrid") as s:
+    with slave(fmus, "hybrid") as s:
         out_vr = [s.vr[n] for n in OUT]
         t = 0.0
         for i, h in enumerate(sizes * 3):

@@ -1,29 +1,27 @@
-"""Shared helpers of the FMU tests (no tests here): FMU builds cached per test session, the C test
+"""Shared helpers of the FMU tests (no tests here): the FMU builds of a test session, the C test
 host, the reference run with twin_core's own stepping, and FMPy runs with an input table.
 
-Each FMU variant is built once per process into a private temporary folder (never dist/, which
-``python3 build.py`` owns): ``physics`` (no correction), ``hybrid`` (a small correction fitted here
-with ml_onnx's own exporter, so the hybrid tests never depend on what is in dist/) and ``variant`` (another model identifier, another build id
-and other baked-in start values: the "two different builds in one process" case).
+:class:`FmuBuilds` builds each FMU variant at most once, on first use, into the folder it is given
+(the session fixture ``fmus`` of tests/conftest.py hands it a pytest temporary folder; never dist/,
+which ``python3 build.py`` owns): ``physics`` (no correction), ``hybrid`` (a small correction fitted
+here with ml_onnx's own exporter, so the hybrid tests never depend on what is in dist/) and
+``variant`` (another model identifier, another build id and other baked-in start values: the "two
+different builds in one process" case). Everything else here is a plain function.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
 import math
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_C = Path(__file__).resolve().parent / "test_fmu_host.c"
-_BASE = Path(tempfile.mkdtemp(prefix="fmu_tests_"))
-atexit.register(shutil.rmtree, _BASE, True)
 
+KINDS = ("physics", "hybrid", "variant")
 VARIANT_IDENTIFIER = "BatchReactorTwinVariant"
 VARIANT_START = {"k1_ref": 3.0e-4, "T0": 303.15}
 
@@ -37,12 +35,6 @@ def fmi_headers() -> Path:
     import fmpy
 
     return Path(fmpy.__file__).parent / "c-code"
-
-
-@functools.cache
-def correction_path() -> Path:
-    """The test correction (see :func:`synthetic_correction`), fitted once per process."""
-    return synthetic_correction(_BASE)
 
 
 def synthetic_correction(folder: Path) -> Path:
@@ -72,60 +64,81 @@ def synthetic_correction(folder: Path) -> Path:
     return out
 
 
-@functools.cache
-def fmu(kind: str) -> Path:
-    """Build (once) the FMU variant ``kind``: physics, hybrid or variant."""
-    from fmu.build import BuildOptions, build_fmu
+class FmuBuilds:
+    """The FMU variants, the test correction and the C test host of one test session, each made at
+    most once, on first use, under ``folder``. The constructor does no work: a session that runs no
+    FMU test builds nothing."""
 
-    out = _BASE / kind / ("BatchReactorTwin.fmu" if kind != "variant" else f"{VARIANT_IDENTIFIER}.fmu")
-    if kind == "physics":
-        opts = BuildOptions(out=out, correction=None)
-    elif kind == "hybrid":
-        opts = BuildOptions(out=out, correction=correction_path())
-    elif kind == "variant":
-        opts = BuildOptions(out=out, correction=None, model_identifier=VARIANT_IDENTIFIER,
-                            start=VARIANT_START, tag="variant")
-    else:
-        raise ValueError(kind)
-    return build_fmu(opts)
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._correction: Path | None = None
+        self._host: Path | None = None
+        self._fmus: dict[str, Path] = {}
+        self._extracted: dict[str, Path] = {}
+        self._models: dict[str, tuple[str, str, dict[str, int]]] = {}
 
+    def correction(self) -> Path:
+        """The test correction (see :func:`synthetic_correction`), the one the hybrid FMU bundles."""
+        if self._correction is None:
+            self._correction = synthetic_correction(self.folder)
+        return self._correction
 
-@functools.cache
-def extracted(kind: str) -> Path:
-    """The FMU variant ``kind`` unzipped (what a C master does before loading it)."""
-    from fmpy import extract
+    def fmu(self, kind: str) -> Path:
+        """The built FMU variant ``kind``: physics, hybrid or variant."""
+        if kind not in KINDS:
+            raise ValueError(kind)
+        if kind not in self._fmus:
+            from fmu.build import BuildOptions, build_fmu
 
-    return Path(extract(str(fmu(kind)), unzipdir=str(_BASE / f"{kind}_x")))
+            name = f"{VARIANT_IDENTIFIER}.fmu" if kind == "variant" else "BatchReactorTwin.fmu"
+            out = self.folder / kind / name
+            if kind == "physics":
+                opts = BuildOptions(out=out, correction=None)
+            elif kind == "hybrid":
+                opts = BuildOptions(out=out, correction=self.correction())
+            else:
+                opts = BuildOptions(out=out, correction=None, model_identifier=VARIANT_IDENTIFIER,
+                                    start=VARIANT_START, tag="variant")
+            self._fmus[kind] = build_fmu(opts)
+        return self._fmus[kind]
 
+    def extracted(self, kind: str) -> Path:
+        """The FMU variant ``kind`` unzipped (what a C master does before loading it)."""
+        if kind not in self._extracted:
+            from fmpy import extract
 
-@functools.cache
-def model(kind: str) -> tuple[str, str, dict[str, int]]:
-    """(model identifier, GUID, value reference by name) of the FMU variant ``kind``."""
-    from fmpy import read_model_description
+            self._extracted[kind] = Path(extract(str(self.fmu(kind)), unzipdir=str(self.folder / f"{kind}_x")))
+        return self._extracted[kind]
 
-    md = read_model_description(str(fmu(kind)))
-    return md.coSimulation.modelIdentifier, md.guid, {v.name: v.valueReference for v in md.modelVariables}
+    def model(self, kind: str) -> tuple[str, str, dict[str, int]]:
+        """(model identifier, GUID, value reference by name) of the FMU variant ``kind``."""
+        if kind not in self._models:
+            from fmpy import read_model_description
 
+            md = read_model_description(str(self.fmu(kind)))
+            self._models[kind] = (md.coSimulation.modelIdentifier, md.guid,
+                                  {v.name: v.valueReference for v in md.modelVariables})
+        return self._models[kind]
 
-@functools.cache
-def host() -> Path:
-    """The C test host, compiled with the system C compiler against FMPy's FMI 2.0 headers."""
-    exe = _BASE / "fmi2_host"
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise RuntimeError("no C compiler")
-    subprocess.run([cc, "-O2", "-Wall", "-Wextra", f"-I{fmi_headers()}", str(HOST_C), "-o", str(exe),
-                    "-ldl", "-lpthread"], check=True, capture_output=True, text=True)
-    return exe
+    def host(self) -> Path:
+        """The C test host, compiled with the system C compiler against FMPy's FMI 2.0 headers."""
+        if self._host is None:
+            exe = self.folder / "fmi2_host"
+            cc = shutil.which("cc") or shutil.which("gcc")
+            if cc is None:
+                raise RuntimeError("no C compiler")
+            subprocess.run([cc, "-O2", "-Wall", "-Wextra", f"-I{fmi_headers()}", str(HOST_C), "-o", str(exe),
+                            "-ldl", "-lpthread"], check=True, capture_output=True, text=True)
+            self._host = exe
+        return self._host
 
-
-def run_host(kind: str, csv: Path, *options: str, timeout: float = 120.0,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the C host on FMU variant ``kind`` in an EMPTY environment (no PYTHONPATH, no LD_PRELOAD),
-    plus ``env`` when given."""
-    mi, guid, _ = model(kind)
-    return subprocess.run([str(host()), str(extracted(kind)), mi, guid, str(csv), *options], env=dict(env or {}),
-                          capture_output=True, text=True, timeout=timeout)
+    def run_host(self, kind: str, csv: Path, *options: str, timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run the C host on FMU variant ``kind`` in an EMPTY environment (no PYTHONPATH, no
+        LD_PRELOAD), plus ``env`` when given."""
+        mi, guid, _ = self.model(kind)
+        return subprocess.run([str(self.host()), str(self.extracted(kind)), mi, guid, str(csv), *options],
+                              env=dict(env or {}), capture_output=True, text=True, timeout=timeout)
 
 
 def read_host_csv(path: Path) -> dict[int, np.ndarray]:

@@ -2,7 +2,8 @@
 
 scipy's interpreter shutdown crashes C hosts and scikit-learn pulls scipy in: the code the FMU runs
 (its slave, twin_core's model, integrator and estimator, ml_onnx's onnxruntime wrapper) must work
-without importing either. Checked in a fresh interpreter that does real work through that path.
+without importing either. Checked in a fresh interpreter that does real work through that path, with
+the session's own test correction (fixture ``fmus``), never whatever a prior build left in dist/.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import textwrap
 
 from conftest import ROOT
+from test_fmu_helpers import FmuBuilds
 
 PROBE = textwrap.dedent("""
     import sys
@@ -22,7 +24,7 @@ PROBE = textwrap.dedent("""
     from twin_core.params import ModelParams
     from twin_core.recipe import DEFAULT_RECIPE
 
-    corr = OnnxCorrection("dist/correction.onnx")
+    corr = OnnxCorrection(sys.argv[1])
     twin = HybridTwin(ModelParams(), corr)
     s = twin.initial_state()
     for n in range(120):
@@ -37,7 +39,8 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def test_fmu_runtime_path_imports_no_scipy_or_sklearn():
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_fmu_runtime_path_imports_no_scipy_or_sklearn(fmus: FmuBuilds):
+    out = subprocess.run([sys.executable, "-c", PROBE, str(fmus.correction())], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout

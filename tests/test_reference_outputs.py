@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from test_fmu_helpers import fmu, simulate_fmpy
+from test_fmu_helpers import FmuBuilds, simulate_fmpy
 
 REF = Path(__file__).resolve().parent / "reference"
 
@@ -50,8 +49,8 @@ def test_twin_simulate_cli_writes_the_reference_batch(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,column", [("physics", 1), ("hybrid", 2)])
-def test_fmu_c_B_trajectory_is_bit_identical_to_the_reference(kind: str, column: int):
+def test_fmu_c_B_trajectory_is_bit_identical_to_the_reference(fmus: FmuBuilds, kind: str, column: int):
     ref = _load("fmu_c_B.csv")
-    got = simulate_fmpy(fmu(kind), 6 * 3600.0, 60.0, output=("c_B",))
+    got = simulate_fmpy(fmus.fmu(kind), 6 * 3600.0, 60.0, output=("c_B",))
     np.testing.assert_array_equal(got[:, 0], ref[:, 0])
     np.testing.assert_array_equal(got[:, 1], ref[:, column])
