@@ -3,12 +3,15 @@
 Addresses and encodings come from twin_core.signals (generated from the signal table), so
 this client never hard-codes a register. Reads are grouped into one request per contiguous block
 of input registers; the recipe download is one write-multiple request (atomic in the PLC).
+:meth:`PlcClient.read_sim_truth` reads the simulated plant's hidden truth (the SIMULATION ONLY block
+at input register 900: for scoring; a real PLC has no such registers).
 A Modbus exception response becomes :class:`PlcRequestError` carrying the exception code.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -16,8 +19,8 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from twin_core.errors import TwinError
-from twin_core.signals import PLC_MEASUREMENTS, RECIPE_MAX_POINTS, register_entry
 from twin_core.recipe import Recipe
+from twin_core.signals import PLC_MEASUREMENTS, PLC_SIM_TRUTH, RECIPE_MAX_POINTS, Signal, register_entry
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,9 @@ class _Block:
     names: tuple[str, ...]
 
 
-def _measurement_blocks(max_gap: int = 0) -> tuple[_Block, ...]:
-    """Contiguous runs of input registers holding the PLC measurements (one read request each)."""
-    ordered = sorted(PLC_MEASUREMENTS, key=lambda s: register_entry(s.name).binding.address)
+def input_blocks(signals: Iterable[Signal], max_gap: int = 0) -> tuple[_Block, ...]:
+    """Contiguous runs of the input registers holding ``signals`` (one read request each)."""
+    ordered = sorted(signals, key=lambda s: register_entry(s.name).binding.address)
     blocks: list[_Block] = []
     start = end = -1
     names: list[str] = []
@@ -59,7 +62,9 @@ def _measurement_blocks(max_gap: int = 0) -> tuple[_Block, ...]:
     return tuple(blocks)
 
 
-MEASUREMENT_BLOCKS = _measurement_blocks()
+MEASUREMENT_BLOCKS = input_blocks(PLC_MEASUREMENTS)
+SIM_TRUTH_BLOCKS = input_blocks(PLC_SIM_TRUTH)
+"""The simulation-only truth block: one request."""
 
 
 class PlcClient:
@@ -97,13 +102,22 @@ class PlcClient:
 
     def read_measurements(self) -> dict[str, float]:
         """Every PLC measurement, decoded to its SI unit (one request per register block)."""
+        return self._read_blocks(MEASUREMENT_BLOCKS)
+
+    def read_sim_truth(self) -> dict[str, float]:
+        """SIMULATION ONLY: the simulated plant's hidden truth (input registers 900..), one request;
+        ``sim_truth_scan_count`` says which scan it belongs to (compare with ``scan_count``)."""
+        return self._read_blocks(SIM_TRUTH_BLOCKS)
+
+    def _read_blocks(self, blocks: tuple[_Block, ...]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for blk in MEASUREMENT_BLOCKS:
+        for blk in blocks:
+            what = f"read input registers {blk.start}+{blk.count}"
             try:
                 r = self._client.read_input_registers(blk.start, count=blk.count, device_id=self.device_id)
             except ModbusException as exc:
-                raise PlcRequestError(f"read input registers {blk.start}+{blk.count}", None, str(exc)) from exc
-            words = self._check(f"read input registers {blk.start}+{blk.count}", r).registers  # type: ignore[attr-defined]
+                raise PlcRequestError(what, None, str(exc)) from exc
+            words = self._check(what, r).registers  # type: ignore[attr-defined]
             for name in blk.names:
                 b = register_entry(name).binding
                 i = b.address - blk.start

@@ -1,6 +1,7 @@
 """plant_sim's sub-command of ``twin``: run the simulated PLC, or generate the batch data set.
 
-    twin plant [--port 5020] [--host 127.0.0.1] [--speed N] [--config plant.toml] [--seed S]
+    twin plant [--port 5020|0] [--host 127.0.0.1] [--speed N] [--config plant.toml] [--seed S]
+               [--recipe R.toml [--sample-interval S]] [--stop-on-eof]
     twin plant --print-map
     twin plant generate [--batches 200] [--seed 0] [--out data/simulated_batch_data.csv]
                         [--config plant.toml] [--scan 5]
@@ -39,14 +40,31 @@ def cmd_plant(args: argparse.Namespace) -> int:
         print(modbus_server.format_register_map())
         return 0
     from plant_sim.plc import Plc
+    from twin_core.errors import ParameterError
 
     cfg = _config(args)
     plc = Plc(cfg, seed=args.seed)
+    if args.recipe:
+        from twin_core.recipe import load_recipe
+
+        try:
+            recipe = load_recipe(args.recipe)
+        except OSError as exc:
+            raise ParameterError("--recipe", args.recipe, f"cannot read it: {exc.strerror or exc}") from None
+        plc.load_recipe(recipe, sample_interval_s=args.sample_interval)
     speed = math.inf if args.speed == 0 else args.speed
-    print(f"PLC Modbus TCP server on {args.host}:{args.port}, scan {cfg.plc.scan_s:g} s, "
-          f"speed x{args.speed:g} (Ctrl-C stops)", flush=True)
-    modbus_server.run(plc, host=args.host, port=args.port, speed=speed)
-    print("PLC stopped")
+
+    def ready(server: modbus_server.PlcModbusServer) -> None:
+        # The readiness line: a parent process (gateways' demo) waits for it and reads the bound port.
+        print(f"PLC Modbus TCP server listening on {server.host}:{server.port}, scan {cfg.plc.scan_s:g} s, "
+              f"speed x{args.speed:g}, seed {args.seed} (Ctrl-C stops)", flush=True)
+
+    try:
+        modbus_server.run(plc, host=args.host, port=args.port, speed=speed, on_ready=ready,
+                          stop_on_stdin_eof=args.stop_on_eof)
+    except OSError as exc:
+        raise ParameterError("--port", args.port, f"cannot listen on {args.host}: {exc.strerror or exc}") from None
+    print("PLC stopped", flush=True)
     return 0
 
 
@@ -74,12 +92,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plant", help="run the simulated PLC (Modbus TCP server), or generate the batch data set",
                        description="Run the simulated plant's PLC behind its Modbus TCP server until Ctrl-C, "
                                    "print its register map, or (`twin plant generate`) write the batch data set.")
-    p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
+    p.add_argument("--port", type=int, default=5020,
+                   help="TCP port (default 5020; 0 = a free one, printed in the readiness line)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--speed", type=float, default=1.0,
                    help="plant seconds per wall second (default 1; 100 = a 6 h batch in 3.6 min; 0 = flat out)")
     p.add_argument("--config", help="plant configuration TOML (default: plant_sim/plant.toml)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the plant (default 0)")
+    p.add_argument("--recipe", help="recipe TOML loaded into the PLC's settings before serving (default: the "
+                                    "built-in one; a client may download another)")
+    p.add_argument("--sample-interval", type=float, default=1800.0,
+                   help="lab sample interval of --recipe [s] (default 1800; 0 = no samples)")
+    p.add_argument("--stop-on-eof", action="store_true",
+                   help="also stop when standard input reaches end of file (for a parent process)")
     p.add_argument("--print-map", action="store_true", help="print the Modbus register map and exit")
     p.set_defaults(func=cmd_plant, plant_action=None)
     actions = p.add_subparsers(dest="plant_action", metavar="ACTION")

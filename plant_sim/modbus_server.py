@@ -26,14 +26,17 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import os
 import signal
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from plant_sim.interface import PlcPort
 from plant_sim.modbus_device import PlcModbusDevice
+from twin_core.clock import PlantClock
 from twin_core.errors import ParameterError
 from twin_core.signals import format_register_map, register_map_csv
 
@@ -55,6 +58,8 @@ MAX_BACKLOG_S = 0.5
 """When the loop falls this far behind its schedule [s of wall time] it stops trying to catch up and
 restarts the schedule from now (plant time then runs slower than asked; counted in ``slips``)."""
 DEFAULT_MAX_CONNECTIONS = 16
+_DUE_EPS = 1e-9
+"""Relative slack when turning plant time into a scan count (3 * 0.1 / 0.1 is 2.9999999999999996)."""
 
 T = TypeVar("T")
 
@@ -92,6 +97,8 @@ class PlcModbusServer:
         self.device = PlcModbusDevice(plc)
         self.scans = 0
         self.slips = 0
+        self.clock: PlantClock | None = None
+        """The plant clock pacing the scan loop (None before start, when paused or flat out)."""
         self._server: asyncio.Server | None = None
         self._scan_task: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -151,17 +158,24 @@ class PlcModbusServer:
 
     # -- scan loop ------------------------------------------------------------------------------
     async def _scan_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Run scans on the plant clock: scan n is due when ``clock.now() >= n * scan_s``.
+
+        Plant time is the clock's reading (t0 + speed * elapsed wall time, never accumulated), and the
+        PLC's own clock is scan_count * scan_s; the loop keeps the two together, re-anchoring the
+        clock on the PLC's time after a slip."""
         if self.speed == 0.0:
             await asyncio.Event().wait()  # paused: plant time stands still, the server still answers
             return
+        loop = asyncio.get_running_loop()
         flat_out = math.isinf(self.speed)
-        period = 0.0 if flat_out else self.scan_s / self.speed  # wall seconds per scan
+        scan_s = self.scan_s
+        period = 0.0 if flat_out else scan_s / self.speed  # wall seconds per scan
         tick = MIN_TICK_S if flat_out else max(period, MIN_TICK_S)
-        t0, n0 = loop.time(), self.scans  # scan n is due at t0 + (n - n0) * period: never accumulated
+        clock = self.clock = None if flat_out else PlantClock(self.speed, t0_s=self.scans * scan_s)
         while True:
             now = loop.time()
-            due = math.inf if flat_out else n0 + math.floor((now - t0) / period)
+            plant_now = math.inf if clock is None else clock.now()
+            due = math.inf if clock is None else math.floor(plant_now / scan_s + _DUE_EPS)
             busy_until = now + MAX_TICK_BUSY_S
             ran = 0
             while self.scans < due:
@@ -172,19 +186,19 @@ class PlcModbusServer:
                     break  # let the server answer; the rest of the backlog runs next tick
             if ran:
                 self.device.refresh()
-            if flat_out:
+            if clock is None:
                 await asyncio.sleep(0)
                 continue
             if (due - self.scans) * period > MAX_BACKLOG_S:
                 if self.slips == 0:
                     log.warning("scan loop cannot keep up with speed %g: plant time runs slower", self.speed)
                 self.slips += 1
-                t0, n0 = loop.time(), self.scans
+                clock.reset(self.scans * scan_s)
             elif self.scans < due:
                 await asyncio.sleep(0)  # backlog left: let the server answer, then go on
                 continue
-            next_due = t0 + (self.scans - n0 + 1) * period
-            await asyncio.sleep(max(0.0, max(next_due, now + tick) - loop.time()))
+            # next scan's time, but no sooner than one tick after this one began
+            await clock.sleep_until(max((self.scans + 1) * scan_s, plant_now + tick * self.speed))
 
     # -- connections ----------------------------------------------------------------------------
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -227,20 +241,28 @@ class PlcModbusServer:
 
 async def serve(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0,
                 stop_event: asyncio.Event | None = None, ready: asyncio.Event | None = None, *,
-                scan_s: float | None = None) -> None:
+                scan_s: float | None = None, on_ready: Callable[[PlcModbusServer], None] | None = None) -> None:
     """Run the PLC scan loop and its Modbus TCP server until ``stop_event`` is set or the task is
-    cancelled; sockets are closed either way. ``ready`` is set once the port accepts connections.
+    cancelled; sockets are closed either way. Once the port accepts connections ``ready`` is set and
+    ``on_ready(server)`` is called (``server.port`` is the bound port, also when ``port`` was 0).
     speed: plant seconds per wall second (0 = paused, inf = flat out); scan_s: None = plc.scan_s."""
     server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s)
     async with server:
         if ready is not None:
             ready.set()
+        if on_ready is not None:
+            on_ready(server)
         await server.wait(stop_event)
 
 
 def run(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0, *,
-        scan_s: float | None = None) -> None:
-    """Blocking: serve until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly (no traceback)."""
+        scan_s: float | None = None, on_ready: Callable[[PlcModbusServer], None] | None = None,
+        stop_on_stdin_eof: bool = False) -> None:
+    """Blocking: serve until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly (no traceback).
+
+    stop_on_stdin_eof: also stop when standard input reaches end of file: a parent process that
+    started the plant with a pipe on its stdin (gateways' demo) thus ends it even if the parent dies
+    without a word. Binding errors (port in use ...) propagate as OSError."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -248,7 +270,20 @@ def run(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)  # main thread on POSIX only
-        await serve(plc, host, port, speed, stop_event=stop, scan_s=scan_s)
+        if stop_on_stdin_eof:
+            def watch_stdin() -> None:
+                # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside a buffered
+                # reader makes the interpreter abort at shutdown.
+                with contextlib.suppress(OSError):
+                    while os.read(stdin_fd, 4096):
+                        pass
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    loop.call_soon_threadsafe(stop.set)
+
+            stdin_fd = sys.stdin.fileno()
+
+            threading.Thread(target=watch_stdin, name="plc-stdin-watch", daemon=True).start()
+        await serve(plc, host, port, speed, stop_event=stop, scan_s=scan_s, on_ready=on_ready)
 
     with contextlib.suppress(KeyboardInterrupt):  # where signal handlers are unavailable
         asyncio.run(main())

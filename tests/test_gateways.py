@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import ast
 import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
+from conftest import ROOT, free_port
 
 from gateways.demo import run_demo
 from gateways.fmu_runner import DEFAULT_FMU
-from gateways.plc_client import MEASUREMENT_BLOCKS, PlcClient, PlcRequestError
-from twin_core.signals import Phase
+from gateways.plant_process import PlantProcess, PlantProcessError, twin_command_module
+from gateways.plc_client import MEASUREMENT_BLOCKS, SIM_TRUTH_BLOCKS, PlcClient, PlcRequestError
 from plant_sim.modbus_server import PlcServerThread
 from plant_sim.plc import Plc
-from twin_core.signals import PLC_MEASUREMENTS
+from twin_core.errors import ParameterError
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
+from twin_core.signals import PLC_MEASUREMENTS, PLC_SIM_TRUTH, Phase
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +36,66 @@ def server():
 def test_blocks_cover_every_measurement_once():
     names = [n for b in MEASUREMENT_BLOCKS for n in b.names]
     assert sorted(names) == sorted(s.name for s in PLC_MEASUREMENTS)
+
+
+def test_gateways_import_nothing_from_plant_sim():
+    """gateways talks to the plant over the network only (ARCHITECTURE.md): no import of plant_sim."""
+    files = sorted((ROOT / "gateways").rglob("*.py"))
+    assert files
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "plant_sim"]
+    assert offenders == []
+
+
+def test_truth_block_is_one_request_and_reads_the_plant_truth():
+    assert len(SIM_TRUTH_BLOCKS) == 1
+    assert sorted(SIM_TRUTH_BLOCKS[0].names) == sorted(s.name for s in PLC_SIM_TRUTH)
+    plc = Plc(seed=5)
+    plc.load_recipe(DEFAULT_RECIPE)
+    plc.command("start")
+    plc.run_scans(20_000)  # 2000 s of plant time: the reaction is under way
+    with PlcServerThread(plc, port=0, speed=0.0) as srv, PlcClient(port=srv.port) as c:
+        truth = c.read_sim_truth()
+        m = c.read_measurements()
+        x = srv.call(lambda: plc.truth.x)
+        c_A0 = srv.call(lambda: plc.batch.true_c_A0_mol_per_m3)
+    assert truth["sim_truth_scan_count"] == m["scan_count"] == 20_000
+    for name, want in zip(("sim_true_c_A", "sim_true_c_B", "sim_true_c_C", "sim_true_T_reactor",
+                           "sim_true_T_jacket"), x, strict=True):
+        assert truth[name] == pytest.approx(want, rel=1e-6), name  # float32 on the wire
+    assert truth["sim_true_c_B"] > 0.0
+    assert truth["sim_true_c_A0"] == pytest.approx(c_A0, rel=1e-6)
+
+
+def test_plant_process_ends_on_an_exception_and_refuses_bad_arguments():
+    plant = PlantProcess(speed=50.0, seed=2)
+    with pytest.raises(RuntimeError, match="boom"), plant:
+        with PlcClient(port=plant.port) as c:
+            assert c.read_measurements()["phase"] == Phase.IDLE
+        raise RuntimeError("boom")
+    assert plant.returncode == 0  # stopped by SIGINT, cleanly
+    assert "PLC stopped" in plant.stdout_tail
+    for bad in ({"speed": 0.0}, {"speed": math.inf}, {"seed": 1.5}, {"port": 70000}):
+        with pytest.raises(ParameterError):
+            PlantProcess(**bad)
+
+
+def test_plant_process_reports_a_plant_that_cannot_start():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        plant = PlantProcess(speed=10.0, port=busy.getsockname()[1])
+        with pytest.raises(PlantProcessError, match="status 2"):
+            plant.start()
+    assert plant.returncode == 2
 
 
 def test_read_measurements_equal_plc_snapshot(server):
@@ -87,3 +157,42 @@ def test_demo_batch_end_to_end():
     # Generous bound: the demo's fidelity figure is printed by `twin demo`; this guards against a
     # broken chain (wrong units or registers would give errors of tens of percent).
     assert res.rmse_pct_of_max < 10.0, res.rmse_pct_of_max
+    assert res.plant_pid is not None and res.plant_returncode == 0  # the plant process was ended cleanly
+
+
+def _wait_closed(port: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_in_twin_demo_ends_the_plant_process():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", twin_command_module(), "demo", "--speed", "200",
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    pid = None
+    try:
+        for line in proc.stdout:  # wait for readiness: the plant line, then the table header
+            m = re.search(r"process (\d+)\) serving Modbus TCP on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                pid = int(m.group(1))
+                assert int(m.group(2)) == port
+            if line.lstrip().startswith("t [h]"):
+                break
+        assert pid is not None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert _wait_closed(port)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the demo ended and reaped its plant
