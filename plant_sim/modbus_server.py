@@ -98,7 +98,8 @@ class PlcModbusServer:
         self.scans = 0
         self.slips = 0
         self.clock: PlantClock | None = None
-        """The plant clock pacing the scan loop (None before start, when paused or flat out)."""
+        """The plant clock pacing the scan loop, from start() on (None when paused or flat out); plant
+        time is ``clock.now()``, re-anchored on scans * scan_s after a slip."""
         self._server: asyncio.Server | None = None
         self._scan_task: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -108,6 +109,8 @@ class PlcModbusServer:
         self.device.refresh()
         self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        if 0.0 < self.speed < math.inf:
+            self.clock = PlantClock(self.speed, t0_s=self.scans * self.scan_s)
         self._scan_task = asyncio.create_task(self._scan_loop(), name="plc-scan-loop")
         log.info("PLC Modbus server on %s:%d, speed %g, scan %g s", self.host, self.port, self.speed, self.scan_s)
 
@@ -171,7 +174,7 @@ class PlcModbusServer:
         scan_s = self.scan_s
         period = 0.0 if flat_out else scan_s / self.speed  # wall seconds per scan
         tick = MIN_TICK_S if flat_out else max(period, MIN_TICK_S)
-        clock = self.clock = None if flat_out else PlantClock(self.speed, t0_s=self.scans * scan_s)
+        clock = self.clock  # created by start(): plant time runs from there
         while True:
             now = loop.time()
             plant_now = math.inf if clock is None else clock.now()

@@ -24,13 +24,15 @@ from conftest import ROOT, free_port, wait_for_port
 from pymodbus.client import ModbusTcpClient
 
 from plant_sim.config import PlantConfig, PlcTiming
-from twin_core.signals import Alarm, Phase
 from plant_sim.modbus_server import PlcServerThread, serve
 from plant_sim.plc import Plc
-from twin_core.signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, register_entry
+from twin_core.clock import Clock
+from twin_core.signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, Alarm, Phase, register_entry
 
 SCAN_S = 1.0
 DEADLINE_S = 60.0
+POLL_PLANT_S = 1.0
+"""Plant seconds between two polls of wait_until (0.33 ms of wall time at BATCH_SPEED)."""
 """Upper bound for waiting on plant progress (a hang guard, never asserted on)."""
 
 
@@ -165,12 +167,16 @@ def recipe_words(times: list[float], temps: list[float], end_s: float, sample_s:
     return start, words
 
 
-def wait_until(client: ModbusTcpClient, predicate: Callable[[ModbusTcpClient], bool], what: str) -> None:
-    """Poll over Modbus until predicate(client) holds (plant progress, not a readiness sleep)."""
+def wait_until(client: ModbusTcpClient, predicate: Callable[[ModbusTcpClient], bool], what: str,
+               clock: Clock | None = None) -> None:
+    """Poll over Modbus until predicate(client) holds (plant progress, not a readiness sleep); with the
+    server's plant clock, one poll per POLL_PLANT_S of plant time instead of back to back."""
     deadline = time.monotonic() + DEADLINE_S
     while not predicate(client):
         if time.monotonic() > deadline:
             raise TimeoutError(f"PLC never reached: {what}")
+        if clock is not None:
+            clock.wait_until(clock.now() + POLL_PLANT_S)
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
@@ -221,7 +227,8 @@ def test_whole_batch_over_modbus() -> None:
         assert read_value(client, "cmd_start") == 0.0  # command coils read back 0
         held_bt = read_value(client, "batch_time")
         t_held = read_value(client, "plant_time")
-        wait_until(client, lambda c: read_value(c, "plant_time") > t_held + 300, "300 s of plant time while held")
+        wait_until(client, lambda c: read_value(c, "plant_time") > t_held + 300, "300 s of plant time while held",
+                   srv.server.clock)
         assert read_value(client, "batch_time") == held_bt
         assert phase(client) == Phase.HELD
         # the documented path to change the recipe mid-batch: Hold, write, Resume
@@ -244,7 +251,7 @@ def test_whole_batch_over_modbus() -> None:
                     setpoints.add(r.registers[0])
             return p == Phase.COMPLETE
 
-        wait_until(client, progress, "Complete")
+        wait_until(client, progress, "Complete", srv.server.clock)
         order = [Phase.CHARGING, Phase.HEATING, Phase.REACTING, Phase.COOLING, Phase.COMPLETE]
         assert [p for p in order if p in seen] == [p for p in seen if p in order]  # never out of order
         assert {Phase.HEATING, Phase.REACTING, Phase.COOLING, Phase.COMPLETE} <= set(seen)
@@ -286,7 +293,7 @@ def test_interlock_trips_on_injected_runaway_and_alarms_latch_until_ack() -> Non
         hook = read_value(client, "sim_inject_runaway")
         assert hook == 1.0 or phase(client) == Phase.ABORTED  # 0 only if the trip already quenched it
 
-        wait_until(client, lambda c: phase(c) == Phase.ABORTED, "interlock trip")
+        wait_until(client, lambda c: phase(c) == Phase.ABORTED, "interlock trip", srv.server.clock)
         unacked = Alarm(int(read_value(client, "alarms_unacked")))
         assert Alarm.INTERLOCK_TRIP in unacked and Alarm.HIGH_T in unacked
         assert Alarm.INTERLOCK_TRIP in Alarm(int(read_value(client, "alarms_active")))
@@ -295,7 +302,7 @@ def test_interlock_trips_on_injected_runaway_and_alarms_latch_until_ack() -> Non
 
         # the high-T condition clears as the quench cools the charge, the alarm stays latched
         wait_until(client, lambda c: Alarm.HIGH_T not in Alarm(int(read_value(c, "alarms_active"))),
-                   "T_reactor back below T_high_alarm")
+                   "T_reactor back below T_high_alarm", srv.server.clock)
         assert Alarm.HIGH_T in Alarm(int(read_value(client, "alarms_unacked")))
         command(client, "ack_alarms")
         assert int(read_value(client, "alarms_unacked")) == 0
@@ -305,7 +312,7 @@ def test_interlock_trips_on_injected_runaway_and_alarms_latch_until_ack() -> Non
         command(client, "reset")
         assert phase(client) == Phase.IDLE
         wait_until(client, lambda c: Alarm.INTERLOCK_TRIP not in Alarm(int(read_value(c, "alarms_active"))),
-                   "trip condition cleared after Reset")
+                   "trip condition cleared after Reset", srv.server.clock)
         assert srv.call(lambda: plc.phase) == Phase.IDLE
 
 

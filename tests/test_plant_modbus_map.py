@@ -143,6 +143,23 @@ def test_binding_rejects_bad_declarations(kwargs: dict) -> None:
         ModbusBinding(**kwargs)
 
 
+@pytest.mark.parametrize(("kwargs", "error", "field"), [
+    ({"table": "memory", "address": 0}, ParameterError, "modbus.table"),
+    ({"table": "input", "address": 0, "encoding": "float64"}, ParameterError, "modbus.encoding"),
+    ({"table": "input", "address": "7"}, ParameterTypeError, "modbus.address"),
+    ({"table": "input", "address": True}, ParameterTypeError, "modbus.address"),
+    ({"table": "input", "address": 0xFFFF}, ParameterError, "modbus.address"),  # float32 needs two registers
+    ({"table": "coil", "address": 0, "encoding": "uint16"}, ParameterError, "modbus.encoding"),
+    ({"table": "input", "address": 0, "encoding": "int16", "scale": 0.0}, ParameterError, "modbus.scale"),
+    ({"table": "input", "address": 0, "encoding": "int16", "scale": "10"}, ParameterTypeError, "modbus.scale"),
+    ({"table": "input", "address": 0, "encoding": "int16", "offset": math.inf}, ParameterError, "modbus.offset"),
+])
+def test_binding_errors_name_the_field(kwargs: dict, error: type, field: str) -> None:
+    with pytest.raises(error) as info:
+        ModbusBinding(**kwargs)
+    assert info.value.field == field
+
+
 # -- the one declaration of the PLC's interface ----------------------------------------------------
 def test_measurements_are_input_registers_and_settings_holding_registers() -> None:
     assert all(s.modbus is not None and s.modbus.table == "input" for s in PLC_MEASUREMENTS)
