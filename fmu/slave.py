@@ -41,6 +41,7 @@ from fmu.variables import (
     check_value,
     fmi_variables,
 )
+from twin_core.analysis import yield_of_c_B
 from twin_core.errors import IntegrationError, MeasurementError, ParameterError, TwinError
 from twin_core.estimation import Estimate, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridStepState, HybridTwin
@@ -417,8 +418,7 @@ class BatchReactorTwin(Fmi2Slave):
         r[o1] = x[1]
         r[o2] = x[2]
         r[o3] = x[3]
-        ch = self._twin.params.charge  # type: ignore[union-attr]
-        r[self._vr_yield] = (x[1] - ch.c_B0_mol_per_m3) / ch.c_A0_mol_per_m3
+        r[self._vr_yield] = yield_of_c_B(x[1], self._twin.params)  # type: ignore[union-attr]
         ok = 1 if st.in_domain else 0
         ints = self._ints
         ints[self._vr_domain] = ok
@@ -461,8 +461,8 @@ class BatchReactorTwin(Fmi2Slave):
         for i in range(4):
             r[o[i]] = x[i]
             r[self._out_std[i]] = sd[i]
-        ch = self._sensor.params.charge if self._sensor is not None else self._twin.params.charge
-        r[self._vr_yield] = (x[1] - ch.c_B0_mol_per_m3) / ch.c_A0_mol_per_m3
+        p = self._sensor.params if self._sensor is not None else self._twin.params
+        r[self._vr_yield] = yield_of_c_B(x[1], p)
         ints[self._vr_domain] = 1 if est.in_domain else 0
         ints[self._vr_health] = est.health
         fc = est.forecast
@@ -483,9 +483,8 @@ class BatchReactorTwin(Fmi2Slave):
         except TwinError as exc:
             self.log(f"forecast at t={self._t!r} failed, previous forecast kept: {exc}", Fmi2Status.warning)
             return
-        ch = self._twin.params.charge
         r[self._vr_t_stop] = t_stop
-        r[self._vr_yield_fc] = (cB - ch.c_B0_mol_per_m3) / ch.c_A0_mol_per_m3
+        r[self._vr_yield_fc] = yield_of_c_B(cB, self._twin.params)
 
     # -- FMU state ---------------------------------------------------------------------------------
     def _fmi_get_state(self) -> Snapshot:

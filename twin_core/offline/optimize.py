@@ -49,7 +49,7 @@ from typing import Literal
 
 import numpy as np
 
-from twin_core.analysis import Economics, impurity_fraction
+from twin_core.analysis import Economics, impurity_fraction, yield_of_c_B
 from twin_core.errors import ParameterError
 from twin_core.integrator import Tolerance
 from twin_core.offline.plots import C0, plot_result
@@ -183,7 +183,7 @@ class _Problem:
         p, e = self.params, self.cfg.economics
         cB = float(tr.x[-1, 1])
         if self.cfg.objective == "yield":
-            return (cB - p.charge.c_B0_mol_per_m3) / p.charge.c_A0_mol_per_m3
+            return yield_of_c_B(cB, p)
         return float(e.profit(tr.t_s[-1], cB, p)) / self._profit_scale
 
     def impurity_margin(self, tr: Trajectory) -> float:
@@ -254,7 +254,7 @@ def evaluate(recipe: Recipe, params: ModelParams, cfg: OptimizerConfig, label: s
     tr = twin.simulate(recipe, dt_out_s=dt_out_s)
     e = cfg.economics
     cB = float(tr.x[-1, 1])
-    Y = (cB - params.charge.c_B0_mol_per_m3) / params.charge.c_A0_mol_per_m3
+    Y = yield_of_c_B(cB, params)
     profit = float(e.profit(tr.t_s[-1], cB, params))
     fC = float(impurity_fraction(tr.x[-1]))
     T_peak = float(np.max(tr.T_K))
@@ -286,7 +286,7 @@ def _best_sample(tr: Trajectory, params: ModelParams, cfg: OptimizerConfig) -> t
         return None
     p = params
     if cfg.objective == "yield":
-        obj = (tr.c_B - p.charge.c_B0_mol_per_m3) / p.charge.c_A0_mol_per_m3
+        obj = yield_of_c_B(tr.c_B, p)
     else:
         obj = cfg.economics.profit(tr.t_s, tr.c_B, p)
     obj = np.where(ok, obj, -np.inf)
