@@ -9,8 +9,10 @@
    - scipy solve_ivp(RK45) called once per 1 s step                     -- co-simulation baseline
    all at the same tolerances (rtol 1e-8, atol 1e-6 per state), accuracy checked against a tight
    reference (rtol 1e-12) of the same problem (per-step runs hold the jacket over each step).
-2. Cost of one Twin.step over a 1 s communication step [us], median over repeats, against the
-   general-length integrator loop with a plain rhs closure (the design before the hot-path work).
+2. Cost of one Twin.step over a 1 s communication step [us], median over repeats, against the same
+   (one) integrator loop with a plain closure around derivatives(): the ratio is what the one fast
+   path left, model.jacket_rhs, buys. (The hand-unrolled four-state loop was removed in issue 9:
+   6.7 us per step with it, 11 us without, CPU-time medians on the project's machine.)
 
 Goals (issue 2): one 1 s step <= 15 us; the whole 10 h batch <= 0.3 s. Timings are wall-clock on a
 shared machine: compare the ratios, which are measured in the same run.
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     tol = twin.tolerance
 
     def reference_step(state: StepState, t: float, dt: float, u: float) -> StepState:
-        # The general loop with a closure around derivatives(): the design without the hot-path work.
+        # The one loop with a closure around derivatives(): Twin.step without the fast rhs closure.
         x, h = _integrate(lambda tt, xx: derivatives(tt, xx, u, c), t, tuple(state.x), t + dt,
                             min(state.h_s, dt) if state.h_s > 0.0 else dt, tol, None, None)
         return StepState(x, h)
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     hybrid = Twin(p, correction=RateMultipliers(1.05, 0.95), tolerance=twin.tolerance)
     n_rep, n_inner = 300, 200
     names = ("Twin.step (physics only)", "Twin.step (RateMultipliers correction)",
-             "general loop + derivatives() closure (baseline)")
+             "one loop + derivatives() closure (baseline)")
     costs, cpu = step_costs_us(dict(zip(names, (twin.step, hybrid.step, reference_step), strict=True)), s, 3600.0,
                                n_inner, n_rep)
     step_us, ref_us = costs[names[0]], costs[names[2]]
