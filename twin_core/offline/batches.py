@@ -204,8 +204,12 @@ def read_recipes(path: str | Path) -> dict[str, Recipe]:
     return out
 
 
+def _float(cell: str) -> float:
+    return float(cell) if cell != "" else math.nan  # an empty cell is a missing value
+
+
 def _floats(rows: list[list[str]], i: int) -> np.ndarray:
-    return np.array([float(r[i]) if r[i] != "" else math.nan for r in rows])
+    return np.array([_float(r[i]) for r in rows])
 
 
 def read_batches(path: str | Path, batch_ids: set[int] | None = None, recipes: dict[str, Recipe] | None = None,
@@ -235,13 +239,13 @@ def read_batches(path: str | Path, batch_ids: set[int] | None = None, recipes: d
             if batch_ids is None or bid in batch_ids:
                 rows_by_batch.setdefault(bid, []).append(row)
     truth_idx = [at[c] for c in TRUTH_STATE_COLUMNS] if with_truth and all(c in at for c in TRUTH_STATE_COLUMNS) else None
+    i_ta, i_ts, i_cB, i_cC = (at[c] for c in ("time_s", "lab_sample_time_s", "lab_c_B_mol_per_m3", "lab_c_C_mol_per_m3"))
     out: dict[int, Batch] = {}
     for bid, rows in rows_by_batch.items():
         first = rows[0]
-        i_ta, i_ts, i_cB, i_cC = (at[c] for c in ("time_s", "lab_sample_time_s", "lab_c_B_mol_per_m3",
-                                                   "lab_c_C_mol_per_m3"))
-        labs = tuple(LabAssay(float(r[i_ta]), float(r[i_ts]), float(r[i_cB]) if r[i_cB] != "" else math.nan,
-                              float(r[i_cC]) if r[i_cC] != "" else math.nan) for r in rows if r[i_ts] != "")
+        # a lab result is on the row where it arrived; its sample time says which sample it is
+        labs = tuple(LabAssay(float(r[i_ta]), float(r[i_ts]), _float(r[i_cB]), _float(r[i_cC]))
+                     for r in rows if r[i_ts] != "")
         truth = np.column_stack([_floats(rows, i) for i in truth_idx]) if truth_idx is not None else None
         out[bid] = Batch(
             batch_id=bid, recipe_id=first[at["recipe_id"]], split=first[at["split"]],
