@@ -12,7 +12,7 @@ from scipy.integrate import solve_ivp
 from twin_core import DEFAULT_RECIPE, ModelParams, RateMultipliers, Recipe, Tolerance, Twin
 from twin_core.analysis import optimal_stop
 from twin_core.hybrid import HybridTwin
-from twin_core.model import coefficients, rate_constants, rhs
+from twin_core.model import coefficients, derivatives, rate_constants, rates, rhs, scaled
 
 C0 = 273.15
 
@@ -131,3 +131,36 @@ def test_non_isothermal_matches_radau() -> None:
     default = Twin(p).simulate(recipe, dt_out_s=60.0)
     rel_scale = np.abs(default.x - ref) / np.abs(ref).max(axis=0)
     assert rel_scale.max() <= 1e-6, rel_scale.max(axis=0)
+
+
+def test_rate_law_on_arrays_is_the_scalar_rate_law() -> None:
+    """rate_constants / rates take arrays (the reactor-mode jacket uses them on a whole trajectory):
+    elementwise the scalar law, to numpy's exp against libm's (an ulp or two)."""
+    c = coefficients(ModelParams())
+    rng = np.random.default_rng(3)
+    T = rng.uniform(250.0, 450.0, 500)
+    X = np.column_stack([rng.uniform(0, 2000, 500), rng.uniform(0, 2000, 500), rng.uniform(0, 2000, 500), T])
+    k1, k2 = rate_constants(T, c)
+    r1, r2 = rates(X.T, c)
+    for i in range(len(T)):
+        s1, s2 = rate_constants(float(T[i]), c)
+        assert type(s1) is float and type(s2) is float
+        assert k1[i] == pytest.approx(s1, rel=4e-16) and k2[i] == pytest.approx(s2, rel=4e-16)
+        q1, q2 = rates(tuple(X[i].tolist()), c)
+        assert r1[i] == pytest.approx(q1, rel=4e-16) and r2[i] == pytest.approx(q2, rel=4e-16)
+    # At the reference temperature the rate constants are exactly their reference values.
+    kr1, kr2 = rate_constants(ModelParams().kinetics.T_ref_K, c)
+    assert (kr1, kr2) == (c.k1_ref, c.k2_ref)
+
+
+def test_scaled_coefficients_scale_the_rates_and_UA() -> None:
+    c = coefficients(ModelParams())
+    x = (800.0, 150.0, 50.0, 340.0)
+    s = scaled(c, 1.5, 0.5, 0.8)
+    r1, r2 = rates(x, c)
+    q1, q2 = rates(x, s)
+    assert q1 == pytest.approx(1.5 * r1, rel=1e-15) and q2 == pytest.approx(0.5 * r2, rel=1e-15)
+    d, ds = derivatives(0.0, x, 300.0, c), derivatives(0.0, x, 300.0, s)
+    heat = c.q1 * r1 * 1.5 + c.q2 * r2 * 0.5
+    assert ds[3] == pytest.approx(heat + 0.8 * c.ua * (300.0 - x[3]), rel=1e-13)
+    assert d[3] != ds[3]
