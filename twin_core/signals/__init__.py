@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from twin_core.signals.modbus import (
     INT16_NO_VALUE,
+    MODBUS_ENCODINGS,
+    MODBUS_TABLES,
     Access,
     Kind,
     ModbusBinding,
@@ -99,18 +101,22 @@ from twin_core.signals.text import (
     to_csv,
     to_text,
 )
-from twin_core.signals.twin import TWIN_SIGNALS, by_name, params_from_signals
+from twin_core.signals.twin import (
+    TWIN_SIGNALS,
+    by_name,
+    params_from_signals,
+)
 
 __all__ = [
-    "BATCH_TIME_MAX_S", "CELSIUS_OFFSET_K", "COLUMNS", "COMMAND_NAMES", "CO_COMMANDS", "CO_SIM", "C_HI",
-    "DISPLAY_UNITS", "HR_LIMITS", "HR_RECIPE", "HR_RECIPE_POINTS", "HR_SIM", "INT16_NO_VALUE", "IR_ALARMS",
-    "IR_BATCH", "IR_CLOCK", "IR_LAB", "IR_PROCESS", "IR_SCADA_INT16", "IR_SIM_TRUTH", "LIMIT_T_RANGE_K",
-    "MAP_COLUMNS", "N_PHASES", "N_SENSOR_FAULTS", "PLANT_TIME_MAX_S", "PLC_COMMANDS", "PLC_MEASUREMENTS",
-    "PLC_REGISTER_MAP", "PLC_SETTINGS", "PLC_SIGNALS", "PLC_SIM_HOOKS", "PLC_SIM_TRUTH", "RECIPE_MAX_POINTS",
-    "RECIPE_TIME_MAX_S", "RECIPE_T_RANGE_K", "RECIPE_WRITABLE_PHASES", "SAMPLE_INTERVAL_MAX_S",
-    "SAMPLE_INTERVAL_MIN_S", "SCADA_INT16_VIEWS", "SCAN_COUNT_MODULUS", "SETTING_RULES", "TWIN_SIGNALS",
-    "T_HI_K", "T_LO_K", "UINT16_MAX", "UINT32_MAX", "UNITS", "Access", "Alarm", "Kind", "ModbusBinding",
-    "ModbusEncoding", "ModbusTable", "Phase", "RegisterEntry", "Role", "SensorFault", "SettingRule", "Signal",
+    "Access", "Alarm", "BATCH_TIME_MAX_S", "CELSIUS_OFFSET_K", "COLUMNS", "COMMAND_NAMES", "CO_COMMANDS", "CO_SIM",
+    "C_HI", "DISPLAY_UNITS", "HR_LIMITS", "HR_RECIPE", "HR_RECIPE_POINTS", "HR_SIM", "INT16_NO_VALUE", "IR_ALARMS",
+    "IR_BATCH", "IR_CLOCK", "IR_LAB", "IR_PROCESS", "IR_SCADA_INT16", "IR_SIM_TRUTH", "Kind", "LIMIT_T_RANGE_K",
+    "MAP_COLUMNS", "MODBUS_ENCODINGS", "MODBUS_TABLES", "ModbusBinding", "ModbusEncoding", "ModbusTable",
+    "N_PHASES", "N_SENSOR_FAULTS", "PLANT_TIME_MAX_S", "PLC_COMMANDS", "PLC_MEASUREMENTS", "PLC_REGISTER_MAP",
+    "PLC_SETTINGS", "PLC_SIGNALS", "PLC_SIM_HOOKS", "PLC_SIM_TRUTH", "Phase", "RECIPE_MAX_POINTS",
+    "RECIPE_TIME_MAX_S", "RECIPE_T_RANGE_K", "RECIPE_WRITABLE_PHASES", "RegisterEntry", "Role",
+    "SAMPLE_INTERVAL_MAX_S", "SAMPLE_INTERVAL_MIN_S", "SCADA_INT16_VIEWS", "SCAN_COUNT_MODULUS", "SETTING_RULES",
+    "SensorFault", "SettingRule", "Signal", "TWIN_SIGNALS", "T_HI_K", "T_LO_K", "UINT16_MAX", "UINT32_MAX", "UNITS",
     "VarType", "aligned_text", "build_register_map", "by_name", "csv_text", "format_register_map",
     "is_simulation_only", "params_from_signals", "plc_signal", "register_entry", "register_entry_of",
     "register_map_csv", "register_map_rows", "rows", "signals_by_name", "to_csv", "to_text",

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from twin_core.errors import ParameterError
 from twin_core.signals.modbus import ModbusBinding
 
 Role = Literal["parameter", "input", "output", "local"]
@@ -51,7 +52,8 @@ C_HI = 20000.0
 @dataclass(frozen=True)
 class Signal:
     """One signal (see the module docstring). ``param``: the dotted ModelParams field a parameter
-    signal sets; ``modbus``: its register binding where it crosses Modbus."""
+    signal sets; ``modbus``: its register binding where it crosses Modbus. A bad declaration raises
+    ParameterError naming ``<signal>.<field>``."""
 
     name: str
     unit: str
@@ -68,11 +70,12 @@ class Signal:
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
-            raise ValueError(f"signal {self.name}: unit {self.unit!r} not in UNITS")
-        if self.display_unit is not None and DISPLAY_UNITS[self.display_unit][0] != self.unit:
-            raise ValueError(f"signal {self.name}: display unit {self.display_unit} does not apply to {self.unit}")
+            raise ParameterError(f"{self.name}.unit", self.unit, "not in UNITS")
+        if self.display_unit is not None and (self.display_unit not in DISPLAY_UNITS
+                                              or DISPLAY_UNITS[self.display_unit][0] != self.unit):
+            raise ParameterError(f"{self.name}.display_unit", self.display_unit, f"does not apply to {self.unit}")
         if not self.min <= self.max:
-            raise ValueError(f"signal {self.name}: min {self.min} > max {self.max}")
+            raise ParameterError(f"{self.name}.min", self.min, f"above max {self.max}")
 
 
 def signals_by_name(table: Iterable[Signal]) -> dict[str, Signal]:
