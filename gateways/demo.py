@@ -89,7 +89,9 @@ def run_demo(speed: float = 720.0, seed: int = 7, fmu_path: str | Path = DEFAULT
     res = DemoResult()
     plant = PlantProcess(speed=speed, seed=seed, port=port)
     try:
-        with plant, PlcClient(port=plant.port) as client, FmuRunner(fmu_path) as twin:
+        # The FMU first: a missing one fails before the plant starts. Each item is entered in turn, so
+        # the client is built once the plant listens.
+        with FmuRunner(fmu_path) as twin, plant, PlcClient(port=plant.port) as client:
             res.plant_pid = plant.pid
             say(f"PLC (simulated plant, process {plant.pid}) serving Modbus TCP on 127.0.0.1:{plant.port}, "
                 f"plant time x{speed:g}", flush=True)

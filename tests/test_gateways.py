@@ -160,6 +160,21 @@ def test_demo_batch_end_to_end():
     assert res.plant_pid is not None and res.plant_returncode == 0  # the plant process was ended cleanly
 
 
+def _children() -> set[int]:
+    me = os.getpid()
+    with open(f"/proc/{me}/task/{me}/children", encoding="ascii") as f:
+        return {int(p) for p in f.read().split()}
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="Linux /proc")
+def test_demo_ends_the_plant_process_when_the_batch_fails():
+    before = _children()
+    reactor_mode = Recipe((0.0, 3600.0), (330.0, 330.0), 7200.0, mode="reactor", name="reactor-mode")
+    with pytest.raises(PlcRequestError, match="reactor-mode"):
+        run_demo(speed=100.0, seed=1, fmu_path=DEFAULT_FMU, recipe=reactor_mode, echo=False)
+    assert _children() <= before  # the plant process it started is gone (and reaped)
+
+
 def _wait_closed(port: int, timeout_s: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
