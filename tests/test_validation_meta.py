@@ -23,6 +23,8 @@ CONFIG_MODULES = ("twin_core.params", "twin_core.analysis", "twin_core.estimatio
 
 EXPECTED = {
     "twin_core.params": {"ModelParams", "Kinetics", "Reactor", "Charge"},
+    "twin_core.analysis": {"Economics"},
+    "twin_core.offline.optimize": {"OptimizerConfig"},
     "plant_sim.config": {"PlantConfig", "Mismatch", "PlantKinetics", "SideReaction", "Fouling", "Jacket", "Pid",
                          "ChargeVariation", "SensorSpec", "Sensors", "Lab", "Phases", "Alarms", "Runaway",
                          "PlcTiming"},
