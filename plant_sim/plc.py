@@ -201,7 +201,8 @@ class Plc:
 
     # -- PlcPort -----------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, float]:
-        """Every measurement, setting and simulation hook by name (see plant_sim.interface)."""
+        """Every non-command signal of twin_core.signals.plc by name: measurements, settings, simulation
+        hooks and the simulation-only truth (input registers 900..)."""
         snap = {
             "T_reactor": self.T_reactor,
             "T_jacket": self.T_jacket,

@@ -26,7 +26,7 @@ from pymodbus.client import ModbusTcpClient
 from plant_sim.config import PlantConfig, PlcTiming
 from plant_sim.modbus_server import PlcServerThread, serve
 from plant_sim.plc import Plc
-from twin_core.clock import Clock
+from twin_core.clock import Clock, PlantClock
 from twin_core.signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, Alarm, Phase, register_entry
 
 SCAN_S = 1.0
@@ -276,6 +276,25 @@ def test_whole_batch_over_modbus() -> None:
         assert r.isError() and r.exception_code == 3
         command(client, "reset")
         assert phase(client) == Phase.IDLE
+
+
+def test_scan_loop_runs_on_the_plant_clock() -> None:
+    """Scans run only when the clock says they are due: the published plant time never runs ahead of
+    server.clock, and it reaches a time the clock was waited for (no wall-clock assertion)."""
+    plc = make_plc(seed=3)
+    with PlcServerThread(plc, port=free_port(), speed=BATCH_SPEED) as srv, \
+            ModbusTcpClient("127.0.0.1", port=srv.port, timeout=10) as client:
+        clock = srv.server.clock
+        assert isinstance(clock, PlantClock) and clock.speed == BATCH_SPEED
+        target = clock.now() + 600.0
+        clock.wait_until(target)
+        for _ in range(50):
+            t_plc = read_value(client, "plant_time")
+            assert t_plc <= clock.now() + 1e-3  # float32 rounding of the published value
+        wait_until(client, lambda c: read_value(c, "plant_time") >= target - SCAN_S, "the clock's target", clock)
+    paused = PlcServerThread(make_plc(), port=0, speed=0.0)
+    with paused:
+        assert paused.server.clock is None  # paused: no plant clock runs
 
 
 def test_interlock_trips_on_injected_runaway_and_alarms_latch_until_ack() -> None:
