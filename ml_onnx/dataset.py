@@ -33,7 +33,7 @@ from twin_core.errors import ParameterError
 from twin_core.model import coefficients
 from twin_core.offline.batches import Batch
 from twin_core.params import ModelParams
-from twin_core.validate import positive
+from twin_core.validate import spec, validated
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def propagate(t_s: np.ndarray, T_K: np.ndarray, ln_f: np.ndarray, c_A0: np.ndarr
     return np.stack([cA, cB, cC], axis=-1)
 
 
-@dataclass(frozen=True)
+@validated("reconcile")
 class ReconcileConfig:
     """Settings of the per-batch estimation of the rate factors (see module docstring).
 
@@ -107,15 +107,11 @@ class ReconcileConfig:
     near-zero values).
     """
 
-    knot_s: float = 3600.0
-    rw_sd_per_knot: float = 0.15
-    level_sd: float = 1.0
-    lab_rsd: float = 0.015
-    lab_floor_mol_per_m3: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("knot_s", "rw_sd_per_knot", "level_sd", "lab_rsd", "lab_floor_mol_per_m3"):
-            positive(f"reconcile.{name}", getattr(self, name))
+    knot_s: float = spec(3600.0, unit="s", gt=0.0)
+    rw_sd_per_knot: float = spec(0.15, gt=0.0)
+    level_sd: float = spec(1.0, gt=0.0)
+    lab_rsd: float = spec(0.015, gt=0.0)
+    lab_floor_mol_per_m3: float = spec(1.0, unit="mol/m3", gt=0.0)
 
 
 @dataclass(frozen=True)

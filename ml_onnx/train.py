@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ml_onnx.dataset import ReconcileConfig, reconcile, training_table
 from ml_onnx.export import MODEL_VERSION, save, sha256_file, to_onnx
-from ml_onnx.features import DEFAULT_FEATURES, feature_matrix
+from ml_onnx.features import DEFAULT_FEATURES, check_names, feature_matrix
 from ml_onnx.model import FLOAT32_ONLY, RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
 from twin_core.errors import ParameterError
@@ -46,33 +46,35 @@ from twin_core.offline.batches import (
     score_open_loop,
 )
 from twin_core.params import ModelParams
+from twin_core.validate import spec, validated
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("dist/correction.onnx")
 
 
-@dataclass(frozen=True)
+@validated("train")
 class TrainConfig:
     """What to train: features, candidate names (None: all), CV folds, row stride, reconciliation."""
 
-    feature_names: tuple[str, ...] = DEFAULT_FEATURES
-    candidate_names: tuple[str, ...] | None = None
-    n_splits: int = 5
-    stride: int = 5
-    max_train_batches: int | None = None
-    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
-    random_state: int = 0
+    feature_names: tuple[str, ...] = spec(DEFAULT_FEATURES, kind=tuple)
+    candidate_names: tuple[str, ...] | None = spec(None, kind=tuple, optional=True)
+    n_splits: int = spec(5, kind="int", ge=2)
+    stride: int = spec(5, kind="int", ge=1)
+    max_train_batches: int | None = spec(None, kind="int", ge=1, optional=True)
+    reconcile: ReconcileConfig = spec(kind=ReconcileConfig, default_factory=ReconcileConfig)
+    random_state: int = spec(0, kind="int", ge=0)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.n_splits, int) and self.n_splits >= 2):
-            raise ParameterError("n_splits", self.n_splits, "must be an integer >= 2")
-        if not (isinstance(self.stride, int) and self.stride >= 1):
-            raise ParameterError("stride", self.stride, "must be an integer >= 1")
+        try:
+            check_names(self.feature_names)
+        except ParameterError as exc:
+            raise ParameterError("train.feature_names", exc.value, exc.reason) from exc
         if self.candidate_names is not None:
             unknown = set(self.candidate_names) - set(candidates())
             if unknown or not self.candidate_names:
-                raise ParameterError("candidate_names", self.candidate_names, f"expected some of {sorted(candidates())}")
+                raise ParameterError("train.candidate_names", self.candidate_names,
+                                     f"expected some of {sorted(candidates())}")
 
 
 # -- held-out scoring -------------------------------------------------------------------------------

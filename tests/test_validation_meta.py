@@ -25,6 +25,8 @@ EXPECTED = {
     "twin_core.params": {"ModelParams", "Kinetics", "Reactor", "Charge"},
     "twin_core.analysis": {"Economics"},
     "twin_core.offline.optimize": {"OptimizerConfig"},
+    "ml_onnx.dataset": {"ReconcileConfig"},
+    "ml_onnx.train": {"TrainConfig"},
     "plant_sim.config": {"PlantConfig", "Mismatch", "PlantKinetics", "SideReaction", "Fouling", "Jacket", "Pid",
                          "ChargeVariation", "SensorSpec", "Sensors", "Lab", "Phases", "Alarms", "Runaway",
                          "PlcTiming"},
@@ -102,3 +104,19 @@ def test_bad_values_are_refused_naming_the_field(name: str, cls: type) -> None:
             assert info.value.field == _path(cls, f.name), (f.name, value)
             checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda: __import__("ml_onnx.train", fromlist=["TrainConfig"]).TrainConfig(feature_names=("nope",)),
+     "train.feature_names"),
+    (lambda: __import__("ml_onnx.train", fromlist=["TrainConfig"]).TrainConfig(candidate_names=("nope",)),
+     "train.candidate_names"),
+    (lambda: from_mapping(__import__("ml_onnx.train", fromlist=["TrainConfig"]).TrainConfig,
+                          {"reconcile": {"knot_s": 0.0}}), "train.reconcile.knot_s"),
+    (lambda: from_mapping(__import__("plant_sim.config", fromlist=["PlantConfig"]).PlantConfig,
+                          {"lab": {"delay_min_s": 3000.0}}), "lab.delay_max_s"),
+])
+def test_cross_field_and_nested_errors_name_the_field(build, field: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        build()
+    assert info.value.field == field
