@@ -14,6 +14,8 @@ import math
 
 import pytest
 
+from ml_onnx.train import TrainConfig
+from plant_sim.config import PlantConfig
 from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.validate import REGISTRY, from_mapping, rule_of
 
@@ -107,14 +109,11 @@ def test_bad_values_are_refused_naming_the_field(name: str, cls: type) -> None:
 
 
 @pytest.mark.parametrize("build,field", [
-    (lambda: __import__("ml_onnx.train", fromlist=["TrainConfig"]).TrainConfig(feature_names=("nope",)),
-     "train.feature_names"),
-    (lambda: __import__("ml_onnx.train", fromlist=["TrainConfig"]).TrainConfig(candidate_names=("nope",)),
-     "train.candidate_names"),
-    (lambda: from_mapping(__import__("ml_onnx.train", fromlist=["TrainConfig"]).TrainConfig,
-                          {"reconcile": {"knot_s": 0.0}}), "train.reconcile.knot_s"),
-    (lambda: from_mapping(__import__("plant_sim.config", fromlist=["PlantConfig"]).PlantConfig,
-                          {"lab": {"delay_min_s": 3000.0}}), "lab.delay_max_s"),
+    (lambda: TrainConfig(feature_names=("nope",)), "train.feature_names"),
+    (lambda: TrainConfig(candidate_names=("nope",)), "train.candidate_names"),
+    (lambda: from_mapping(TrainConfig, {"reconcile": {"knot_s": 0.0}}), "train.reconcile.knot_s"),
+    (lambda: from_mapping(PlantConfig, {"lab": {"delay_min_s": 3000.0}}), "lab.delay_max_s"),
+    (lambda: from_mapping(PlantConfig, {"vessel": {"charge": {"T0_K": 20.0}}}), "vessel.charge.T0_K"),
 ])
 def test_cross_field_and_nested_errors_name_the_field(build, field: str) -> None:
     with pytest.raises(ParameterError) as info:
