@@ -274,15 +274,6 @@ def _drop_final_cast(onx: onnx.ModelProto) -> None:
 update_registered_converter(QuadraticForm, "TwinQuadraticForm", _quadratic_form_shape, _quadratic_form_converter)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def creation_time_utc() -> str:
     """ISO-8601 UTC creation time: ``SOURCE_DATE_EPOCH`` [s since 1970] if set, else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -356,7 +347,8 @@ def save(onx: onnx.ModelProto, path: str | Path) -> str:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(onx.SerializeToString(deterministic=True))
+    data = onx.SerializeToString(deterministic=True)
+    tmp.write_bytes(data)
     os.replace(tmp, p)
-    log.info("wrote %s (%d bytes)", p, p.stat().st_size)
-    return sha256_file(p)
+    log.info("wrote %s (%d bytes)", p, len(data))
+    return hashlib.sha256(data).hexdigest()

@@ -31,7 +31,7 @@ from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
 from ml_onnx.dataset import ReconcileConfig, reconcile, training_table
-from ml_onnx.export import MODEL_VERSION, save, sha256_file, to_onnx
+from ml_onnx.export import MODEL_VERSION, save, to_onnx
 from ml_onnx.features import DEFAULT_FEATURES, check_names, feature_matrix
 from ml_onnx.model import FLOAT32_ONLY, RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
@@ -44,6 +44,7 @@ from twin_core.offline.batches import (
     open_loop,
     read_batches,
     score_open_loop,
+    sha256_file,
 )
 from twin_core.params import ModelParams
 from twin_core.validate import spec, validated

@@ -202,6 +202,3 @@ def generate(out: str | Path, batches: int = 200, seed: int = 0, config: PlantCo
                              hashlib.sha256(data).hexdigest())
 
 
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -14,9 +14,9 @@ from conftest import ROOT
 
 from plant_sim import dataset
 from plant_sim.config import Fouling
-from plant_sim.dataset import COLUMNS, HEADER, HOLDOUT_EVERY, generate, sha256_file
+from plant_sim.dataset import COLUMNS, HEADER, HOLDOUT_EVERY, generate
 from plant_sim.recipes import HOLDOUT_FAMILIES, TRAIN_FAMILIES, recipe_library
-from twin_core.offline.batches import BATCH_TABLE_COLUMNS, Batch, read_batches, score_open_loop
+from twin_core.offline.batches import BATCH_TABLE_COLUMNS, Batch, read_batches, score_open_loop, sha256_file
 from twin_core.offline.cli import build_parser, main
 
 DATA = ROOT / "data" / "simulated_batch_data.csv"

@@ -28,6 +28,7 @@ together.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -364,3 +365,9 @@ def score_open_loop(batch: Batch, params: ModelParams | None = None,
     """:func:`score` of the :func:`open_loop` replay of ``batch``."""
     ol = open_loop(batch, params, correction)
     return score(batch, ol.x, ol.in_domain)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the identity of a data set: data/simulated_batch_data.sha256)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
