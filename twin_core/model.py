@@ -58,17 +58,19 @@ def coefficients(p: ModelParams) -> Coefficients:
     )
 
 
-def rate_constants(T_K: float | np.ndarray, c: Coefficients) -> tuple[float, float]:
+def rate_constants(T_K: float | np.ndarray, c: Coefficients) -> tuple[float | np.ndarray, float | np.ndarray]:
     """Arrhenius rate constants (k1, k2) [1/s] at temperature T_K [K]: the one rate law.
 
     k_i = k_i,ref exp(-E_i/R (1/T - 1/T_ref)). T_K may be an array (then elementwise, numpy's exp).
     """
     d = 1.0 / T_K - c.inv_T_ref
+    # math.exp for scalars: the hot path, and numpy scalars stay on libm's exp like plain floats;
+    # numpy's vectorised exp for arrays (it may differ from libm's in the last bit).
     exp = np.exp if isinstance(d, np.ndarray) else math.exp
     return c.k1_ref * exp(-c.E1_over_R * d), c.k2_ref * exp(-c.E2_over_R * d)
 
 
-def rates(x: Sequence[float], c: Coefficients) -> tuple[float, float]:
+def rates(x: Sequence[float], c: Coefficients) -> tuple[float | np.ndarray, float | np.ndarray]:
     """Mechanistic reaction rates (r1, r2) = (k1 c_A, k2 c_B) [mol/(m3*s)] at state x.
 
     x may hold arrays (x[0] the c_A values, ..., x[3] the temperatures): e.g. ``rates(X.T, c)``.
