@@ -146,6 +146,7 @@ def test_connect_refused_is_a_clear_error():
         PlcClient(port=free_port(), timeout_s=0.5).connect()
 
 
+@pytest.mark.slow
 def test_demo_batch_end_to_end():
     """Plant over Modbus + the built FMU as soft sensor: the estimate tracks the hidden truth."""
     res = run_demo(speed=1500.0, seed=11, fmu_path=DEFAULT_FMU, recipe=DEFAULT_RECIPE, echo=False)
