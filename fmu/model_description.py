@@ -13,7 +13,7 @@ import math
 from xml.etree.ElementTree import Element, SubElement
 
 from fmu.variables import FmiVariable
-from twin_core.signals import DISPLAY_UNITS, UNITS
+from twin_core.signals.table import DISPLAY_UNITS, UNITS
 
 CO_SIMULATION_FLAGS = {
     # The FMU carries its model; Python is a runtime library it loads (docs/fmu.md), not a tool.

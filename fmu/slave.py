@@ -46,7 +46,7 @@ from twin_core.errors import IntegrationError, MeasurementError, ParameterError,
 from twin_core.estimation import Estimate, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridStepState, HybridTwin
 from twin_core.integrator import Tolerance
-from twin_core.signals import params_from_signals
+from twin_core.signals.twin import params_from_signals
 from twin_core.simulation import DEFAULT_TOLERANCE
 
 try:

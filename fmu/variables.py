@@ -21,7 +21,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from twin_core.signals import TWIN_SIGNALS, Signal
+from twin_core.signals.table import Signal
+from twin_core.signals.twin import TWIN_SIGNALS
 
 # Life-cycle modes kept in the hidden last slot of the integer buffer (read by the native layer).
 MODE_INSTANTIATED = 0

@@ -29,7 +29,7 @@ from gateways.plant_process import PlantProcess
 from gateways.plc_client import PlcClient
 from twin_core.clock import PlantClock
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
-from twin_core.signals import Phase
+from twin_core.signals.plc import Phase
 
 C0_K = 273.15
 HEALTH = {0: "good", 1: "warning", 2: "ALARM"}

@@ -20,7 +20,8 @@ from pymodbus.exceptions import ModbusException
 
 from twin_core.errors import TwinError
 from twin_core.recipe import Recipe
-from twin_core.signals import PLC_MEASUREMENTS, PLC_SIM_TRUTH, RECIPE_MAX_POINTS, Signal, register_entry
+from twin_core.signals.plc import PLC_MEASUREMENTS, PLC_SIM_TRUTH, RECIPE_MAX_POINTS, register_entry
+from twin_core.signals.table import Signal
 
 log = logging.getLogger(__name__)
 

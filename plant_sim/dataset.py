@@ -36,7 +36,7 @@ from twin_core.offline.batches import (
     batches_path,
     recipes_path,
 )
-from twin_core.signals import Phase
+from twin_core.signals.plc import Phase
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,8 @@ from pymodbus.pdu.register_message import (
 
 from plant_sim.interface import PlcCommandError, PlcPort, PlcWriteError
 from twin_core.errors import TwinError
-from twin_core.signals import PLC_REGISTER_MAP, RegisterEntry
+from twin_core.signals.modbus import RegisterEntry
+from twin_core.signals.plc import PLC_REGISTER_MAP
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from plant_sim.interface import PlcPort
 from plant_sim.modbus_device import PlcModbusDevice
 from twin_core.clock import PlantClock
 from twin_core.errors import ParameterError
-from twin_core.signals import format_register_map, register_map_csv
+from twin_core.signals.text import format_register_map, register_map_csv
 
 __all__ = ["PlcModbusServer", "PlcServerThread", "format_register_map", "register_map_csv", "run", "serve"]
 

@@ -67,7 +67,7 @@ from plant_sim.sensors import RandomStream, TemperatureSensor
 from plant_sim.truth import Truth
 from twin_core.errors import ParameterError
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
-from twin_core.signals import (
+from twin_core.signals.plc import (
     COMMAND_NAMES,
     PLC_SIM_HOOKS,
     RECIPE_MAX_POINTS,

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from plant_sim.config import SensorSpec
-from twin_core.signals import SensorFault
+from twin_core.signals.plc import SensorFault
 
 
 class RandomStream:

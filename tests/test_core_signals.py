@@ -1,4 +1,4 @@
-"""twin_core.signals as a package: its exports, its declarations' checks, its place in the kernel."""
+"""twin_core.signals as a package: one declaration per name, its declarations' checks, its place in the kernel."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import importlib
 import pytest
 from conftest import ROOT
 
-import twin_core.signals as signals
 from twin_core.errors import ParameterError
-from twin_core.signals import TWIN_SIGNALS, Signal, by_name
+from twin_core.signals.table import Signal
+from twin_core.signals.twin import TWIN_SIGNALS, by_name
 
 SUBMODULES = ("table", "twin", "modbus", "plc", "text")
 
@@ -29,15 +29,26 @@ def _public_definitions(path) -> set[str]:
     return {n for n in out if not n.startswith("_")}
 
 
-def test_package_exports_every_name_of_its_submodules_once() -> None:
-    assert sorted(signals.__all__) == sorted(set(signals.__all__))
-    for name in signals.__all__:
-        assert hasattr(signals, name), name
+def test_every_public_name_is_declared_in_exactly_one_submodule() -> None:
+    seen: dict[str, str] = {}
     for sub in SUBMODULES:
         mod = importlib.import_module(f"twin_core.signals.{sub}")
         for name in _public_definitions(ROOT / "twin_core" / "signals" / f"{sub}.py"):
-            assert name in signals.__all__, f"twin_core.signals.{sub}.{name} not exported"
-            assert getattr(signals, name) is getattr(mod, name), name
+            assert name not in seen, f"{name} declared in both {seen[name]} and {sub}"
+            seen[name] = sub
+            assert hasattr(mod, name)
+
+
+def test_the_twin_table_loads_neither_the_plc_interface_nor_its_text_views() -> None:
+    """What the FMU imports (twin.py and what it needs) stays apart from the PLC map."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, twin_core.signals.twin; "
+             "print(sorted(m for m in sys.modules if m.startswith('twin_core.signals')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == str(["twin_core.signals", "twin_core.signals.modbus", "twin_core.signals.table",
+                                      "twin_core.signals.twin"])
 
 
 def test_the_signal_table_imports_only_the_kernel() -> None:

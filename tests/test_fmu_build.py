@@ -16,7 +16,8 @@ from test_fmu_helpers import VARIANT_IDENTIFIER, FmuBuilds
 from fmu.build import BuildError, BuildOptions, vendor_source
 from fmu.variables import fmi_variables
 from twin_core.errors import ParameterError
-from twin_core.signals import DISPLAY_UNITS, TWIN_SIGNALS, UNITS
+from twin_core.signals.table import DISPLAY_UNITS, UNITS
+from twin_core.signals.twin import TWIN_SIGNALS
 
 
 @pytest.mark.parametrize("kind", ["physics", "hybrid", "variant"])

@@ -13,7 +13,7 @@ from test_fmu_helpers import FmuBuilds
 from twin_core.estimation import SoftSensor, SoftSensorConfig
 from twin_core.hybrid import HybridTwin
 from twin_core.params import ModelParams
-from twin_core.signals import by_name
+from twin_core.signals.twin import by_name
 
 DT = 10.0
 N = 540  # 1.5 h

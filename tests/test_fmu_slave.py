@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from fmu.slave import STATE_FORMAT, BatchReactorTwin, read_config
 from twin_core.errors import ParameterError
 from twin_core.hybrid import HybridTwin
-from twin_core.signals import TWIN_SIGNALS
+from twin_core.signals.twin import TWIN_SIGNALS
 
 
 def _slave(**kw) -> BatchReactorTwin:

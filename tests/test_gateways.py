@@ -23,7 +23,7 @@ from plant_sim.modbus_server import PlcServerThread
 from plant_sim.plc import Plc
 from twin_core.errors import ParameterError
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
-from twin_core.signals import PLC_MEASUREMENTS, PLC_SIM_TRUTH, Phase
+from twin_core.signals.plc import PLC_MEASUREMENTS, PLC_SIM_TRUTH, Phase
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from plant_sim.config import PlantConfig, PlcTiming
 from plant_sim.modbus_server import PlcServerThread, serve
 from plant_sim.plc import Plc
 from twin_core.clock import Clock, PlantClock
-from twin_core.signals import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, Alarm, Phase, register_entry
+from twin_core.signals.plc import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, Alarm, Phase, register_entry
 
 SCAN_S = 1.0
 DEADLINE_S = 60.0

@@ -12,9 +12,9 @@ from pymodbus.client import ModbusTcpClient
 
 from plant_sim.modbus_server import format_register_map, register_map_csv
 from twin_core.errors import ParameterError, ParameterTypeError
-from twin_core.signals import (
+from twin_core.signals.modbus import INT16_NO_VALUE, ModbusBinding
+from twin_core.signals.plc import (
     COMMAND_NAMES,
-    INT16_NO_VALUE,
     IR_SIM_TRUTH,
     PLC_COMMANDS,
     PLC_MEASUREMENTS,
@@ -26,7 +26,6 @@ from twin_core.signals import (
     RECIPE_MAX_POINTS,
     SETTING_RULES,
     Alarm,
-    ModbusBinding,
     Phase,
     SensorFault,
     is_simulation_only,

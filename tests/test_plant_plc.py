@@ -20,14 +20,7 @@ from plant_sim.config import Alarms, Jacket, PlantConfig, PlcTiming
 from plant_sim.interface import PlcCommandError, PlcPort, PlcWriteError
 from plant_sim.plc import Plc, hold_target
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
-from twin_core.signals import (
-    COMMAND_NAMES,
-    PLC_COMMANDS,
-    PLC_SIGNALS,
-    RECIPE_MAX_POINTS,
-    Alarm,
-    Phase,
-)
+from twin_core.signals.plc import COMMAND_NAMES, PLC_COMMANDS, PLC_SIGNALS, RECIPE_MAX_POINTS, Alarm, Phase
 
 SHORT = Recipe((0.0, 60.0, 1860.0), (298.15, 298.15, 343.15), 2 * 3600.0, name="short")
 

@@ -61,7 +61,7 @@ def test_correction_loading():
 def test_fmu_tuning_starts_equal_the_estimator_defaults():
     """The FMU's estimator-tuning parameters start at the SoftSensorConfig defaults tuned on plant data."""
     from twin_core.estimation import SoftSensorConfig
-    from twin_core.signals import by_name
+    from twin_core.signals.twin import by_name
 
     sig, cfg = by_name(), SoftSensorConfig()
     assert sig["sigma_T_meas"].start == cfg.T_noise_std_K

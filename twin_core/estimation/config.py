@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from twin_core.errors import ParameterError
-from twin_core.signals import C_HI, T_HI_K, T_LO_K
+from twin_core.signals.table import C_HI, T_HI_K, T_LO_K
 from twin_core.validate import from_mapping, spec, validated
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from twin_core import signals
 from twin_core.offline.plots import plot_trajectory
 from twin_core.params import ModelParams, load_params
 from twin_core.recipe import DEFAULT_RECIPE, Recipe, load_recipe
+from twin_core.signals import text as signals
 from twin_core.simulation import Trajectory, Twin
 
 
