@@ -75,6 +75,9 @@ def propagate(t_s: np.ndarray, T_K: np.ndarray, ln_f: np.ndarray, c_A0: np.ndarr
     c = coefficients(p)
     h = np.diff(t_s, axis=1)
     Tm = 0.5 * (T_K[:, 1:] + T_K[:, :-1])
+    # twin_core.model's rate law with the log-factor inside the exponent: the same value as
+    # rate_constants(Tm) * exp(ln_f) to rounding (tests/test_ml_train.py checks it), written this way
+    # because the reconciliation is an iterative fit: another rounding moves the trained correction.
     d = 1.0 / Tm - c.inv_T_ref
     a = c.k1_ref * np.exp(-c.E1_over_R * d + ln_f[..., 0])
     b = c.k2_ref * np.exp(-c.E2_over_R * d + ln_f[..., 1])

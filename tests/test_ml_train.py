@@ -168,3 +168,22 @@ def test_twin_train_cli_writes_the_model_and_its_report(tmp_path: Path, capsys: 
     from ml_onnx.runtime import OnnxCorrection
 
     assert OnnxCorrection(model).metadata["twin.training_batches"] == "6"
+
+
+def test_propagate_follows_the_models_rate_law():
+    """One interval at constant temperature: the closed form with twin_core.model.rate_constants."""
+    from ml_onnx.dataset import propagate
+    from twin_core.model import coefficients, rate_constants
+    from twin_core.params import ModelParams
+
+    p = ModelParams()
+    rng = np.random.default_rng(3)
+    T = rng.uniform(290.0, 390.0, 50)
+    ln_f = rng.uniform(-0.5, 0.5, (50, 1, 2))
+    h = 600.0
+    out = propagate(np.tile([0.0, h], (50, 1)), np.column_stack([T, T]), ln_f, np.full(50, 1000.0), p)
+    k1, k2 = rate_constants(T, coefficients(p))
+    a, b = k1 * np.exp(ln_f[:, 0, 0]), k2 * np.exp(ln_f[:, 0, 1])
+    np.testing.assert_allclose(out[:, 1, 0], 1000.0 * np.exp(-a * h), rtol=1e-13)
+    np.testing.assert_allclose(out[:, 1, 1], 1000.0 * a * (np.exp(-a * h) - np.exp(-b * h)) / (b - a), rtol=1e-11)
+    np.testing.assert_allclose(out[:, 1].sum(axis=1), 1000.0, rtol=1e-14)

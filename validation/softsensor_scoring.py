@@ -38,7 +38,7 @@ import numpy as np
 
 from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig, chi2_bounds_mean, chi2_quantile
 from twin_core.hybrid import CorrectionModel
-from twin_core.model import coefficients
+from twin_core.model import coefficients, rate_constants
 from twin_core.offline.batches import Batch, c_B_rmse_percent, open_loop, params_for, read_batches
 from twin_core.offline.plots import plot_replay
 from twin_core.offline.softsensor_replay import inject_fault, nees, replay, true_final_yield
@@ -66,10 +66,10 @@ class OracleCorrection:
         self.c = coefficients(params)
 
     def factors(self, t_s: float, x, T_jacket_K: float) -> tuple[float, float, bool]:
-        tc, c = self.tc, self.c
-        d = 1.0 / x[3] - c.inv_T_ref
-        f1 = tc.k1_ref * math.exp(-tc.E1_over_R * d) / (c.k1_ref * math.exp(-c.E1_over_R * d))
-        k2 = c.k2_ref * math.exp(-c.E2_over_R * d)
+        tc = self.tc
+        k1, k2 = rate_constants(x[3], self.c)  # the twin's rate law; the plant's own is its truth model
+        d = 1.0 / x[3] - tc.inv_T_ref
+        f1 = tc.k1_ref * math.exp(-tc.E1_over_R * d) / k1
         f2 = (tc.k2_ref * math.exp(-tc.E2_over_R * d) + tc.k3_ref * math.exp(-tc.E3_over_R * d) * x[2]) / k2
         return f1, f2, True
 
