@@ -19,13 +19,15 @@ from plant_sim.config import PlantConfig
 from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.validate import REGISTRY, from_mapping, rule_of
 
-CONFIG_MODULES = ("twin_core.params", "twin_core.analysis", "twin_core.estimation", "twin_core.offline.optimize",
+CONFIG_MODULES = ("twin_core.params", "twin_core.analysis", "twin_core.integrator", "twin_core.estimation", "twin_core.offline.optimize",
                   "plant_sim.config", "ml_onnx.dataset", "ml_onnx.train")
 """Every module that declares configuration classes (imported so that REGISTRY is complete)."""
 
 EXPECTED = {
     "twin_core.params": {"ModelParams", "Kinetics", "Reactor", "Charge"},
     "twin_core.analysis": {"Economics"},
+    "twin_core.integrator": {"Tolerance"},
+    "twin_core.estimation.config": {"SoftSensorConfig"},
     "twin_core.offline.optimize": {"OptimizerConfig"},
     "ml_onnx.dataset": {"ReconcileConfig"},
     "ml_onnx.train": {"TrainConfig"},

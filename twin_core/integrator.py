@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twin_core.errors import IntegrationError, ParameterError
+from twin_core.validate import number, spec, validated
 
 Vector = tuple[float, ...]
 Rhs = Callable[[float, Vector], Sequence[float]]
@@ -49,18 +50,18 @@ MAX_FACTOR = 5.0
 MAX_STEPS_PER_INTERVAL = 100_000
 
 
-@dataclass(frozen=True)
+@validated("tolerance")
 class Tolerance:
     """Error tolerances: relative (dimensionless) and absolute per component (units of the state)."""
 
-    rtol: float = 1e-8
-    atol: tuple[float, ...] = (1e-6, 1e-6, 1e-6, 1e-6)
+    rtol: float = spec(1e-8, ge=1e-15, lt=1.0)
+    atol: tuple[float, ...] = spec((1e-6, 1e-6, 1e-6, 1e-6), kind=tuple)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.rtol, (int, float)) and math.isfinite(self.rtol) and 1e-15 <= self.rtol < 1.0):
-            raise ParameterError("tolerance.rtol", self.rtol, "must be within [1e-15, 1)")
+        if not self.atol:
+            raise ParameterError("tolerance.atol", self.atol, "needs one value per state")
         for i, a in enumerate(self.atol):
-            if not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0.0):
+            if number(f"tolerance.atol[{i}]", a) <= 0.0:
                 raise ParameterError(f"tolerance.atol[{i}]", a, "must be finite and > 0")
 
 
