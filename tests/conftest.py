@@ -48,3 +48,19 @@ def fmus(tmp_path_factory: pytest.TempPathFactory) -> FmuBuilds:
     from test_fmu_helpers import FmuBuilds
 
     return FmuBuilds(tmp_path_factory.mktemp("fmu_builds"))
+
+
+@pytest.fixture(scope="session")
+def dist_artifacts() -> Path:
+    """dist/ with the product's artifacts (correction.onnx, BatchReactorTwin.fmu) built from the
+    current sources: ``build.py``'s own step, a no-op when its content stamps match (as under
+    ``python3 build.py test``), a rebuild when they don't. Tests of the product as shipped (the demo
+    runs the real FMU) take this fixture instead of trusting whatever an earlier build left."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("project_build", ROOT / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    build.build_artifacts()
+    return ROOT / "dist"

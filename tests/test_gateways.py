@@ -147,7 +147,7 @@ def test_connect_refused_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_demo_batch_end_to_end():
+def test_demo_batch_end_to_end(dist_artifacts):
     """Plant over Modbus + the built FMU as soft sensor: the estimate tracks the hidden truth."""
     res = run_demo(speed=1500.0, seed=11, fmu_path=DEFAULT_FMU, recipe=DEFAULT_RECIPE, echo=False)
     assert res.final_phase in (Phase.COOLING.name, Phase.COMPLETE.name), res.final_phase
@@ -168,7 +168,7 @@ def _children() -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="Linux /proc")
-def test_demo_ends_the_plant_process_when_the_batch_fails():
+def test_demo_ends_the_plant_process_when_the_batch_fails(dist_artifacts):
     before = _children()
     reactor_mode = Recipe((0.0, 3600.0), (330.0, 330.0), 7200.0, mode="reactor", name="reactor-mode")
     with pytest.raises(PlcRequestError, match="reactor-mode"):
