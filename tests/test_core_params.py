@@ -44,26 +44,6 @@ BAD_TYPES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "field"), BAD_PARAMS)
-def test_bad_parameter_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
-    f = tmp_path / "p.toml"
-    f.write_text(text, encoding="utf-8")
-    with pytest.raises(ParameterError) as exc:
-        load_params(f)
-    assert exc.value.field == field
-    assert isinstance(exc.value, ValueError)
-
-
-@pytest.mark.parametrize(("text", "field"), BAD_TYPES)
-def test_wrong_type_in_parameter_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
-    f = tmp_path / "p.toml"
-    f.write_text(text, encoding="utf-8")
-    with pytest.raises(ParameterTypeError) as exc:
-        load_params(f)
-    assert exc.value.field == field
-    assert isinstance(exc.value, TypeError)
-
-
 def test_good_parameter_file_round_trips(tmp_path: Path) -> None:
     f = tmp_path / "p.toml"
     f.write_text("[reactor]\nvolume_m3 = 1.5\n[kinetics]\nE2_J_per_mol = 95000\n", encoding="utf-8")
@@ -101,22 +81,21 @@ BAD_RECIPE_TYPES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "field"), BAD_RECIPES)
-def test_bad_recipe_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
-    f = tmp_path / "r.toml"
-    f.write_text(text, encoding="utf-8")
-    with pytest.raises(ParameterError) as exc:
-        load_recipe(f)
-    assert exc.value.field == field
+FILE_CASES = ([(load_params, t, f, ParameterError) for t, f in BAD_PARAMS]
+              + [(load_params, t, f, ParameterTypeError) for t, f in BAD_TYPES]
+              + [(load_recipe, t, f, ParameterError) for t, f in BAD_RECIPES]
+              + [(load_recipe, t, f, ParameterTypeError) for t, f in BAD_RECIPE_TYPES])
 
 
-@pytest.mark.parametrize(("text", "field"), BAD_RECIPE_TYPES)
-def test_wrong_type_in_recipe_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
-    f = tmp_path / "r.toml"
+@pytest.mark.parametrize(("loader", "text", "field", "error"), FILE_CASES)
+def test_bad_file_names_the_field(tmp_path: Path, loader, text: str, field: str, error: type) -> None:
+    """A bad value is a ParameterError (a ValueError), a wrong type a ParameterTypeError (a TypeError)."""
+    f = tmp_path / "in.toml"
     f.write_text(text, encoding="utf-8")
-    with pytest.raises(ParameterTypeError) as exc:
-        load_recipe(f)
+    with pytest.raises(error) as exc:
+        loader(f)
     assert exc.value.field == field
+    assert isinstance(exc.value, ValueError if error is ParameterError else TypeError)
 
 
 def test_not_toml_is_a_parameter_error(tmp_path: Path) -> None:
