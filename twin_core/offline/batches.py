@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from twin_core.analysis import yield_of_c_B
 from twin_core.errors import ParameterError
 from twin_core.hybrid import CorrectionModel, HybridTwin
 from twin_core.params import ModelParams
@@ -356,7 +357,7 @@ def score(batch: Batch, x: np.ndarray, in_domain: np.ndarray | None = None) -> S
                  rmse_c_B_percent=c_B_rmse_percent(x[:, 1], xt[:, 1]),
                  rmse_c_C_mol_per_m3=float(np.sqrt(np.mean((x[:, 2] - xt[:, 2]) ** 2))),
                  final_yield_true=y_true,
-                 final_yield_error=float(x[-1, 1] / batch.c_A0_recorded_mol_per_m3 - y_true),
+                 final_yield_error=float(yield_of_c_B(x[-1, 1], params_for(batch)) - y_true),
                  in_domain_fraction=float(np.mean(in_domain)) if in_domain is not None else 1.0)
 
 

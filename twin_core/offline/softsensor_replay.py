@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from twin_core.analysis import yield_of_c_B
 from twin_core.errors import MeasurementError
 from twin_core.estimation import STATE_NAMES, Forecast, SoftSensor, SoftSensorAlarm
-from twin_core.offline.batches import Batch
+from twin_core.offline.batches import Batch, params_for
 
 
 @dataclass
@@ -109,7 +110,7 @@ def inject_fault(batch: Batch, kind: str, t_fault_s: float, drift_K_per_s: float
 def true_final_yield(batch: Batch) -> float:
     """True c_B at the end of the reaction programme over the recorded charge [1]."""
     cB = float(np.interp(batch.t_end_s, batch.t_s, batch.require_truth()[:, 1]))
-    return cB / batch.c_A0_recorded_mol_per_m3
+    return float(yield_of_c_B(cB, params_for(batch)))
 
 
 def nees(result: ReplayResult, truth: np.ndarray) -> np.ndarray:
