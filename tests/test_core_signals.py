@@ -12,7 +12,7 @@ from twin_core.errors import ParameterError
 from twin_core.signals.table import Signal
 from twin_core.signals.twin import TWIN_SIGNALS, by_name
 
-SUBMODULES = ("table", "twin", "modbus", "plc", "text")
+SUBMODULES = ("table", "twin", "modbus", "plc", "text", "runtime")
 
 
 def _public_definitions(path) -> set[str]:

@@ -5,7 +5,7 @@ role, min/max/nominal, a description and, where it crosses Modbus, its register 
 
 Units are written as FMI unit names (``mol/m3``, ``K``, ``s``, ``W/K``, ``J/mol``, ``1``); each maps
 to SI base-unit exponents in :data:`UNITS` for the FMU's UnitDefinitions. Operator units (degC, h,
-mol/L) are :data:`DISPLAY_UNITS`, declared per signal as ``display_unit``.
+mol/L, %) are :data:`DISPLAY_UNITS`, declared per signal as ``display_unit``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ DISPLAY_UNITS: dict[str, tuple[str, float, float]] = {
     "degC": ("K", 1.0, -273.15),
     "h": ("s", 1.0 / 3600.0, 0.0),
     "mol/L": ("mol/m3", 1e-3, 0.0),
+    "%": ("1", 100.0, 0.0),
 }
 
 T_LO_K, T_HI_K = 250.0, 500.0
