@@ -169,17 +169,45 @@ class SoftSensor:
         self._t_scan = t
         if t >= self._next_boundary and t > self._t_filter:
             self._filter_step(t)
-            if cfg.forecast_interval_s > 0.0 and self._plan_end == self._plan_end \
-                    and t - self._t_forecast >= cfg.forecast_interval_s:
-                self._forecast = self.forecast(self._plan, self._plan_end)
-                self._t_forecast = t
+            self._refresh_forecast(t)
         return self._estimate(t)
 
-    def _filter_step(self, t: float) -> None:
+    def predict(self, t_s: float, T_jacket_K: float) -> Estimate:
+        """Open loop to time t_s [s]: no reactor-temperature reading (e.g. the PLC link is down), the
+        jacket at T_jacket_K [K] (the last reading) held since the last scan.
+
+        The readings pooled so far are filtered first; then one step propagates the state over the
+        gap without a temperature update, so the uncertainty grows; late lab assays and the next
+        :meth:`update` (closed loop again) correct it. Raises MeasurementError like update().
+        """
+        self._check_scan(t_s, self.config.T_sensor_min_K, T_jacket_K)
+        t, u = float(t_s), float(T_jacket_K)
+        if not t > self._t_filter:
+            raise MeasurementError("t_s", t_s, f"not after the last filter step at {self._t_filter} s")
+        if self._scans.n_acc and self._t_scan > self._t_filter:
+            self._filter_step(self._t_scan)
+        self._filter_step(t, open_loop_u=u)
+        self._scans.Tj_last, self._scans.Tj_last_t = u, t  # the next trapezoid starts here
+        self._n_scans += 1
+        self._t_scan = t
+        self._refresh_forecast(t)
+        return self._estimate(t)
+
+    def _refresh_forecast(self, t: float) -> None:
+        cfg = self.config
+        if cfg.forecast_interval_s > 0.0 and self._plan_end == self._plan_end \
+                and t - self._t_forecast >= cfg.forecast_interval_s:
+            self._forecast = self.forecast(self._plan, self._plan_end)
+            self._t_forecast = t
+
+    def _filter_step(self, t: float, open_loop_u: float | None = None) -> None:
         scans, hist, health = self._scans, self._history, self._health
-        z, R = scans.fit(self._t_scan - self._t_filter)
-        u = scans.Tj_int / (t - self._t_filter)
-        use_T = not (health.alarms & SENSOR_FAULTS)
+        if open_loop_u is None:
+            z, R = scans.fit(self._t_scan - self._t_filter)
+            u = scans.Tj_int / (t - self._t_filter)
+            use_T = not (health.alarms & SENSOR_FAULTS)
+        else:  # no reading: propagate only
+            z, R, u, use_T = math.nan, math.nan, open_loop_u, False
         rec = Record(self._t_filter, t, u, z, R, use_T)
         fresh: tuple[LabResult, ...] = ()
         if hist.pending:
