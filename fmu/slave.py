@@ -426,16 +426,20 @@ class BatchReactorTwin(Fmi2Slave):
 
     def _step_estimator(self, t: float, dt: float) -> int:
         """Soft-sensor mode: the inputs set for this step are the latest readings, processed as a
-        scan at t + dt (where the outputs are reported); a new lab assay (lab_valid and a sample
-        time not seen before) arrives at t + dt. A refused reading or assay is a warning: the
-        estimate is left as it was and the run goes on."""
+        scan at t + dt (where the outputs are reported), or, with T_measured_valid false, an open-loop
+        prediction to t + dt on T_jacket; a new lab assay (lab_valid and a sample time not seen
+        before) arrives at t + dt. A refused reading or assay is a warning: the estimate is left as
+        it was and the run goes on."""
         r, ints, vr = self._real, self._ints, self._vr
         sensor = self._sensor
         t1 = t + dt
         status = OK
         est = None
         try:
-            est = sensor.update(t1, r[vr["T_measured"]], r[self._vr_T_jacket])
+            if ints[vr["T_measured_valid"]]:
+                est = sensor.update(t1, r[vr["T_measured"]], r[self._vr_T_jacket])
+            else:
+                est = sensor.predict(t1, r[self._vr_T_jacket])
         except MeasurementError as exc:
             self.log(f"doStep t={t!r}: temperature scan refused, estimate kept: {exc}", Fmi2Status.warning)
             status = WARNING

@@ -146,3 +146,33 @@ def test_refused_lab_assay_is_a_warning_and_the_run_goes_on(fmus: FmuBuilds, pla
     warnings = [m for st, m in log.messages if st == 1]
     assert any("lab assay refused" in m and "lab_sample_time" in m and "future" in m for m in warnings), log.messages
     assert any("lab_c_B" in m and "outside" in m for m in log.errors())
+
+
+def test_open_loop_steps_are_the_soft_sensors_predictions(fmus: FmuBuilds, plant: dict) -> None:
+    """T_measured_valid false (the PLC link is down): the FMU predicts open loop on T_jacket, as
+    SoftSensor.predict does, its uncertainty growing; true again: closed loop resumes."""
+    n_closed, n_open = 120, 60
+    with slave(fmus, init=False) as s:
+        _init(s, plant)
+        vr = s.vr
+        _fmu_run(s, plant, 0, n_closed)
+        s.setBoolean([vr["T_measured_valid"]], [False])
+        s.setReal([vr["T_measured"]], [250.0])  # whatever the input holds is not used
+        sds = []
+        for n in range(n_closed, n_closed + n_open):
+            s.setReal([vr["T_jacket"]], [_jacket(n * DT)])
+            s.doStep(currentCommunicationPoint=n * DT, communicationStepSize=DT)
+            sds.append(s.getReal([vr["T_std"]])[0])
+        got = s.getReal([vr["c_B"], vr["T"]])
+    sig = by_name()
+    cfg = SoftSensorConfig(T_noise_std_K=sig["sigma_T_meas"].start, lab_abs_std_mol_per_m3=sig["sigma_lab"].start,
+                           rate_rel_std=sig["sigma_rate_rel"].start, forecast_interval_s=sig["forecast_interval"].start)
+    sensor = SoftSensor(ModelParams(), None, cfg)
+    sensor.start(0.0, T_measured_K=plant["T_meas"][0])
+    sensor.set_plan(None, 36000.0)
+    for k in range(n_closed):
+        sensor.update((k + 1) * DT, plant["T_meas"][k + 1], _jacket(k * DT))
+    for k in range(n_closed, n_closed + n_open):
+        est = sensor.predict((k + 1) * DT, _jacket(k * DT))
+    np.testing.assert_allclose(got, [est.x[1], est.x[3]], rtol=1e-12)
+    assert all(b >= a for a, b in zip(sds, sds[1:])) and sds[-1] > 2 * sds[0]

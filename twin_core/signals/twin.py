@@ -71,6 +71,9 @@ TWIN_SIGNALS: tuple[Signal, ...] = (
            0.0, 1e5, 300.0, 300.0),
     Signal("T_measured", "K", "input", "Measured reactor temperature (soft-sensor mode)", T_LO_K, T_HI_K, 300.0, 298.15,
            display_unit="degC"),
+    Signal("T_measured_valid", "1", "input",
+           "True while T_measured holds a fresh reading; false: the estimator runs open loop on T_jacket "
+           "(e.g. the PLC link is down), its uncertainty growing", start=1.0, type="Boolean"),
     Signal("lab_c_B", "mol/m3", "input", "Lab assay of c_B (used when lab_valid; sampled at lab_sample_time)",
            0.0, C_HI, 1000.0, 0.0),
     Signal("lab_c_C", "mol/m3", "input", "Lab assay of c_C (used when lab_valid; sampled at lab_sample_time)",
