@@ -11,11 +11,12 @@ A Modbus exception response becomes :class:`PlcRequestError` carrying the except
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
-from pymodbus.client import ModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from twin_core.errors import TwinError
@@ -43,21 +44,25 @@ class _Block:
     names: tuple[str, ...]
 
 
-def input_blocks(signals: Iterable[Signal], max_gap: int = 0) -> tuple[_Block, ...]:
+def input_blocks(signals: Iterable[Signal]) -> tuple[_Block, ...]:
     """Contiguous runs of the input registers holding ``signals`` (one read request each)."""
-    ordered = sorted(signals, key=lambda s: register_entry(s.name).binding.address)
+    return _blocks(sorted((s.name for s in signals), key=lambda n: register_entry(n).binding.address))
+
+
+def _blocks(ordered: list[str]) -> tuple[_Block, ...]:
+    """Contiguous runs of the registers of ``ordered`` (names sorted by address)."""
     blocks: list[_Block] = []
     start = end = -1
     names: list[str] = []
-    for s in ordered:
-        b = register_entry(s.name).binding
-        if names and b.address <= end + max_gap:
+    for name in ordered:
+        b = register_entry(name).binding
+        if names and b.address <= end:
             end = b.address + b.width
-            names.append(s.name)
+            names.append(name)
         else:
             if names:
                 blocks.append(_Block(start, end - start, tuple(names)))
-            start, end, names = b.address, b.address + b.width, [s.name]
+            start, end, names = b.address, b.address + b.width, [name]
     if names:
         blocks.append(_Block(start, end - start, tuple(names)))
     return tuple(blocks)
@@ -94,13 +99,6 @@ class PlcClient:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _check(self, what: str, response: object) -> object:
-        if response is None:
-            raise PlcRequestError(what, None)
-        if response.isError():  # type: ignore[attr-defined]
-            raise PlcRequestError(what, getattr(response, "exception_code", None), str(response))
-        return response
-
     def read_measurements(self) -> dict[str, float]:
         """Every PLC measurement, decoded to its SI unit (one request per register block)."""
         return self._read_blocks(MEASUREMENT_BLOCKS)
@@ -118,46 +116,149 @@ class PlcClient:
                 r = self._client.read_input_registers(blk.start, count=blk.count, device_id=self.device_id)
             except ModbusException as exc:
                 raise PlcRequestError(what, None, str(exc)) from exc
-            words = self._check(what, r).registers  # type: ignore[attr-defined]
-            for name in blk.names:
-                b = register_entry(name).binding
-                i = b.address - blk.start
-                out[name] = b.decode(words[i:i + b.width])
+            decode_block(blk, _check(what, r).registers, out)  # type: ignore[attr-defined]
         return out
 
     def write(self, name: str, value: float) -> None:
         """Write one holding-register setting by signal name (value in its SI unit)."""
         b = register_entry(name).binding
-        words = list(b.encode(value))
-        r = self._client.write_registers(b.address, words, device_id=self.device_id)
-        self._check(f"write {name}={value}", r)
+        r = self._client.write_registers(b.address, list(b.encode(value)), device_id=self.device_id)
+        _check(f"write {name}={value}", r)
 
     def command(self, name: str) -> None:
         """Issue a PLC command (start, hold, resume, abort, reset, ack_alarms)."""
         b = register_entry(f"cmd_{name}").binding
         r = self._client.write_coil(b.address, True, device_id=self.device_id)
-        self._check(f"command {name}", r)
+        _check(f"command {name}", r)
 
     def download_recipe(self, recipe: Recipe, sample_interval_s: float) -> None:
         """Write a jacket-programme recipe in one write-multiple request (the PLC applies it atomically)."""
-        if recipe.mode != "jacket":
-            raise PlcRequestError(f"recipe {recipe.name}", 3, "the PLC runs jacket programmes only")
-        n = len(recipe.times_s)
-        if n > RECIPE_MAX_POINTS:
-            raise PlcRequestError(f"recipe {recipe.name}", 3, f"more than {RECIPE_MAX_POINTS} points")
-        values = {"recipe_n_points": n, "recipe_mode": 0, "recipe_end_time": recipe.end_time_s,
-                  "recipe_sample_interval": sample_interval_s}
-        for i in range(RECIPE_MAX_POINTS):
-            # Unused points repeat the last one so every register holds a valid value.
-            j = min(i, n - 1)
-            values[f"recipe_time_{i}"] = recipe.times_s[j] if i < n else recipe.times_s[-1]
-            values[f"recipe_T_{i}"] = recipe.temps_K[j]
-        entries = sorted((register_entry(k) for k in values), key=lambda e: e.binding.address)
-        start = entries[0].binding.address
-        words: list[int] = []
-        for e in entries:
-            if e.binding.address != start + len(words):
-                raise PlcRequestError("recipe download", None, f"recipe registers not contiguous at {e.name}")
-            words += e.binding.encode(values[e.name])
+        start, words = recipe_words(recipe, sample_interval_s)
         r = self._client.write_registers(start, words, device_id=self.device_id)
-        self._check(f"download recipe {recipe.name}", r)
+        _check(f"download recipe {recipe.name}", r)
+
+
+class AsyncPlcClient:
+    """The same client on asyncio (the runtime: one event loop serves every reactor).
+
+    The constructor does no I/O; ``await connect()`` opens the connection (PlcRequestError when it
+    cannot); pymodbus's own reconnection is off: the runtime decides when to try again.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5020, timeout_s: float = 2.0,
+                 device_id: int = 1) -> None:
+        self.host, self.port, self.device_id = host, port, device_id
+        self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.connected)
+
+    async def connect(self) -> AsyncPlcClient:
+        try:
+            ok = await self._client.connect()
+        except (OSError, ModbusException) as exc:
+            raise PlcRequestError(f"connect to {self.host}:{self.port}", None, str(exc)) from exc
+        if not ok:
+            raise PlcRequestError(f"connect to {self.host}:{self.port}", None, "connection refused")
+        return self
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def read_measurements(self) -> dict[str, float]:
+        """Every PLC measurement in its SI unit (one request per register block)."""
+        return await self._read_blocks(MEASUREMENT_BLOCKS)
+
+    async def read_sim_truth(self) -> dict[str, float]:
+        """SIMULATION ONLY: the simulated plant's hidden truth (see PlcClient.read_sim_truth)."""
+        return await self._read_blocks(SIM_TRUTH_BLOCKS)
+
+    async def read_settings(self, names: Iterable[str]) -> dict[str, float]:
+        """Holding-register settings by name, in their SI units (one request per contiguous block)."""
+        out: dict[str, float] = {}
+        for blk in setting_blocks(names):
+            what = f"read holding registers {blk.start}+{blk.count}"
+            r = await self._request(what, self._client.read_holding_registers(blk.start, count=blk.count,
+                                                                                device_id=self.device_id))
+            decode_block(blk, r.registers, out)
+        return out
+
+    async def _read_blocks(self, blocks: tuple[_Block, ...]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for blk in blocks:
+            what = f"read input registers {blk.start}+{blk.count}"
+            r = await self._request(what, self._client.read_input_registers(blk.start, count=blk.count,
+                                                                              device_id=self.device_id))
+            decode_block(blk, r.registers, out)
+        return out
+
+    async def _request(self, what: str, call: Awaitable[Any]) -> Any:
+        try:
+            r = await call
+        except (TimeoutError, ModbusException, OSError) as exc:
+            raise PlcRequestError(what, None, str(exc) or type(exc).__name__) from exc
+        return _check(what, r)
+
+    async def write(self, name: str, value: float) -> None:
+        """Write one holding-register setting by signal name (value in its SI unit)."""
+        b = register_entry(name).binding
+        await self._request(f"write {name}={value}",
+                            self._client.write_registers(b.address, list(b.encode(value)), device_id=self.device_id))
+
+    async def command(self, name: str) -> None:
+        """Issue a PLC command (start, hold, resume, abort, reset, ack_alarms)."""
+        b = register_entry(f"cmd_{name}").binding
+        await self._request(f"command {name}", self._client.write_coil(b.address, True, device_id=self.device_id))
+
+    async def download_recipe(self, recipe: Recipe, sample_interval_s: float) -> None:
+        """Write a jacket-programme recipe in one write-multiple request (the PLC applies it atomically)."""
+        start, words = recipe_words(recipe, sample_interval_s)
+        await self._request(f"download recipe {recipe.name}",
+                            self._client.write_registers(start, words, device_id=self.device_id))
+
+
+def _check(what: str, response: object) -> Any:
+    """The response, or PlcRequestError for none or a Modbus exception response."""
+    if response is None:
+        raise PlcRequestError(what, None)
+    if response.isError():  # type: ignore[attr-defined]
+        raise PlcRequestError(what, getattr(response, "exception_code", None), str(response))
+    return response
+
+
+def decode_block(blk: _Block, words: list[int], out: dict[str, float]) -> None:
+    """Decode the registers of one block into ``out`` (signal name -> SI value)."""
+    for name in blk.names:
+        b = register_entry(name).binding
+        i = b.address - blk.start
+        out[name] = b.decode(words[i:i + b.width])
+
+
+def setting_blocks(names: Iterable[str]) -> tuple[_Block, ...]:
+    """Contiguous runs of the holding registers holding the settings ``names``."""
+    return _blocks(sorted(names, key=lambda n: register_entry(n).binding.address))
+
+
+def recipe_words(recipe: Recipe, sample_interval_s: float) -> tuple[int, list[int]]:
+    """(first address, register words) of a recipe download: header and every programme point in one
+    contiguous write (unused points repeat the last one so every register holds a valid value)."""
+    if recipe.mode != "jacket":
+        raise PlcRequestError(f"recipe {recipe.name}", 3, "the PLC runs jacket programmes only")
+    n = len(recipe.times_s)
+    if n > RECIPE_MAX_POINTS:
+        raise PlcRequestError(f"recipe {recipe.name}", 3, f"more than {RECIPE_MAX_POINTS} points")
+    values = {"recipe_n_points": n, "recipe_mode": 0, "recipe_end_time": recipe.end_time_s,
+              "recipe_sample_interval": sample_interval_s}
+    for i in range(RECIPE_MAX_POINTS):
+        j = min(i, n - 1)
+        values[f"recipe_time_{i}"] = recipe.times_s[j] if i < n else recipe.times_s[-1]
+        values[f"recipe_T_{i}"] = recipe.temps_K[j]
+    entries = sorted((register_entry(k) for k in values), key=lambda e: e.binding.address)
+    start = entries[0].binding.address
+    words: list[int] = []
+    for e in entries:
+        if e.binding.address != start + len(words):
+            raise PlcRequestError("recipe download", None, f"recipe registers not contiguous at {e.name}")
+        words += e.binding.encode(values[e.name])
+    return start, words
