@@ -25,64 +25,52 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 
-from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.bit_message import (
-    ReadCoilsRequest,
-    ReadCoilsResponse,
     WriteMultipleCoilsRequest,
     WriteMultipleCoilsResponse,
     WriteSingleCoilResponse,
 )
 from pymodbus.pdu.register_message import (
-    ReadHoldingRegistersRequest,
-    ReadHoldingRegistersResponse,
-    ReadInputRegistersRequest,
-    ReadInputRegistersResponse,
     WriteMultipleRegistersRequest,
     WriteMultipleRegistersResponse,
     WriteSingleRegisterRequest,
     WriteSingleRegisterResponse,
 )
 
+from gateways.modbus_tcp import (
+    FC_READ_COILS,
+    FC_READ_HOLDING,
+    FC_READ_INPUT,
+    FC_WRITE_COIL,
+    FC_WRITE_COILS,
+    FC_WRITE_REGISTER,
+    FC_WRITE_REGISTERS,
+    ExcCodes,
+    ModbusRequestError,
+    RegisterImage,
+    answer,
+    decode_request,
+    exception_pdu,
+    is_exception,
+    pdu_bytes,
+)
 from plant_sim.interface import PlcCommandError, PlcPort, PlcWriteError
 from twin_core.errors import TwinError
 from twin_core.signals.modbus import RegisterEntry
 from twin_core.signals.plc import PLC_REGISTER_MAP
 
+__all__ = ["SUPPORTED_FUNCTION_CODES", "ModbusRequestError", "PlcModbusDevice", "exception_pdu"]
+
 log = logging.getLogger(__name__)
 
-FC_READ_COILS, FC_READ_HOLDING, FC_READ_INPUT = 0x01, 0x03, 0x04
-FC_WRITE_COIL, FC_WRITE_REGISTER, FC_WRITE_COILS, FC_WRITE_REGISTERS = 0x05, 0x06, 0x0F, 0x10
 SUPPORTED_FUNCTION_CODES = (FC_READ_COILS, FC_READ_HOLDING, FC_READ_INPUT, FC_WRITE_COIL, FC_WRITE_REGISTER,
                             FC_WRITE_COILS, FC_WRITE_REGISTERS)
 """FC2 (discrete inputs) is absent because the PLC has none; FC 0x17, 0x16, 0x07, 0x08, 0x14, 0x2B are
 not implemented: all answer exception 01."""
 
-MAX_READ_REGISTERS = 125
 MAX_WRITE_REGISTERS = 123
-MAX_READ_COILS = 2000
 MAX_WRITE_COILS = 1968
 COIL_ON, COIL_OFF = 0xFF00, 0x0000
-
-
-class ModbusRequestError(TwinError):
-    """A request refused with a Modbus exception code (see the module docstring)."""
-
-    def __init__(self, code: ExcCodes, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"exception {int(code):02d} ({code.name}): {reason}")
-
-
-def exception_pdu(function_code: int, code: int) -> bytes:
-    """The exception response PDU: function code | 0x80, exception code."""
-    resp = ExceptionResponse(function_code & 0x7F, code)
-    return bytes([resp.function_code]) + resp.encode()
-
-
-def _pdu_bytes(resp: ModbusPDU) -> bytes:
-    return bytes([resp.function_code]) + resp.encode()
 
 
 class PlcModbusDevice:
@@ -91,24 +79,23 @@ class PlcModbusDevice:
     The snapshot keys are the register map's signal names (the simulation hooks included); writes
     go to ``plc.write_setting`` / ``plc.write_settings`` (settings, sim_sensor_fault), commands to
     ``plc.command`` (coil ``cmd_<name>`` -> ``command(name)``; coil ``sim_inject_runaway`` ->
-    ``write_setting("sim_inject_runaway", 0 or 1)``).
+    ``write_setting("sim_inject_runaway", 0 or 1)``). The image, its reads and the exception
+    responses are gateways.modbus_tcp's (the one Modbus server layer); the writes are the PLC's own.
     """
 
     def __init__(self, plc: PlcPort, entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> None:
         self.plc = plc
-        self.entries = tuple(entries)
-        # (table, address) -> (entry, index of the word inside the entry)
-        self._owner: dict[str, dict[int, tuple[RegisterEntry, int]]] = {t: {} for t in ("coil", "input", "holding")}
-        for e in self.entries:
-            if e.binding.table not in self._owner:
-                raise ValueError(f"{e.name}: table {e.binding.table} not served by the PLC")
-            for i, a in enumerate(e.addresses):
-                self._owner[e.binding.table][a] = (e, i)
-        self._image: dict[str, dict[int, int]] = {t: dict.fromkeys(o, 0) for t, o in self._owner.items()}
+        self.image = RegisterImage(entries, ("coil", "input", "holding"))
+        self.entries = self.image.entries
+        self._owner = self.image.owner
         # What refresh() does per entry, resolved once; command coils always read back 0.
-        self._plan = [(e.signal.name, e.binding, self._image[e.binding.table], tuple(e.addresses))
+        self._plan = [(e.signal.name, e.binding, self.image.words[e.binding.table], tuple(e.addresses))
                       for e in self.entries if e.kind != "command"]
         self._published: list[object] = [None] * len(self._plan)
+        self._handlers = {FC_READ_HOLDING: self.image.read_registers, FC_READ_INPUT: self.image.read_registers,
+                          FC_READ_COILS: self.image.read_coils, FC_WRITE_REGISTER: self._write_register,
+                          FC_WRITE_REGISTERS: self._write_registers, FC_WRITE_COIL: self._write_coil,
+                          FC_WRITE_COILS: self._write_coils}
         self.requests = 0
         self.exceptions = 0
 
@@ -130,61 +117,19 @@ class PlcModbusDevice:
 
     def read_words(self, table: str, address: int, count: int) -> list[int]:
         """Raw words (or 0/1 bits) of the image; ModbusRequestError(02) if any is unmapped."""
-        self._check_mapped(table, address, count)
-        img = self._image[table]
-        return [img[a] for a in range(address, address + count)]
+        return self.image.read_words(table, address, count)
 
     # -- requests ------------------------------------------------------------------------------
     def handle(self, pdu: bytes) -> bytes:
         """Response PDU for one request PDU (an exception response when refused)."""
         self.requests += 1
-        fc = pdu[0] if pdu else 0
-        try:
-            if fc in (FC_READ_HOLDING, FC_READ_INPUT):
-                return self._read_registers(fc, pdu)
-            if fc == FC_READ_COILS:
-                return self._read_coils(pdu)
-            if fc == FC_WRITE_REGISTER:
-                return self._write_register(pdu)
-            if fc == FC_WRITE_REGISTERS:
-                return self._write_registers(pdu)
-            if fc == FC_WRITE_COIL:
-                return self._write_coil(pdu)
-            if fc == FC_WRITE_COILS:
-                return self._write_coils(pdu)
-            raise ModbusRequestError(ExcCodes.ILLEGAL_FUNCTION, f"function code 0x{fc:02X} not supported")
-        except ModbusRequestError as exc:
+        response = answer(pdu, self._handlers, "PLC")
+        if is_exception(response):
             self.exceptions += 1
-            log.info("refused FC 0x%02X: %s", fc, exc)
-            return exception_pdu(fc, exc.code)
+        return response
 
     def _check_mapped(self, table: str, address: int, count: int) -> None:
-        owner = self._owner[table]
-        for a in range(address, address + count):
-            if a not in owner:
-                raise ModbusRequestError(ExcCodes.ILLEGAL_ADDRESS, f"{table} address {a} is not mapped")
-
-    @staticmethod
-    def _decode(req: ModbusPDU, pdu: bytes, fixed_len: int | None = None) -> None:
-        if fixed_len is not None and len(pdu) != fixed_len:
-            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"PDU of {len(pdu)} bytes, expected {fixed_len}")
-        try:
-            req.decode(pdu[1:])
-        except (ValueError, IndexError, struct.error) as exc:
-            raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"malformed request: {exc}") from None
-
-    def _read_registers(self, fc: int, pdu: bytes) -> bytes:
-        req = ReadHoldingRegistersRequest() if fc == FC_READ_HOLDING else ReadInputRegistersRequest()
-        self._decode(req, pdu, 5)  # pymodbus checks 1 <= count <= 125
-        words = self.read_words("holding" if fc == FC_READ_HOLDING else "input", req.address, req.count)
-        cls = ReadHoldingRegistersResponse if fc == FC_READ_HOLDING else ReadInputRegistersResponse
-        return _pdu_bytes(cls(registers=words))
-
-    def _read_coils(self, pdu: bytes) -> bytes:
-        req = ReadCoilsRequest()
-        self._decode(req, pdu, 5)  # pymodbus checks 1 <= count <= 2000
-        bits = self.read_words("coil", req.address, req.count)
-        return _pdu_bytes(ReadCoilsResponse(bits=[bool(b) for b in bits]))
+        self.image.check_mapped(table, address, count)
 
     def _entries_covered(self, table: str, address: int, count: int) -> list[RegisterEntry]:
         """Entries a write of ``count`` words at ``address`` touches; each must be covered whole."""
@@ -229,14 +174,14 @@ class PlcModbusDevice:
 
     def _write_register(self, pdu: bytes) -> bytes:
         req = WriteSingleRegisterRequest()
-        self._decode(req, pdu, 5)
+        decode_request(req, pdu, 5)
         (e,) = self._entries_covered("holding", req.address, 1)
         self._apply_settings({e.signal.name: self._value(e, req.registers)})
-        return _pdu_bytes(WriteSingleRegisterResponse(address=req.address, registers=list(req.registers)))
+        return pdu_bytes(WriteSingleRegisterResponse(address=req.address, registers=list(req.registers)))
 
     def _write_registers(self, pdu: bytes) -> bytes:
         req = WriteMultipleRegistersRequest()
-        self._decode(req, pdu)
+        decode_request(req, pdu)
         if not 1 <= req.count <= MAX_WRITE_REGISTERS or req.byte_count != 2 * req.count \
                 or len(pdu) != 6 + 2 * req.count:
             raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"quantity {req.count} / byte count {req.byte_count} "
@@ -246,7 +191,7 @@ class PlcModbusDevice:
             k = e.binding.address - req.address
             values[e.signal.name] = self._value(e, req.registers[k:k + e.binding.width])
         self._apply_settings(values)
-        return _pdu_bytes(WriteMultipleRegistersResponse(address=req.address, count=req.count))
+        return pdu_bytes(WriteMultipleRegistersResponse(address=req.address, count=req.count))
 
     def _apply_coil(self, e: RegisterEntry, on: bool) -> None:
         if e.kind == "command":
@@ -273,11 +218,11 @@ class PlcModbusDevice:
             raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"coil value 0x{raw:04X} is neither 0xFF00 nor 0x0000")
         self._check_mapped("coil", address, 1)
         self._apply_coil(self._owner["coil"][address][0], raw == COIL_ON)
-        return _pdu_bytes(WriteSingleCoilResponse(address=address, bits=[raw == COIL_ON]))
+        return pdu_bytes(WriteSingleCoilResponse(address=address, bits=[raw == COIL_ON]))
 
     def _write_coils(self, pdu: bytes) -> bytes:
         req = WriteMultipleCoilsRequest()
-        self._decode(req, pdu)
+        decode_request(req, pdu)
         n_bytes = (req.count + 7) // 8
         if not 1 <= req.count <= MAX_WRITE_COILS or req.byte_count != n_bytes or len(pdu) != 6 + n_bytes:
             raise ModbusRequestError(ExcCodes.ILLEGAL_VALUE, f"quantity {req.count} / byte count {req.byte_count} "
@@ -292,4 +237,4 @@ class PlcModbusDevice:
                 self._value(e, [int(on)])
         for e, on in targets:
             self._apply_coil(e, on)
-        return _pdu_bytes(WriteMultipleCoilsResponse(address=req.address, count=req.count))
+        return pdu_bytes(WriteMultipleCoilsResponse(address=req.address, count=req.count))

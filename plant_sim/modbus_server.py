@@ -5,14 +5,17 @@ One asyncio event loop runs both: the PLC scan loop (``plc.scan()`` every ``scan
 ``plc.snapshot()`` after the scans of each tick. The server is the PLC's only interface: writes and
 commands go to the PLC through :class:`plant_sim.modbus_device.PlcModbusDevice`.
 
-Why our own TCP layer: Modbus TCP lets a client send several requests without waiting (pipelining,
-e.g. several ADUs in one TCP segment). pymodbus 3.16's server answers only the first ADU of a segment.
-Patching its framer/transaction manager would tie us to private, churning internals; instead the
-connection handler here reads MBAP-framed ADUs from an ``asyncio.StreamReader`` one after another and
-writes each response before reading the next request, so every request is answered, in order, with
-its own transaction id, and TCP back-pressure (``drain``) bounds memory. pymodbus still decodes the
-request PDUs and encodes the responses (modbus_device), and is the client in tests and gateways.
-docs/modbus.md explains the encoding and the map.
+The TCP layer is the project's one Modbus server layer, :class:`gateways.modbus_tcp.ModbusTcpServer`
+(shared with the twin's read-only mirror; plant_sim may import that generic layer, gateways never
+imports plant_sim). Why our own TCP layer: Modbus TCP lets a client send several requests without
+waiting (pipelining, e.g. several ADUs in one TCP segment), and pymodbus 3.16's server answers only the
+first ADU of a segment. Patching its framer/transaction manager would tie us to private, churning
+internals; instead each connection reads MBAP-framed ADUs one after another and writes each response
+before reading the next request, so every request is answered, in order, with its own transaction id,
+and TCP back-pressure (``drain``) bounds memory. pymodbus still decodes the request PDUs and encodes
+the responses, and is the client in tests and gateways. At most ``max_connections`` clients are
+served at once and a connection idle for ``idle_timeout_s`` is closed, so idle sockets cannot lock the
+others out. docs/modbus.md explains the encoding and the map.
 
 Entry points: :func:`serve` (async), :func:`run` (blocking, SIGINT/SIGTERM stop it cleanly),
 :class:`PlcModbusServer` (explicit lifecycle), :class:`PlcServerThread` (background thread for
@@ -28,12 +31,12 @@ import logging
 import math
 import os
 import signal
-import struct
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from gateways.modbus_tcp import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ModbusTcpServer
 from plant_sim.interface import PlcPort
 from plant_sim.modbus_device import PlcModbusDevice
 from twin_core.clock import PlantClock
@@ -46,8 +49,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5020
-MBAP_HEADER = struct.Struct(">HHHB")  # transaction id, protocol id (0), length (unit id + PDU), unit id
-MAX_PDU_BYTES = 253
 MIN_TICK_S = 0.01
 """Shortest wall-clock interval between scan ticks [s]: above speed scan_s / MIN_TICK_S (10 with the
 0.1 s scan) several scans run per tick and the image is refreshed once per tick. An event-loop
@@ -57,7 +58,6 @@ MAX_TICK_BUSY_S = 0.02
 MAX_BACKLOG_S = 0.5
 """When the loop falls this far behind its schedule [s of wall time] it stops trying to catch up and
 restarts the schedule from now (plant time then runs slower than asked; counted in ``slips``)."""
-DEFAULT_MAX_CONNECTIONS = 16
 _DUE_EPS = 1e-9
 """Relative slack when turning plant time into a scan count (3 * 0.1 / 0.1 is 2.9999999999999996)."""
 
@@ -77,14 +77,15 @@ class PlcModbusServer:
     plc: the PLC (plant_sim.plc.Plc or anything with the PlcPort methods);
     scan_s: plant time per scan [s] (None: ``plc.scan_s``);
     speed: plant seconds per wall second (0 pauses the scan loop; ``math.inf`` runs it flat out);
-    port: TCP port (0 picks a free one: see ``port`` after start).
+    port: TCP port (0 picks a free one: see ``port`` after start);
+    max_connections: clients served at once (one more is accepted and closed at once);
+    idle_timeout_s: a connection with no request for this long [s of wall time] is closed (None: never).
     """
 
     def __init__(self, plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0, *,
-                 scan_s: float | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 scan_s: float | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S) -> None:
         self.plc = plc
-        self.host = host
-        self.port = port
         self.speed = _check_speed(speed)
         if scan_s is None:
             scan_s = getattr(plc, "scan_s", None)
@@ -93,22 +94,39 @@ class PlcModbusServer:
         if not (isinstance(scan_s, (int, float)) and math.isfinite(scan_s) and scan_s > 0):
             raise ParameterError("scan_s", scan_s, "must be a finite number > 0")
         self.scan_s = float(scan_s)
-        self.max_connections = max_connections
         self.device = PlcModbusDevice(plc)
+        self.tcp = ModbusTcpServer(lambda unit, pdu: self.device.handle(pdu), host, port,
+                                   max_connections=max_connections, idle_timeout_s=idle_timeout_s,
+                                   name="PLC Modbus server")
+        """The Modbus TCP layer (any unit id is accepted and echoed: an end device, not a gateway)."""
         self.scans = 0
         self.slips = 0
         self.clock: PlantClock | None = None
         """The plant clock pacing the scan loop, from start() on (None when paused or flat out); plant
         time is ``clock.now()``, re-anchored on scans * scan_s after a slip."""
-        self._server: asyncio.Server | None = None
         self._scan_task: asyncio.Task[None] | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    @property
+    def host(self) -> str:
+        return self.tcp.host
+
+    @property
+    def port(self) -> int:
+        """The TCP port (the bound one after start, also when 0 was asked)."""
+        return self.tcp.port
+
+    @property
+    def max_connections(self) -> int:
+        return self.tcp.max_connections
+
+    @property
+    def idle_timeout_s(self) -> float | None:
+        return self.tcp.idle_timeout_s
 
     async def start(self) -> None:
         """Refresh the image, bind the port and start the scan loop."""
         self.device.refresh()
-        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self.tcp.start()
         if 0.0 < self.speed < math.inf:
             self.clock = PlantClock(self.speed, t0_s=self.scans * self.scan_s)
         self._scan_task = asyncio.create_task(self._scan_loop(), name="plc-scan-loop")
@@ -116,24 +134,11 @@ class PlcModbusServer:
 
     async def stop(self) -> None:
         """Stop the scan loop, close the listening socket and every connection."""
-        if self._server is not None:
-            self._server.close()
         if self._scan_task is not None:
             self._scan_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scan_task
-        # Closing the transports ends each handler's read with EOF, so they finish normally.
-        for writer in self._connections.values():
-            writer.close()
-        if self._connections:
-            _, pending = await asyncio.wait(set(self._connections), timeout=2.0)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await self.tcp.stop()
         log.info("PLC Modbus server stopped after %d scans (%d schedule slips)", self.scans, self.slips)
 
     async def __aenter__(self) -> PlcModbusServer:
@@ -203,53 +208,19 @@ class PlcModbusServer:
             # next scan's time, but no sooner than one tick after this one began
             await clock.sleep_until(max((self.scans + 1) * scan_s, plant_now + tick * self.speed))
 
-    # -- connections ----------------------------------------------------------------------------
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        peer = writer.get_extra_info("peername")
-        if len(self._connections) >= self.max_connections:
-            log.warning("refusing connection from %s: %d connections open", peer, len(self._connections))
-            writer.close()
-            return
-        if task is not None:
-            self._connections[task] = writer
-        log.debug("connection from %s", peer)
-        try:
-            while True:
-                header = await reader.readexactly(MBAP_HEADER.size)
-                tid, pid, length, unit = MBAP_HEADER.unpack(header)
-                if pid != 0 or not 2 <= length <= MAX_PDU_BYTES + 1:
-                    # the byte stream cannot be re-synchronised: drop the connection, as PLCs do
-                    log.warning("closing %s: bad MBAP header (protocol %d, length %d)", peer, pid, length)
-                    break
-                pdu = await reader.readexactly(length - 1)
-                response = self.device.handle(pdu)
-                writer.write(MBAP_HEADER.pack(tid, 0, len(response) + 1, unit) + response)
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            pass  # client closed the connection (possibly mid-request)
-        except ConnectionError as exc:
-            log.debug("connection %s lost: %s", peer, exc)
-        except asyncio.CancelledError:
-            # Only stop() cancels a handler (one stuck writing). Python 3.11's start_server callback calls
-            # task.exception() on it, which raises for a cancelled task: end normally instead.
-            log.debug("connection %s cancelled at shutdown", peer)
-        finally:
-            if task is not None:
-                self._connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
-
 
 async def serve(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0,
                 stop_event: asyncio.Event | None = None, ready: asyncio.Event | None = None, *,
-                scan_s: float | None = None, on_ready: Callable[[PlcModbusServer], None] | None = None) -> None:
+                scan_s: float | None = None, on_ready: Callable[[PlcModbusServer], None] | None = None,
+                max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S) -> None:
     """Run the PLC scan loop and its Modbus TCP server until ``stop_event`` is set or the task is
     cancelled; sockets are closed either way. Once the port accepts connections ``ready`` is set and
     ``on_ready(server)`` is called (``server.port`` is the bound port, also when ``port`` was 0).
-    speed: plant seconds per wall second (0 = paused, inf = flat out); scan_s: None = plc.scan_s."""
-    server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s)
+    speed: plant seconds per wall second (0 = paused, inf = flat out); scan_s: None = plc.scan_s;
+    max_connections, idle_timeout_s: see :class:`PlcModbusServer`."""
+    server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s, max_connections=max_connections,
+                             idle_timeout_s=idle_timeout_s)
     async with server:
         if ready is not None:
             ready.set()
@@ -260,7 +231,8 @@ async def serve(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 
 def run(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed: float = 1.0, *,
         scan_s: float | None = None, on_ready: Callable[[PlcModbusServer], None] | None = None,
-        stop_on_stdin_eof: bool = False) -> None:
+        stop_on_stdin_eof: bool = False, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S) -> None:
     """Blocking: serve until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly (no traceback).
 
     stop_on_stdin_eof: also stop when standard input reaches end of file: a parent process that
@@ -286,7 +258,8 @@ def run(plc: PlcPort, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, speed:
             stdin_fd = sys.stdin.fileno()
 
             threading.Thread(target=watch_stdin, name="plc-stdin-watch", daemon=True).start()
-        await serve(plc, host, port, speed, stop_event=stop, scan_s=scan_s, on_ready=on_ready)
+        await serve(plc, host, port, speed, stop_event=stop, scan_s=scan_s, on_ready=on_ready,
+                    max_connections=max_connections, idle_timeout_s=idle_timeout_s)
 
     with contextlib.suppress(KeyboardInterrupt):  # where signal handlers are unavailable
         asyncio.run(main())
@@ -304,8 +277,11 @@ class PlcServerThread:
     """
 
     def __init__(self, plc: PlcPort, port: int = 0, speed: float = 1.0, host: str = DEFAULT_HOST, *,
-                 scan_s: float | None = None, start_timeout_s: float = 20.0) -> None:
-        self.server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s)
+                 scan_s: float | None = None, start_timeout_s: float = 20.0,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S) -> None:
+        self.server = PlcModbusServer(plc, host, port, speed, scan_s=scan_s, max_connections=max_connections,
+                                      idle_timeout_s=idle_timeout_s)
         self.start_timeout_s = start_timeout_s
         self._thread = threading.Thread(target=self._run, name="plc-modbus-server", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
