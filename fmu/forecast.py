@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from twin_core.analysis import optimal_stop
+from twin_core.analysis import impurity_fraction, optimal_stop
 from twin_core.errors import IntegrationError
 from twin_core.hybrid import HybridStepState, HybridTwin
 from twin_core.recipe import Recipe
@@ -25,14 +25,15 @@ MAX_FORECAST_STEPS = 2000
 
 
 def forecast_stop(twin: HybridTwin, state: HybridStepState, t_s: float, T_jacket_K: float,
-                  t_end_s: float) -> tuple[float, float]:
-    """(t_stop_opt [s], c_B at it [mol/m3]) from ``state`` at time t_s, jacket held at T_jacket_K.
+                  t_end_s: float) -> tuple[float, float, float]:
+    """(t_stop_opt [s], c_B at it [mol/m3], impurity fraction of C at it [1]) from ``state`` at time
+    t_s, jacket held at T_jacket_K.
 
     When the batch is already past its planned end, or c_B is already falling, the answer is the
     current time and c_B. Raises IntegrationError when the forecast cannot be integrated.
     """
     if not t_end_s > t_s:
-        return t_s, state.x[1]
+        return t_s, state.x[1], float(impurity_fraction(np.asarray(state.x)))
     n = min(MAX_FORECAST_STEPS, max(2, math.ceil((t_end_s - t_s) / FORECAST_STEP_S)))
     dt = (t_end_s - t_s) / n
     times = np.empty(n + 1)
@@ -53,4 +54,6 @@ def forecast_stop(twin: HybridTwin, state: HybridStepState, t_s: float, T_jacket
         raise IntegrationError(f"forecast from t={t_s} s produced a non-finite state")
     tr = Trajectory(times, xs, np.full(len(times), T_jacket_K),
                     Recipe((0.0,), (T_jacket_K,), max(t_end_s, 1.0), name="forecast-hold"))
-    return optimal_stop(tr)
+    t_stop, c_B = optimal_stop(tr)
+    x_stop = np.array([np.interp(t_stop, times, xs[:, j]) for j in range(4)])
+    return t_stop, c_B, float(impurity_fraction(x_stop))

@@ -203,6 +203,7 @@ class BatchReactorTwin(Fmi2Slave):
         self._vr_health = vr["model_health"]
         self._vr_t_stop = vr["t_stop_opt"]
         self._vr_yield_fc = vr["yield_B_forecast"]
+        self._vr_impurity_fc = vr["impurity_forecast"]
         self._vr = vr
         self._reset_run_state()
 
@@ -473,22 +474,24 @@ class BatchReactorTwin(Fmi2Slave):
         if fc is not None:
             r[self._vr_t_stop] = fc.t_stop_opt_s
             r[self._vr_yield_fc] = fc.yield_at_opt
+            r[self._vr_impurity_fc] = fc.impurity_at_opt
 
     def _maybe_forecast(self) -> None:
-        """Refresh t_stop_opt and yield_B_forecast every forecast_interval seconds (0: never)."""
+        """Refresh t_stop_opt, yield_B_forecast and impurity_forecast every forecast_interval seconds (0: never)."""
         r, vr = self._real, self._vr
         interval = r[vr["forecast_interval"]]
         if not interval > 0.0 or self._twin is None or self._state is None:
             return
         self._next_forecast = self._t + interval
         try:
-            t_stop, cB = forecast.forecast_stop(self._twin, self._state, self._t, r[self._vr_T_jacket],
-                                                r[vr["t_batch_end"]])
+            t_stop, cB, impurity = forecast.forecast_stop(self._twin, self._state, self._t, r[self._vr_T_jacket],
+                                                          r[vr["t_batch_end"]])
         except TwinError as exc:
             self.log(f"forecast at t={self._t!r} failed, previous forecast kept: {exc}", Fmi2Status.warning)
             return
         r[self._vr_t_stop] = t_stop
         r[self._vr_yield_fc] = yield_of_c_B(cB, self._twin.params)
+        r[self._vr_impurity_fc] = impurity
 
     # -- FMU state ---------------------------------------------------------------------------------
     def _fmi_get_state(self) -> Snapshot:

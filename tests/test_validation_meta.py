@@ -20,7 +20,7 @@ from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.validate import REGISTRY, from_mapping, rule_of
 
 CONFIG_MODULES = ("twin_core.params", "twin_core.analysis", "twin_core.integrator", "twin_core.estimation", "twin_core.offline.optimize",
-                  "plant_sim.config", "ml_onnx.dataset", "ml_onnx.train")
+                  "plant_sim.config", "ml_onnx.dataset", "ml_onnx.train", "gateways.config")
 """Every module that declares configuration classes (imported so that REGISTRY is complete)."""
 
 EXPECTED = {
@@ -31,6 +31,7 @@ EXPECTED = {
     "twin_core.offline.optimize": {"OptimizerConfig"},
     "ml_onnx.dataset": {"ReconcileConfig"},
     "ml_onnx.train": {"TrainConfig"},
+    "gateways.config": {"RuntimeConfig", "ReactorConfig"},
     "plant_sim.config": {"PlantConfig", "Mismatch", "PlantKinetics", "SideReaction", "Fouling", "Jacket", "Pid",
                          "ChargeVariation", "SensorSpec", "Sensors", "Lab", "Phases", "Alarms", "Runaway",
                          "PlcTiming"},

@@ -210,7 +210,8 @@ def from_mapping(cls: type[C], data: object, source: str = "<mapping>", section:
         if f is None:
             raise ParameterError(_join(path, str(key)), value, f"unknown key in {source}; expected one of {sorted(known)}")
         rule = f.metadata.get(RULE)
-        if rule is not None and isinstance(rule.kind, type) and isinstance(value, Mapping):
+        if rule is not None and isinstance(rule.kind, type) and dataclasses.is_dataclass(rule.kind) \
+                and isinstance(value, Mapping):
             value = from_mapping(rule.kind, value, source, _join(path, str(key)))
         elif isinstance(value, list):
             value = tuple(value)

@@ -83,8 +83,6 @@ RUNTIME_SIGNALS: tuple[Signal, ...] = (
     _r("link_losses", "PLC link losses since the runtime started", 0, UINT32_MAX),
     _r("twin_scans", "Scans the runtime has made of this reactor (heartbeat)", 0, UINT32_MAX),
     _r("lab_results_used", "Lab results fed to the twin in this batch (PLC and LIMS)", 0, UINT32_MAX),
-    _r("impurity_forecast", "Forecast impurity fraction of C at the optimal stop", 0.0, 1.0, "Real",
-       display_unit="%"),
     _r("time_to_stop", "Time from now to the forecast optimal stop (0 once reached)", 0.0, 1e7, "Real", "s", "h"),
     _r("last_scan_plant_time", "Plant time of the last PLC scan the twin used", 0.0, 1e9, "Real", "s", "h"),
     *ALARM_FLAGS,
@@ -127,11 +125,11 @@ _MEASUREMENTS = ("T_reactor", "T_jacket", "T_jacket_sp", "pid_output", "lab_c_B"
                  "lab_valid", "lab_seq")
 _STATUS_PLC = ("phase", "batch_id", "batch_time", "recipe_step", "plant_time", "scan_count")
 _ESTIMATES = ("c_A", "c_B", "c_C", "T", "c_A_std", "c_B_std", "c_C_std", "T_std", "yield_B", "correction_in_domain")
-_FORECASTS = ("t_stop_opt", "yield_B_forecast")
+_FORECASTS = ("t_stop_opt", "yield_B_forecast", "impurity_forecast")
 _TWIN_TUNING = ("correction_on", "sigma_T_meas", "sigma_lab", "sigma_rate_rel", "t_batch_end", "forecast_interval")
 _TRENDED = {"T_reactor", "T_jacket", "T_jacket_sp", "c_A", "c_B", "c_C", "T", "c_B_std", "yield_B",
-            "t_stop_opt", "yield_B_forecast", "model_health", "phase"}
-_PERCENT = {"pid_output", "yield_B", "yield_B_forecast"}
+            "t_stop_opt", "yield_B_forecast", "impurity_forecast", "model_health", "phase"}
+_PERCENT = {"pid_output", "yield_B", "yield_B_forecast", "impurity_forecast"}
 
 PUBLISHED: tuple[Published, ...] = (
     *(Published(_PLC[n], "Measurements", "plc", history=n in _TRENDED,
@@ -140,7 +138,6 @@ PUBLISHED: tuple[Published, ...] = (
                 display_unit="%" if n in _PERCENT else None) for n in _ESTIMATES),
     *(Published(_TWIN[n], "Forecasts", "twin", history=n in _TRENDED,
                 display_unit="%" if n in _PERCENT else None) for n in _FORECASTS),
-    Published(_RUNTIME["impurity_forecast"], "Forecasts", "runtime", history=True),
     Published(_RUNTIME["time_to_stop"], "Forecasts", "runtime"),
     *(Published(s, "Recipe", "plc", writable=True) for s in PLC_SETTINGS),
     Published(_PLC["alarms_active"], "Alarms", "plc"),

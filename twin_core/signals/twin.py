@@ -93,6 +93,7 @@ TWIN_SIGNALS: tuple[Signal, ...] = (
     Signal("t_stop_opt", "s", "output",
            "Forecast time in batch of the maximum of c_B (optimal stop), jacket temperature held", 0.0, 1e7, 3600.0),
     Signal("yield_B_forecast", "1", "output", "Forecast yield of B at t_stop_opt", 0.0, 1.0, 1.0),
+    Signal("impurity_forecast", "1", "output", "Forecast mole fraction of impurity C at t_stop_opt", 0.0, 1.0, 1.0),
     Signal("correction_in_domain", "1", "output",
            "True while the learned correction is inside its training domain (true when it is off)", type="Boolean"),
     Signal("model_health", "1", "output",
