@@ -1,17 +1,19 @@
 """The signal tables and register maps as text: CSV for files, aligned tables for the console.
 
 ``twin signals`` prints :func:`to_text` / :func:`to_csv`; ``twin plant --print-map`` prints
-:func:`format_register_map`; docs/modbus_register_map_plc.csv is :func:`register_map_csv`.
+:func:`format_register_map`; docs/modbus_register_map_plc.csv is :func:`register_map_csv` of the PLC
+map and docs/modbus_register_map_twin.csv is :func:`mirror_map_csv` (the twin's read-only mirror).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from twin_core.signals.modbus import RegisterEntry
 from twin_core.signals.plc import PLC_REGISTER_MAP
+from twin_core.signals.runtime import MIRROR_MAP
 from twin_core.signals.table import Signal
 from twin_core.signals.twin import TWIN_SIGNALS
 
@@ -68,6 +70,10 @@ def to_text(table: Iterable[Signal] = TWIN_SIGNALS) -> str:
 # -- register maps ------------------------------------------------------------------------------------
 _REFERENCE_BASE = {"coil": 0, "discrete": 100000, "input": 300000, "holding": 400000}
 _FUNCTION_CODES = {"coil": "1,5,15", "discrete": "2", "input": "4", "holding": "3,6,16"}
+"""The function codes that reach each table of a read/write device (the PLC)."""
+MIRROR_FUNCTION_CODES = {"input": "3,4"}
+"""The read-only mirror serves its input registers to FC4 and FC3 alike (legacy SCADA drivers that poll
+only the 4xxxx table); it has no other table and refuses every write (gateways.modbus_mirror)."""
 
 MAP_COLUMNS = ("table", "function_codes", "address", "reference", "count", "name", "signal", "kind", "access",
                "encoding", "scale", "offset", "unit", "min", "max", "description")
@@ -76,25 +82,35 @@ conventional 1-based 6-digit register number (0xxxxx coils, 3xxxxx input, 4xxxxx
 decoded with ``encoding``/``scale``/``offset`` is in ``unit`` (SI); ``min``/``max`` bound writes."""
 
 
-def register_map_rows(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> list[dict[str, object]]:
-    """The map as flat rows (the columns of :data:`MAP_COLUMNS`)."""
+def register_map_rows(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP,
+                      function_codes: Mapping[str, str] | None = None) -> list[dict[str, object]]:
+    """The map as flat rows (the columns of :data:`MAP_COLUMNS`); ``function_codes`` says which
+    function codes reach each table (default: a read/write device's, as the PLC)."""
+    codes = _FUNCTION_CODES if function_codes is None else function_codes
     out = []
     for e in entries:
         b, s = e.binding, e.signal
         scaled = b.encoding in ("int16", "uint16", "uint32")
         out.append({
-            "table": b.table, "function_codes": _FUNCTION_CODES[b.table], "address": b.address,
+            "table": b.table, "function_codes": codes[b.table], "address": b.address,
             "reference": f"{_REFERENCE_BASE[b.table] + b.address + 1:06d}", "count": b.width, "name": e.name,
             "signal": s.name, "kind": e.kind, "access": e.access, "encoding": b.encoding,
-            "scale": f"{b.scale:g}" if scaled else "", "offset": f"{b.offset:g}" if scaled else "",
+            "scale": f"{b.scale:.12g}" if scaled else "", "offset": f"{b.offset:.12g}" if scaled else "",
             "unit": s.unit, "min": f"{s.min:.10g}", "max": f"{s.max:.10g}", "description": e.description,
         })
     return out
 
 
-def register_map_csv(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> str:
-    """The register map as CSV text (docs/modbus_register_map_plc.csv)."""
-    return csv_text(MAP_COLUMNS, register_map_rows(entries))
+def register_map_csv(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP,
+                     function_codes: Mapping[str, str] | None = None) -> str:
+    """A register map as CSV text (the PLC's by default: docs/modbus_register_map_plc.csv)."""
+    return csv_text(MAP_COLUMNS, register_map_rows(entries, function_codes))
+
+
+def mirror_map_csv() -> str:
+    """The read-only mirror's register map as CSV text (docs/modbus_register_map_twin.csv): the
+    registers of one reactor, the same at each unit id (1, 2, ... in configuration order)."""
+    return register_map_csv(MIRROR_MAP, MIRROR_FUNCTION_CODES)
 
 
 def format_register_map(entries: Iterable[RegisterEntry] = PLC_REGISTER_MAP) -> str:
