@@ -1,0 +1,917 @@
+"""The twin's OPC UA server (asyncua): what SCADA sees of each reactor.
+
+The address space is generated from twin_core.signals.runtime.PUBLISHED, never hand-written::
+
+    Objects/<plant>/<reactor>/
+        Measurements/ Estimates/ Forecasts/ Recipe/ Alarms/ Status/ Twin/   one variable per signal
+        StartBatch(Recipe) Hold() Resume() Abort() AcknowledgeAlarms() ResetTwin()
+        EnterLabResult(SampleTime [h], c_B [mol/L], c_C [mol/L])
+
+Node ids are strings in the server's own namespace (:data:`NAMESPACE_URI`):
+``<plant>.<reactor>.<Folder>.<signal>``, stable across restarts, so SCADA tag lists survive them.
+Real signals are ``AnalogItemType`` with ``EURange`` and ``EngineeringUnits`` (UNECE codes,
+:data:`UNECE_UNITS`), Integer and Boolean signals plain variables of their data type; every value is
+in the signal's operator unit, with the PLC's time as source timestamp and its quality as status code
+(:data:`STATUS_OF_QUALITY`: a value whose quality is not GOOD is never published Good).
+
+:meth:`TwinOpcUaServer.publish` writes DataValues straight into the address space (no client session,
+no per-write checks) and queues the trended ones for the history, which a background task writes to
+SQLite in one transaction per batch (:class:`TwinHistory`; a HistoryRead first flushes what is queued,
+so it always sees every value published before it). Client writes to the writable nodes are
+validated against the signal table before they reach :meth:`ReactorControl.write`
+(:class:`_ValidatingAttributeService`). Events (:data:`EVENT_TYPE_NAMES`) are emitted by the
+reactor object and by the Server object, and historized per reactor.
+
+Security (issue 11) is off for now: SecurityPolicy None, anonymous access, bound to the endpoint's host
+(loopback by default); the server says so in the log when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import sqlite3
+import tomllib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlparse
+
+from asyncua import Node, Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.address_space import AttributeService
+from asyncua.server.event_generator import EventGenerator
+from asyncua.server.history_sql import HistorySQLite
+from asyncua.ua.ua_binary import variant_to_binary
+
+from gateways.model import EventKind, ReactorControl, RequestRefused, Snapshot, TwinEvent
+from twin_core.recipe import Recipe, recipe_from_mapping
+from twin_core.signals.runtime import FOLDERS, PUBLISHED, PUBLISHED_BY_NAME, Published, Quality
+from twin_core.signals.table import DISPLAY_UNITS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/batch-twin/"
+NAMESPACE_URI = "urn:batch-reactor-twin:opcua"
+"""The server's own namespace: every node it adds (plant, reactors, folders, signals, methods, event types)."""
+PRODUCT_URI = "urn:batch-reactor-twin"
+
+# -- engineering units ---------------------------------------------------------------------------------
+UNECE_NAMESPACE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
+
+
+@dataclass(frozen=True)
+class UneceUnit:
+    """A unit of UN/CEFACT Recommendation 20 as OPC UA carries it (OPC 10000-8, EUInformation)."""
+
+    common_code: str
+    display_name: str
+    description: str
+
+    @property
+    def unit_id(self) -> int:
+        """EUInformation.UnitId: the common code's characters (at most 4), one byte each, big-endian."""
+        return unece_unit_id(self.common_code)
+
+
+def unece_unit_id(common_code: str) -> int:
+    """The UnitId of a UNECE common code (OPC 10000-8 §5.6.3): ``CEL`` -> 0x43454C = 4408652."""
+    if not 1 <= len(common_code) <= 4 or not common_code.isascii():
+        raise ValueError(f"not a UNECE common code: {common_code!r}")
+    unit_id = 0
+    for ch in common_code:
+        unit_id = (unit_id << 8) | ord(ch)
+    return unit_id
+
+
+UNECE_UNITS: dict[str, UneceUnit] = {
+    # operator unit (signal table) -> UNECE code, with the display name and description of the OPC
+    # Foundation's UNECE_to_OPCUA table (docs/opcua.md says where each was checked).
+    "degC": UneceUnit("CEL", "°C", "degree Celsius"),
+    "K": UneceUnit("KEL", "K", "kelvin"),
+    "h": UneceUnit("HUR", "h", "hour"),
+    "s": UneceUnit("SEC", "s", "second [unit of time]"),
+    "%": UneceUnit("P1", "%", "percent"),
+    "mol/L": UneceUnit("C38", "mol/l", "mole per litre"),
+    "mol/m3": UneceUnit("C36", "mol/m³", "mole per cubic metre"),
+    "1": UneceUnit("C62", "1", "one"),
+}
+"""EngineeringUnits of every operator unit a Real signal of PUBLISHED is served in."""
+
+
+def eu_information(operator_unit: str) -> ua.EUInformation:
+    """The EngineeringUnits property value for ``operator_unit`` (KeyError names a unit with no code)."""
+    try:
+        unit = UNECE_UNITS[operator_unit]
+    except KeyError:
+        raise KeyError(f"operator unit {operator_unit!r} has no UNECE code in UNECE_UNITS") from None
+    return ua.EUInformation(NamespaceUri=UNECE_NAMESPACE_URI, UnitId=unit.unit_id,
+                            DisplayName=ua.LocalizedText(unit.display_name),
+                            Description=ua.LocalizedText(unit.description))
+
+
+# -- quality and values --------------------------------------------------------------------------------
+STATUS_OF_QUALITY: dict[Quality, int] = {
+    Quality.GOOD: ua.StatusCodes.Good,
+    Quality.UNCERTAIN_LAST_USABLE: ua.StatusCodes.UncertainLastUsableValue,
+    Quality.BAD_COMMUNICATION: ua.StatusCodes.BadCommunicationError,
+    Quality.BAD_WAITING: ua.StatusCodes.BadWaitingForInitialData,
+}
+"""OPC UA status code of each data quality."""
+
+_UINT32_MAX = 2**32 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def variant_type_of(pub: Published) -> ua.VariantType:
+    """The OPC UA data type of a published signal: Double, Boolean, or the smallest of UInt32/Int32/Int64
+    that holds the signal's range."""
+    sig = pub.signal
+    if sig.type == "Real":
+        return ua.VariantType.Double
+    if sig.type == "Boolean":
+        return ua.VariantType.Boolean
+    if sig.min >= 0 and sig.max <= _UINT32_MAX:
+        return ua.VariantType.UInt32
+    if sig.min >= _INT32_MIN and sig.max <= _INT32_MAX:
+        return ua.VariantType.Int32
+    return ua.VariantType.Int64
+
+
+def _scale(pub: Published) -> tuple[float, float]:
+    """(factor, offset) with operator value = factor * SI value + offset."""
+    unit = pub.operator_unit
+    if unit == pub.signal.unit:
+        return 1.0, 0.0
+    base, factor, offset = DISPLAY_UNITS[unit]
+    if base != pub.signal.unit:
+        raise ValueError(f"{pub.name}: operator unit {unit} does not apply to {pub.signal.unit}")
+    return factor, offset
+
+
+def to_operator_unit(pub: Published, si_value: float) -> float:
+    """``si_value`` of ``pub`` in its operator unit."""
+    factor, offset = _scale(pub)
+    return factor * si_value + offset
+
+
+def to_si(pub: Published, operator_value: float) -> float:
+    """An operator-unit value of ``pub`` in SI units."""
+    factor, offset = _scale(pub)
+    return (operator_value - offset) / factor
+
+
+def _tidy(x: float) -> float:
+    """x rounded to 12 significant digits: an EURange reads 30 degC, not 29.999999999999977."""
+    return float(f"{x:.12g}") if math.isfinite(x) else x
+
+
+def eu_range(pub: Published) -> ua.Range:
+    """The signal's min/max in its operator unit (ordered: a negative factor would swap them)."""
+    lo, hi = sorted((to_operator_unit(pub, pub.signal.min), to_operator_unit(pub, pub.signal.max)))
+    return ua.Range(Low=_tidy(lo), High=_tidy(hi))
+
+
+# -- build information ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildInfo:
+    """What the server reports in ServerStatus/BuildInfo."""
+
+    product_version: str
+    build_date: datetime
+    build_number: str = "0"
+    product_name: str = "Batch reactor hybrid twin"
+    manufacturer: str = "batch-reactor-twin"
+
+
+@dataclass(frozen=True)
+class TwinIdentity:
+    """Which twin a reactor runs: the FMU's GUID and the learned correction's model version ("" if
+    none: physics only). Shown as properties ``FmuGuid`` and ``CorrectionModelVersion`` of the
+    reactor's Twin folder."""
+
+    fmu_guid: str = ""
+    correction_version: str = ""
+
+
+# -- events --------------------------------------------------------------------------------------------
+BASE_EVENT_TYPE_NAME = "BatchTwinEventType"
+
+
+def _camel(kind: EventKind) -> str:
+    return "".join(part.capitalize() for part in kind.name.split("_"))
+
+
+EVENT_TYPE_NAMES: dict[EventKind, str] = {k: f"{_camel(k)}EventType" for k in EventKind}
+"""The OPC UA event type of each event kind (subtypes of BatchTwinEventType, itself a BaseEventType)."""
+
+_EVENT_DESCRIPTIONS: dict[EventKind, str] = {
+    EventKind.HEALTH_WARNING: "Model health warning: correction outside its domain, or the innovation test failing",
+    EventKind.HEALTH_ALARM: "Model health alarm: persistent model mismatch or sensor fault",
+    EventKind.IMPURITY_FORECAST_HIGH: "Forecast impurity at the optimal stop above specification",
+    EventKind.OPTIMAL_STOP: "Optimal stop reached: the twin recommends stopping the batch",
+    EventKind.LINK_LOST: "PLC link lost: PLC values Bad, the twin predicts open loop",
+    EventKind.LINK_RESTORED: "PLC link restored",
+    EventKind.PLC_RESTARTED: "The PLC restarted (batch id or plant time went back): the twin was reset",
+    EventKind.PLC_ALARM: "A PLC alarm was raised",
+    EventKind.BATCH_STARTED: "A batch started in the PLC",
+    EventKind.BATCH_ENDED: "A batch ended",
+}
+
+
+# -- methods -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _MethodArg:
+    name: str
+    vtype: ua.VariantType
+    description: str
+
+
+_COMMANDS = {"Hold": ("hold", "Hold the batch (PLC command)"),
+             "Resume": ("resume", "Resume a held batch (PLC command)"),
+             "Abort": ("abort", "Abort the batch: full cooling (PLC command)"),
+             "AcknowledgeAlarms": ("ack_alarms", "Acknowledge the latched PLC alarms (PLC command)")}
+_RESULT_ARG = _MethodArg("Result", ua.VariantType.String,
+                         "'done', or why the request was refused (also when the status code is Bad)")
+_LAB_ARGS = (
+    _MethodArg("SampleTime", ua.VariantType.Double, "Batch time at which the sample was drawn [h]"),
+    _MethodArg("c_B", ua.VariantType.Double, "Lab result for product B [mol/L]"),
+    _MethodArg("c_C", ua.VariantType.Double, "Lab result for impurity C [mol/L]"),
+)
+_LAB_SIGNALS = ("lab_sample_time", "lab_c_B", "lab_c_C")
+"""The Measurements signals whose range and unit the EnterLabResult arguments share (h, mol/L)."""
+
+
+def _method_result(code: int, message: str, argument_results: Sequence[int] = ()) -> ua.CallMethodResult:
+    return ua.CallMethodResult(StatusCode=ua.StatusCode(code),
+                               InputArgumentResults=[ua.StatusCode(c) for c in argument_results],
+                               OutputArguments=[ua.Variant(message, ua.VariantType.String)])
+
+
+# -- the nodes of one reactor ---------------------------------------------------------------------------
+@dataclass
+class _SignalNode:
+    reactor: str
+    pub: Published
+    nodeid: ua.NodeId
+    vtype: ua.VariantType
+    control: ReactorControl
+
+    def variant(self, si_value: float) -> ua.Variant:
+        if self.vtype is ua.VariantType.Double:
+            return ua.Variant(to_operator_unit(self.pub, si_value), self.vtype)
+        if self.vtype is ua.VariantType.Boolean:
+            return ua.Variant(bool(si_value), self.vtype)
+        return ua.Variant(int(round(si_value)), self.vtype)
+
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _check_name(what: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{what} {name!r}: must start with a letter and hold only letters, digits, _ and -")
+    return name
+
+
+# -- history -------------------------------------------------------------------------------------------
+class TwinHistory(HistorySQLite):
+    """asyncua's SQLite history (same tables, same HistoryRead) with three changes: WAL and one
+    transaction per batch of values (``queue`` + a background writer) instead of a commit per value;
+    a HistoryRead flushes what is queued first; table names that accept string node ids."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(str(path))
+        self._pending: list[tuple[ua.NodeId, ua.DataValue]] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def init(self) -> None:
+        await super().init()
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        self._writer = asyncio.create_task(self._write_loop(), name="opcua-history-writer")
+
+    def _get_table_name(self, node_id: ua.NodeId) -> str:
+        # asyncua names the table after repr(identifier): quotes for a string id, which its own
+        # SQL-injection check then refuses. Our string ids hold only letters, digits, '_', '-', '.'.
+        return f"{node_id.NamespaceIndex}_{node_id.Identifier}"
+
+    def queue(self, node_id: ua.NodeId, datavalue: ua.DataValue) -> None:
+        """Store ``datavalue`` of ``node_id`` soon (the writer task), and before any HistoryRead."""
+        self._pending.append((node_id, datavalue))
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write every queued value in one transaction."""
+        async with self._lock:
+            rows, self._pending = self._pending, []
+            if not rows:
+                return
+            for node_id, dv in rows:
+                assert dv.Value is not None and dv.StatusCode is not None  # built by publish()
+                await self._db.execute(
+                    f'INSERT INTO "{self._get_table_name(node_id)}" VALUES (NULL, ?, ?, ?, ?, ?, ?)',
+                    (dv.ServerTimestamp, dv.SourceTimestamp, dv.StatusCode.value, str(dv.Value.Value),
+                     dv.Value.VariantType.name, sqlite3.Binary(variant_to_binary(dv.Value))))
+            await self._db.commit()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def save_event(self, event: Any) -> None:
+        async with self._lock:
+            await super().save_event(event)
+
+    async def read_node_history(self, node_id: ua.NodeId, start: datetime | None, end: datetime | None,
+                                nb_values: int) -> tuple[list[ua.DataValue], datetime | None]:
+        await self.flush()
+        return await super().read_node_history(node_id, start, end, nb_values)
+
+    async def read_event_history(self, source_id: ua.NodeId, start: datetime | None, end: datetime | None,
+                                 nb_values: int, evfilter: Any) -> tuple[list[Any], Any]:
+        await self.flush()
+        return await super().read_event_history(source_id, start, end, nb_values, evfilter)
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+        await self.flush()
+        await super().stop()
+
+
+# -- client writes -------------------------------------------------------------------------------------
+_ADMIN = User(role=UserRole.Admin)  # asyncua's default for its own internal session
+
+
+class _ValidatingAttributeService(AttributeService):
+    """The Write service with the twin's checks in front: a write of the Value of one of our signal
+    nodes goes to ``handler`` (which validates it, forwards it and answers its status code); every
+    other write takes asyncua's own path."""
+
+    def __init__(self, aspace: Any, targets: Mapping[ua.NodeId, _SignalNode],
+                 handler: Callable[[_SignalNode, ua.WriteValue], Awaitable[ua.StatusCode]]) -> None:
+        super().__init__(aspace)
+        self._targets = targets
+        self._handler = handler
+
+    async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
+        results: list[ua.StatusCode | None] = []
+        others: list[int] = []
+        for i, wv in enumerate(params.NodesToWrite):
+            target = self._targets.get(wv.NodeId)
+            if target is not None and wv.AttributeId == ua.AttributeIds.Value:
+                results.append(await self._handler(target, wv))
+            else:
+                results.append(None)
+                others.append(i)
+        if others:
+            rest = await super().write(ua.WriteParameters(NodesToWrite=[params.NodesToWrite[i] for i in others]),
+                                       user=user)
+            for i, status in zip(others, rest):
+                results[i] = status
+        return [r if r is not None else ua.StatusCode(ua.StatusCodes.BadInternalError) for r in results]
+
+
+# -- the server ----------------------------------------------------------------------------------------
+class TwinOpcUaServer:
+    """The OPC UA server of the twin (implements gateways.model.Publisher).
+
+    ``endpoint``: ``opc.tcp://host:port/path`` to bind (port 0: any free port, see :attr:`endpoint_url`);
+    ``plant``: the name of the plant object under Objects; ``reactors``: each reactor's name and the
+    runtime's control of it; ``history_db``: the SQLite file of the history (None: in memory, lost at
+    stop); ``build_info``: ServerStatus/BuildInfo; ``twins``: each reactor's FMU GUID and correction
+    version. The constructor does no I/O: ``await start()`` / ``await stop()``, or ``async with``.
+    """
+
+    def __init__(self, endpoint: str, plant: str, reactors: Mapping[str, ReactorControl], *,
+                 history_db: Path | None = None, build_info: BuildInfo | None = None,
+                 twins: Mapping[str, TwinIdentity] | None = None) -> None:
+        url = urlparse(endpoint)
+        if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
+            raise ValueError(f"endpoint {endpoint!r}: expected opc.tcp://host:port/path")
+        if not reactors:
+            raise ValueError("no reactors to serve")
+        self._endpoint = endpoint
+        self._plant = _check_name("plant", plant)
+        self._controls = {_check_name("reactor", name): control for name, control in reactors.items()}
+        unknown = set(twins or {}) - set(self._controls)
+        if unknown:
+            raise ValueError(f"twins given for unknown reactors: {sorted(unknown)}")
+        self._twins = {name: (twins or {}).get(name, TwinIdentity()) for name in self._controls}
+        self._history_db = history_db
+        self._build_info = build_info or BuildInfo(product_version=_package_version(),
+                                                   build_date=datetime.now(UTC))
+        for pub in PUBLISHED:  # fail here, not mid-start, on a unit without a code or a bad scale
+            _scale(pub)
+            if pub.signal.type == "Real":
+                eu_information(pub.operator_unit)
+        self._server: Server | None = None
+        self._history: TwinHistory | None = None
+        self._ns = 0
+        self._nodes: dict[str, dict[str, _SignalNode]] = {}
+        self._by_nodeid: dict[ua.NodeId, _SignalNode] = {}
+        self._reactor_nodes: dict[str, ua.NodeId] = {}
+        self._event_types: dict[EventKind, ua.NodeId] = {}
+        self._generators: dict[tuple[str, EventKind], tuple[EventGenerator, EventGenerator]] = {}
+        self._last_source_time: dict[str, datetime] = {}
+        self._unknown_logged: set[str] = set()
+        self._bound_url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def namespace_index(self) -> int:
+        """Index of :data:`NAMESPACE_URI` in the namespace array (after start)."""
+        return self._ns
+
+    @property
+    def endpoint_url(self) -> str:
+        """The endpoint clients connect to: the given one, with the port actually bound after start."""
+        return self._bound_url or self._endpoint
+
+    def node_id(self, reactor: str, name: str) -> ua.NodeId:
+        """The NodeId of signal ``name`` of ``reactor`` (after start)."""
+        return self._nodes[reactor][name].nodeid
+
+    def reactor_node_id(self, reactor: str) -> ua.NodeId:
+        """The NodeId of ``reactor``'s object (after start)."""
+        return self._reactor_nodes[reactor]
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the OPC UA server is already started")
+        server = Server()
+        server.set_endpoint(self._endpoint)
+        server.set_server_name(f"Batch reactor twin, plant {self._plant}")
+        server.product_uri = PRODUCT_URI
+        server.manufacturer_name = self._build_info.manufacturer
+        server._application_uri = f"{PRODUCT_URI}:{self._plant}"  # read by init(); asyncua has no setter before it
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        server.allow_remote_admin(False)
+        if self._history_db is not None:
+            await asyncio.to_thread(self._history_db.parent.mkdir, parents=True, exist_ok=True)
+        self._history = TwinHistory(self._history_db if self._history_db is not None else ":memory:")
+        server.iserver.history_manager.set_storage(self._history)
+        self._server = server
+        try:
+            await server.init()
+            self._ns = await server.register_namespace(NAMESPACE_URI)
+            bi = self._build_info
+            await server.set_build_info(PRODUCT_URI, bi.manufacturer, bi.product_name, bi.product_version,
+                                        bi.build_number, bi.build_date)
+            await self._add_event_types()
+            plant = await server.nodes.objects.add_object(ua.NodeId(self._plant, self._ns), self._plant)
+            for reactor in self._controls:
+                await self._add_reactor(plant, reactor)
+            server.iserver.attribute_service = _ValidatingAttributeService(
+                server.iserver.aspace, self._by_nodeid, self._client_write)
+            log.warning("OPC UA security is off (issue 11): SecurityPolicy None and anonymous access on %s",
+                        self._endpoint)
+            await server.start()
+        except BaseException:
+            await self._close_after_failed_start()
+            raise
+        self._bound_url = self._actual_url()
+        log.info("OPC UA server of plant %s (%s) listening on %s", self._plant, ", ".join(self._controls),
+                 self._bound_url)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()  # stops the history (flushes what is queued)
+
+    async def __aenter__(self) -> TwinOpcUaServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _close_after_failed_start(self) -> None:
+        server, self._server = self._server, None
+        if server is not None and server.iserver.history_manager.storage is self._history and self._history:
+            if self._history._db is not None:
+                await self._history.stop()
+
+    def _actual_url(self) -> str:
+        assert self._server is not None and self._server.bserver is not None
+        url = urlparse(self._endpoint)
+        port = self._server.bserver.port
+        if url.port == port:
+            return self._endpoint
+        actual = url._replace(netloc=f"{url.hostname}:{port}").geturl()
+        for edp in self._server.iserver.endpoints:  # advertise the bound port, not 0
+            edp.EndpointUrl = actual
+            edp.Server.DiscoveryUrls = [actual]
+        return actual
+
+    def _require_started(self) -> Server:
+        if self._server is None:
+            raise RuntimeError("the OPC UA server is not started")
+        return self._server
+
+    # -- the address space -------------------------------------------------------------------------
+    async def _add_event_types(self) -> None:
+        server = self._require_started()
+        base = server.get_node(ua.ObjectIds.BaseEventType)
+        twin_base = await base.add_object_type(ua.NodeId(BASE_EVENT_TYPE_NAME, self._ns), BASE_EVENT_TYPE_NAME)
+        await self._describe(twin_base.nodeid, "Events of the batch reactor twin (one subtype per kind)")
+        for kind, name in EVENT_TYPE_NAMES.items():
+            node = await twin_base.add_object_type(ua.NodeId(name, self._ns), name)
+            await self._describe(node.nodeid, _EVENT_DESCRIPTIONS.get(kind, name))
+            self._event_types[kind] = node.nodeid
+
+    async def _describe(self, nodeid: ua.NodeId, text: str) -> None:
+        server = self._require_started()
+        await server.write_attribute_value(nodeid, ua.DataValue(ua.Variant(ua.LocalizedText(text))),
+                                           ua.AttributeIds.Description)
+
+    async def _add_reactor(self, plant: Node, reactor: str) -> None:
+        server = self._require_started()
+        ns, control = self._ns, self._controls[reactor]
+        prefix = f"{self._plant}.{reactor}"
+        obj = await plant.add_object(ua.NodeId(prefix, ns), reactor)
+        self._reactor_nodes[reactor] = obj.nodeid
+        folders = {f: ua.NodeId(f"{prefix}.{f}", ns) for f in FOLDERS}
+        items = [_folder_item(obj.nodeid, nid, ns, f) for f, nid in folders.items()]
+        nodes: dict[str, _SignalNode] = {}
+        for pub in PUBLISHED:
+            nid = ua.NodeId(f"{prefix}.{pub.folder}.{pub.name}", ns)
+            node = _SignalNode(reactor, pub, nid, variant_type_of(pub), control)
+            nodes[pub.name] = node
+            items.extend(_signal_items(folders[pub.folder], node, ns))
+        twin = self._twins[reactor]
+        items.append(_property_item(folders["Twin"], ua.NodeId(f"{prefix}.Twin.FmuGuid", ns), ns, "FmuGuid",
+                                    ua.Variant(twin.fmu_guid, ua.VariantType.String), "GUID of the twin's FMU"))
+        items.append(_property_item(folders["Twin"], ua.NodeId(f"{prefix}.Twin.CorrectionModelVersion", ns), ns,
+                                    "CorrectionModelVersion",
+                                    ua.Variant(twin.correction_version, ua.VariantType.String),
+                                    "Model version of the learned rate correction ('' : physics only)"))
+        for result in await server.iserver.isession.add_nodes(items):
+            result.StatusCode.check()
+        waiting = ua.DataValue(ua.Variant(None, ua.VariantType.Null),
+                               StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+        for node in nodes.values():
+            await server.write_attribute_value(node.nodeid, waiting)
+        self._nodes[reactor] = nodes
+        self._by_nodeid.update({n.nodeid: n for n in nodes.values()})
+        await self._add_methods(obj, reactor)
+        await self._add_event_sources(obj, reactor)
+        if self._history is not None:
+            for node in nodes.values():
+                if node.pub.history:
+                    await self._history.new_historized_node(node.nodeid, period=None)
+
+    async def _add_methods(self, obj: Node, reactor: str) -> None:
+        ns = self._ns
+        prefix = f"{self._plant}.{reactor}"
+        control = self._controls[reactor]
+
+        async def add(name: str, description: str, args: Sequence[_MethodArg],
+                      call: Callable[..., Awaitable[ua.CallMethodResult]]) -> None:
+            method = await obj.add_method(ua.NodeId(f"{prefix}.{name}", ns), name, call,
+                                          [_argument(a) for a in args], [_argument(_RESULT_ARG)])
+            await self._describe(method.nodeid, description)
+
+        async def start_batch(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
+            return await self._call(reactor, "StartBatch", args, (_RECIPE_ARG,), self._start_batch(control))
+
+        await add("StartBatch", "Download a recipe (TOML text, the layout of twin_core/recipes) to the PLC and "
+                  "start a batch", (_RECIPE_ARG,), start_batch)
+        for name, (command, description) in _COMMANDS.items():
+            await add(name, description, (), self._command_method(reactor, name, command))
+
+        async def reset_twin(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
+            return await self._call(reactor, "ResetTwin", args, (), lambda: control.reset_twin())
+
+        await add("ResetTwin", "Restart the twin from the PLC's current batch (its charge and recipe)", (),
+                  reset_twin)
+
+        async def enter_lab_result(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
+            return await self._enter_lab_result(reactor, args)
+
+        await add("EnterLabResult", "A lab result from outside the PLC (LIMS); late results allowed. "
+                  "SampleTime in h of batch time, c_B and c_C in mol/L", _LAB_ARGS, enter_lab_result)
+
+    def _command_method(self, reactor: str, name: str, command: str) -> Callable[..., Awaitable[ua.CallMethodResult]]:
+        control = self._controls[reactor]
+
+        async def call(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
+            return await self._call(reactor, name, args, (), lambda: control.command(command))
+
+        return call
+
+    def _start_batch(self, control: ReactorControl) -> Callable[[str], Awaitable[None]]:
+        async def run(text: str) -> None:
+            await control.start_batch(self._parse_recipe(text))
+        return run
+
+    @staticmethod
+    def _parse_recipe(text: str) -> Recipe:
+        try:
+            return recipe_from_mapping(tomllib.loads(text), source="StartBatch")
+        except tomllib.TOMLDecodeError as exc:
+            raise _BadArgument(f"recipe: not TOML: {exc}") from None
+        except (ValueError, TypeError) as exc:  # ParameterError, ParameterTypeError: name the field
+            raise _BadArgument(f"recipe: {exc}") from None
+
+    async def _call(self, reactor: str, name: str, args: Sequence[ua.Variant], spec: Sequence[_MethodArg],
+                    action: Callable[..., Awaitable[None]], refused: int = ua.StatusCodes.BadInvalidState
+                    ) -> ua.CallMethodResult:
+        """Check ``args`` against ``spec`` (count and types), run ``action(*values)``, translate."""
+        if len(args) < len(spec):
+            return _method_result(ua.StatusCodes.BadArgumentsMissing,
+                                  f"{name}: {len(spec)} argument(s) expected, {len(args)} given")
+        if len(args) > len(spec):
+            return _method_result(ua.StatusCodes.BadTooManyArguments,
+                                  f"{name}: {len(spec)} argument(s) expected, {len(args)} given")
+        mismatched = [i for i, (a, s) in enumerate(zip(args, spec)) if not _is_scalar_of(a, s.vtype)]
+        if mismatched:
+            return _method_result(
+                ua.StatusCodes.BadInvalidArgument,
+                f"{name}: " + "; ".join(f"{spec[i].name} must be a {spec[i].vtype.name}" for i in mismatched),
+                [ua.StatusCodes.BadTypeMismatch if i in mismatched else ua.StatusCodes.Good
+                 for i in range(len(spec))])
+        try:
+            await action(*(a.Value for a in args))
+        except _BadArgument as exc:
+            log.info("%s.%s refused: %s", reactor, name, exc.reason)
+            return _method_result(ua.StatusCodes.BadInvalidArgument, exc.reason, exc.argument_results)
+        except RequestRefused as exc:
+            log.info("%s.%s refused: %s", reactor, name, exc.reason)
+            return _method_result(refused, exc.reason)
+        except OSError as exc:  # the runtime could not reach the PLC
+            log.warning("%s.%s failed: %s", reactor, name, exc)
+            return _method_result(ua.StatusCodes.BadCommunicationError, str(exc))
+        log.info("%s.%s done", reactor, name)
+        return _method_result(ua.StatusCodes.Good, "done")
+
+    async def _enter_lab_result(self, reactor: str, args: Sequence[ua.Variant]) -> ua.CallMethodResult:
+        control = self._controls[reactor]
+        pubs = [PUBLISHED_BY_NAME[n] for n in _LAB_SIGNALS]
+
+        async def run(*values: float) -> None:
+            si = [to_si(p, v) for p, v in zip(pubs, values)]
+            bad = [i for i, (p, x) in enumerate(zip(pubs, si)) if not _within(p, x)]
+            if bad:
+                raise _BadArgument(
+                    "; ".join(f"{_LAB_ARGS[i].name}={values[i]!r} outside "
+                              f"[{eu_range(pubs[i]).Low}, {eu_range(pubs[i]).High}] {pubs[i].operator_unit}"
+                              for i in bad),
+                    [ua.StatusCodes.BadOutOfRange if i in bad else ua.StatusCodes.Good for i in range(3)])
+            t, c_B, c_C = (_clamp(p, x) for p, x in zip(pubs, si))
+            await control.enter_lab_result(t, c_B, c_C)
+
+        return await self._call(reactor, "EnterLabResult", args, _LAB_ARGS, run,
+                                refused=ua.StatusCodes.BadInvalidArgument)
+
+    async def _add_event_sources(self, obj: Node, reactor: str) -> None:
+        server = self._require_started()
+        for kind, etype in self._event_types.items():
+            from_reactor = await server.get_event_generator(etype, obj)
+            from_server = await server.get_event_generator(etype, ua.ObjectIds.Server)
+            from_server.event.SourceNode = obj.nodeid  # both say which reactor: SCADA subscribes to either
+            from_server.event.SourceName = reactor
+            self._generators[(reactor, kind)] = (from_reactor, from_server)
+        await obj.set_event_notifier([ua.EventNotifier.SubscribeToEvents, ua.EventNotifier.HistoryRead])
+        if self._history is not None:
+            types = [server.get_node(t) for t in self._event_types.values()]
+            await self._history.new_historized_event(obj.nodeid, types, period=None)
+
+    # -- Publisher ---------------------------------------------------------------------------------
+    async def publish(self, reactor: str, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` (SI values with quality and source time) into ``reactor``'s nodes."""
+        server = self._require_started()
+        nodes = self._nodes[reactor]
+        now = datetime.now(UTC)
+        aspace = server.iserver.aspace
+        history = self._history
+        latest = self._last_source_time.get(reactor)
+        for name, value in snapshot.items():
+            node = nodes.get(name)
+            if node is None:
+                if name not in self._unknown_logged:
+                    self._unknown_logged.add(name)
+                    log.warning("publish: %s is not a published signal (ignored)", name)
+                continue
+            dv = _datavalue(node, value.value, value.quality, value.source_time, now)
+            await aspace.write_attribute_value(node.nodeid, ua.AttributeIds.Value, dv)
+            if node.pub.history and history is not None:
+                history.queue(node.nodeid, dv)
+            if latest is None or value.source_time > latest:
+                latest = value.source_time
+        if latest is not None:
+            self._last_source_time[reactor] = latest
+
+    async def event(self, reactor: str, event: TwinEvent) -> None:
+        """Emit ``event`` from ``reactor``'s object and from the Server object; historize it."""
+        self._require_started()
+        from_reactor, from_server = self._generators[(reactor, event.kind)]
+        for gen in (from_reactor, from_server):
+            gen.event.Severity = event.level
+            await gen.trigger(time_attr=event.time, message=event.message)
+            if gen is from_reactor and self._history is not None:
+                await self._history.save_event(gen.event)
+
+    async def set_twin_identity(self, reactor: str, twin: TwinIdentity) -> None:
+        """Show a new FMU GUID / correction version for ``reactor`` (e.g. after the twin was rebuilt)."""
+        server = self._require_started()
+        prefix = f"{self._plant}.{reactor}.Twin"
+        self._twins[reactor] = twin
+        for name, text in (("FmuGuid", twin.fmu_guid), ("CorrectionModelVersion", twin.correction_version)):
+            await server.write_attribute_value(ua.NodeId(f"{prefix}.{name}", self._ns),
+                                               ua.DataValue(ua.Variant(text, ua.VariantType.String)))
+
+    # -- client writes -----------------------------------------------------------------------------
+    async def _client_write(self, node: _SignalNode, wv: ua.WriteValue) -> ua.StatusCode:
+        """A client's write of a signal's value: checked against the signal table, converted to SI,
+        forwarded to the runtime; the node changes only when the runtime accepted it."""
+        code = _check_write(node, wv)
+        if code != ua.StatusCodes.Good:
+            log.info("write %s.%s refused: %s", node.reactor, node.pub.name, ua.StatusCode(code).name)
+            return ua.StatusCode(code)
+        variant = wv.Value.Value
+        assert variant is not None
+        si = _clamp(node.pub, to_si(node.pub, float(variant.Value)))
+        try:
+            await node.control.write(node.pub.name, si)
+        except RequestRefused as exc:
+            log.warning("write %s.%s = %r refused by the runtime: %s", node.reactor, node.pub.name,
+                        variant.Value, exc.reason)
+            return ua.StatusCode(ua.StatusCodes.BadInvalidState)
+        except OSError as exc:
+            log.warning("write %s.%s = %r failed: %s", node.reactor, node.pub.name, variant.Value, exc)
+            return ua.StatusCode(ua.StatusCodes.BadCommunicationError)
+        now = datetime.now(UTC)
+        source_time = self._last_source_time.get(node.reactor, now)
+        server = self._require_started()
+        await server.iserver.aspace.write_attribute_value(
+            node.nodeid, ua.AttributeIds.Value,
+            ua.DataValue(ua.Variant(variant.Value, node.vtype), StatusCode=ua.StatusCode(ua.StatusCodes.Good),
+                         SourceTimestamp=source_time, ServerTimestamp=now))
+        log.info("write %s.%s = %r (%r SI) accepted", node.reactor, node.pub.name, variant.Value, si)
+        return ua.StatusCode(ua.StatusCodes.Good)
+
+
+class _BadArgument(Exception):
+    """A method argument was refused by the server's own checks (becomes BadInvalidArgument)."""
+
+    def __init__(self, reason: str, argument_results: Sequence[int] = ()) -> None:
+        self.reason = reason
+        self.argument_results = list(argument_results)
+        super().__init__(reason)
+
+
+_RECIPE_ARG = _MethodArg("Recipe", ua.VariantType.String,
+                         "The recipe as TOML text: name, mode, end_time_s, and points [[t_s, T_K], ...] or "
+                         "T_start_K with [[steps]] (holds and ramps), as in twin_core/recipes/*.toml")
+
+
+def _argument(arg: _MethodArg) -> ua.Argument:
+    return ua.Argument(Name=arg.name, DataType=ua.NodeId(arg.vtype.value), ValueRank=ua.ValueRank.Scalar,
+                       ArrayDimensions=[], Description=ua.LocalizedText(arg.description))
+
+
+def _is_scalar_of(variant: ua.Variant, vtype: ua.VariantType) -> bool:
+    return (isinstance(variant, ua.Variant) and variant.VariantType == vtype and not variant.is_array
+            and variant.Value is not None)
+
+
+def _within(pub: Published, si_value: float) -> bool:
+    """si_value is a finite number within the signal's range (allowing for the unit conversion's rounding)."""
+    if not math.isfinite(si_value):
+        return False
+    lo, hi = pub.signal.min, pub.signal.max
+    return lo - _tolerance(lo) <= si_value <= hi + _tolerance(hi)
+
+
+def _clamp(pub: Published, si_value: float) -> float:
+    """si_value moved onto the range's edge when only the unit conversion's rounding put it outside."""
+    return min(max(si_value, pub.signal.min), pub.signal.max)
+
+
+def _tolerance(bound: float) -> float:
+    return 1e-9 * max(1.0, abs(bound)) if math.isfinite(bound) else 0.0
+
+
+def _check_write(node: _SignalNode, wv: ua.WriteValue) -> int:
+    """The status code of a client's write of ``node``'s value before it is forwarded (Good: go on)."""
+    pub = node.pub
+    if not pub.writable:
+        return ua.StatusCodes.BadNotWritable
+    if wv.IndexRange:
+        return ua.StatusCodes.BadIndexRangeInvalid
+    dv = wv.Value
+    if dv is None or dv.Value is None:
+        return ua.StatusCodes.BadTypeMismatch
+    if dv.StatusCode is not None and not dv.StatusCode.is_good():
+        return ua.StatusCodes.BadWriteNotSupported  # a client sets values, not their quality
+    variant = dv.Value
+    if not _is_scalar_of(variant, node.vtype):
+        return ua.StatusCodes.BadTypeMismatch
+    if node.vtype is ua.VariantType.Boolean:
+        return ua.StatusCodes.Good if isinstance(variant.Value, bool) else ua.StatusCodes.BadTypeMismatch
+    value = variant.Value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ua.StatusCodes.BadTypeMismatch
+    if not _within(pub, to_si(pub, float(value))):
+        return ua.StatusCodes.BadOutOfRange  # NaN and infinities included
+    return ua.StatusCodes.Good
+
+
+def _datavalue(node: _SignalNode, si_value: float, quality: Quality, source_time: datetime,
+               server_time: datetime) -> ua.DataValue:
+    """The DataValue of one published value. A value that is not a finite number cannot be Good (nor
+    Uncertain: there is no last usable value): it is published as Bad, its value null (OPC UA ignores the
+    value of a Bad status anyway)."""
+    code = STATUS_OF_QUALITY[quality]
+    finite = isinstance(si_value, int | float) and math.isfinite(si_value)
+    if not finite and quality in (Quality.GOOD, Quality.UNCERTAIN_LAST_USABLE):
+        code = ua.StatusCodes.BadWaitingForInitialData
+    status = ua.StatusCode(code)
+    variant = node.variant(si_value) if finite and not status.is_bad() else ua.Variant(None, ua.VariantType.Null)
+    return ua.DataValue(variant, StatusCode=status, SourceTimestamp=source_time, ServerTimestamp=server_time)
+
+
+def _folder_item(parent: ua.NodeId, nodeid: ua.NodeId, ns: int, name: str) -> ua.AddNodesItem:
+    attrs = ua.ObjectAttributes(DisplayName=ua.LocalizedText(name), Description=ua.LocalizedText(name),
+                                EventNotifier=0)
+    return ua.AddNodesItem(ParentNodeId=parent, ReferenceTypeId=ua.NodeId(ua.ObjectIds.Organizes),
+                           RequestedNewNodeId=nodeid, BrowseName=ua.QualifiedName(name, ns),
+                           NodeClass=ua.NodeClass.Object, NodeAttributes=attrs,
+                           TypeDefinition=ua.NodeId(ua.ObjectIds.FolderType))
+
+
+def _signal_items(folder: ua.NodeId, node: _SignalNode, ns: int) -> list[ua.AddNodesItem]:
+    """The variable of one signal and, for an analog one, its EURange and EngineeringUnits."""
+    pub = node.pub
+    access = ua.AccessLevel.CurrentRead.mask
+    if pub.writable:
+        access |= ua.AccessLevel.CurrentWrite.mask
+    if pub.history:
+        access |= ua.AccessLevel.HistoryRead.mask
+    analog = pub.signal.type == "Real"
+    unit = f" [{pub.operator_unit}]" if analog and pub.operator_unit != "1" else ""
+    attrs = ua.VariableAttributes(
+        DisplayName=ua.LocalizedText(pub.name), Description=ua.LocalizedText(pub.signal.description + unit),
+        Value=ua.Variant(None, ua.VariantType.Null), DataType=ua.NodeId(node.vtype.value),
+        ValueRank=ua.ValueRank.Scalar, ArrayDimensions=[], AccessLevel=access, UserAccessLevel=access,
+        MinimumSamplingInterval=0.0, Historizing=pub.history, WriteMask=0, UserWriteMask=0)
+    typedef = ua.ObjectIds.AnalogItemType if analog else ua.ObjectIds.BaseDataVariableType
+    items = [ua.AddNodesItem(ParentNodeId=folder, ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasComponent),
+                             RequestedNewNodeId=node.nodeid, BrowseName=ua.QualifiedName(pub.name, ns),
+                             NodeClass=ua.NodeClass.Variable, NodeAttributes=attrs,
+                             TypeDefinition=ua.NodeId(typedef))]
+    if analog:
+        base = node.nodeid.Identifier
+        items.append(_property_item(node.nodeid, ua.NodeId(f"{base}.EURange", ns), 0, "EURange",
+                                    ua.Variant(eu_range(pub), ua.VariantType.ExtensionObject),
+                                    "Range of the value in normal operation", ua.ObjectIds.Range))
+        items.append(_property_item(node.nodeid, ua.NodeId(f"{base}.EngineeringUnits", ns), 0, "EngineeringUnits",
+                                    ua.Variant(eu_information(pub.operator_unit), ua.VariantType.ExtensionObject),
+                                    "Unit of the value (UNECE code)", ua.ObjectIds.EUInformation))
+    return items
+
+
+def _property_item(parent: ua.NodeId, nodeid: ua.NodeId, browse_ns: int, name: str, value: ua.Variant,
+                   description: str, datatype: int | None = None) -> ua.AddNodesItem:
+    dtype = ua.NodeId(datatype) if datatype is not None else ua.NodeId(value.VariantType.value)
+    attrs = ua.VariableAttributes(
+        DisplayName=ua.LocalizedText(name), Description=ua.LocalizedText(description), Value=value,
+        DataType=dtype, ValueRank=ua.ValueRank.Scalar, ArrayDimensions=[],
+        AccessLevel=ua.AccessLevel.CurrentRead.mask, UserAccessLevel=ua.AccessLevel.CurrentRead.mask,
+        WriteMask=0, UserWriteMask=0)
+    return ua.AddNodesItem(ParentNodeId=parent, ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasProperty),
+                           RequestedNewNodeId=nodeid, BrowseName=ua.QualifiedName(name, browse_ns),
+                           NodeClass=ua.NodeClass.Variable, NodeAttributes=attrs,
+                           TypeDefinition=ua.NodeId(ua.ObjectIds.PropertyType))
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batch-reactor-twin")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__all__ = ["BuildInfo", "DEFAULT_ENDPOINT", "EVENT_TYPE_NAMES", "NAMESPACE_URI", "STATUS_OF_QUALITY",
+           "TwinHistory", "TwinIdentity", "TwinOpcUaServer", "UNECE_UNITS", "UneceUnit", "eu_information",
+           "eu_range", "to_operator_unit", "to_si", "unece_unit_id", "variant_type_of"]
