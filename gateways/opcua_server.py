@@ -475,7 +475,8 @@ class TwinOpcUaServer:
             await server.set_build_info(PRODUCT_URI, bi.manufacturer, bi.product_name, bi.product_version,
                                         bi.build_number, bi.build_date)
             await self._add_event_types()
-            plant = await server.nodes.objects.add_object(ua.NodeId(self._plant, self._ns), self._plant)
+            plant = await server.nodes.objects.add_object(ua.NodeId(self._plant, self._ns),
+                                                          ua.QualifiedName(self._plant, self._ns))
             for reactor in self._controls:
                 await self._add_reactor(plant, reactor)
             server.iserver.attribute_service = _ValidatingAttributeService(
@@ -530,10 +531,11 @@ class TwinOpcUaServer:
     async def _add_event_types(self) -> None:
         server = self._require_started()
         base = server.get_node(ua.ObjectIds.BaseEventType)
-        twin_base = await base.add_object_type(ua.NodeId(BASE_EVENT_TYPE_NAME, self._ns), BASE_EVENT_TYPE_NAME)
+        twin_base = await base.add_object_type(ua.NodeId(BASE_EVENT_TYPE_NAME, self._ns),
+                                               ua.QualifiedName(BASE_EVENT_TYPE_NAME, self._ns))
         await self._describe(twin_base.nodeid, "Events of the batch reactor twin (one subtype per kind)")
         for kind, name in EVENT_TYPE_NAMES.items():
-            node = await twin_base.add_object_type(ua.NodeId(name, self._ns), name)
+            node = await twin_base.add_object_type(ua.NodeId(name, self._ns), ua.QualifiedName(name, self._ns))
             await self._describe(node.nodeid, _EVENT_DESCRIPTIONS.get(kind, name))
             self._event_types[kind] = node.nodeid
 
@@ -546,7 +548,7 @@ class TwinOpcUaServer:
         server = self._require_started()
         ns, control = self._ns, self._controls[reactor]
         prefix = f"{self._plant}.{reactor}"
-        obj = await plant.add_object(ua.NodeId(prefix, ns), reactor)
+        obj = await plant.add_object(ua.NodeId(prefix, ns), ua.QualifiedName(reactor, ns))
         self._reactor_nodes[reactor] = obj.nodeid
         folders = {f: ua.NodeId(f"{prefix}.{f}", ns) for f in FOLDERS}
         items = [_folder_item(obj.nodeid, nid, ns, f) for f, nid in folders.items()]
@@ -585,7 +587,7 @@ class TwinOpcUaServer:
 
         async def add(name: str, description: str, args: Sequence[_MethodArg],
                       call: Callable[..., Awaitable[ua.CallMethodResult]]) -> None:
-            method = await obj.add_method(ua.NodeId(f"{prefix}.{name}", ns), name, call,
+            method = await obj.add_method(ua.NodeId(f"{prefix}.{name}", ns), ua.QualifiedName(name, ns), call,
                                           [_argument(a) for a in args], [_argument(_RESULT_ARG)])
             await self._describe(method.nodeid, description)
 

@@ -1,0 +1,116 @@
+"""Helpers for tests of the OPC UA server: a ReactorControl that records calls and can refuse, a server
+running in its own thread and event loop (so sync tests, and synchronous clients such as the `opcua`
+package, can talk to it), and small asyncua client functions (one Read request for many attributes,
+a method call that returns the whole CallMethodResult, a write that returns the status code)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from asyncua import Client, ua
+
+from gateways.model import RequestRefused
+from gateways.opcua_server import NAMESPACE_URI, BuildInfo, TwinIdentity, TwinOpcUaServer
+from twin_core.recipe import Recipe
+
+T = TypeVar("T")
+
+
+@dataclass
+class RecordingControl:
+    """A ReactorControl for tests: records every call as (method, args); ``refuse[key] = reason`` makes
+    the call whose key is the command name, "start_batch", "reset_twin", "enter_lab_result" or the
+    written signal's name raise RequestRefused(key, reason)."""
+
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+
+    def _record(self, method: str, key: str, *args: Any) -> None:
+        if key in self.refuse:
+            raise RequestRefused(key, self.refuse[key])
+        self.calls.append((method, args))
+
+    async def start_batch(self, recipe: Recipe) -> None:
+        self._record("start_batch", "start_batch", recipe)
+
+    async def command(self, name: str) -> None:
+        self._record("command", name, name)
+
+    async def reset_twin(self) -> None:
+        self._record("reset_twin", "reset_twin")
+
+    async def enter_lab_result(self, sample_time_s: float, c_B_mol_per_m3: float, c_C_mol_per_m3: float) -> None:
+        self._record("enter_lab_result", "enter_lab_result", sample_time_s, c_B_mol_per_m3, c_C_mol_per_m3)
+
+    async def write(self, name: str, value: float) -> None:
+        self._record("write", name, name, value)
+
+
+class ServerThread:
+    """A TwinOpcUaServer started in a daemon thread with its own event loop; :meth:`run` runs a
+    coroutine there (e.g. ``server.publish``) and returns its result. Use as a context manager."""
+
+    def __init__(self, endpoint: str, plant: str, reactors: Mapping[str, Any], *, history_db: Path | None = None,
+                 build_info: BuildInfo | None = None, twins: Mapping[str, TwinIdentity] | None = None) -> None:
+        self.server = TwinOpcUaServer(endpoint, plant, reactors, history_db=history_db, build_info=build_info,
+                                      twins=twins)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="opcua-server", daemon=True)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self.run(self.server.start())  # returns once the server listens: readiness, not a sleep
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self.server.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10.0)
+            self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return self.server.endpoint_url
+
+
+async def namespace_index(client: Client) -> int:
+    return await client.get_namespace_index(NAMESPACE_URI)
+
+
+def signal_node_id(ns: int, plant: str, reactor: str, folder: str, name: str) -> ua.NodeId:
+    """The NodeId the server gives a signal (``<plant>.<reactor>.<Folder>.<signal>``)."""
+    return ua.NodeId(f"{plant}.{reactor}.{folder}.{name}", ns)
+
+
+async def read_many(client: Client, requests: Iterable[tuple[ua.NodeId, ua.AttributeIds]]) -> list[ua.DataValue]:
+    """One Read request for many (node, attribute) pairs."""
+    params = ua.ReadParameters()
+    params.NodesToRead = [ua.ReadValueId(NodeId=nid, AttributeId=attr) for nid, attr in requests]
+    params.TimestampsToReturn = ua.TimestampsToReturn.Both
+    return await client.uaclient.read(params)
+
+
+async def call_full(client: Client, object_id: ua.NodeId, method_id: ua.NodeId,
+                    *args: ua.Variant) -> ua.CallMethodResult:
+    """Call a method and return the whole result (status, per-argument results, output arguments),
+    without raising on a Bad status."""
+    request = ua.CallMethodRequest(ObjectId=object_id, MethodId=method_id, InputArguments=list(args))
+    return (await client.uaclient.call([request]))[0]
+
+
+async def write_status(client: Client, nodeid: ua.NodeId, variant: ua.Variant) -> int:
+    """Write a node's value; the status code the server answered (no exception on Bad)."""
+    params = ua.WriteParameters()
+    params.NodesToWrite = [ua.WriteValue(NodeId=nodeid, AttributeId=ua.AttributeIds.Value,
+                                         Value=ua.DataValue(variant))]
+    return (await client.uaclient.write(params))[0].value
