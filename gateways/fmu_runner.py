@@ -63,8 +63,10 @@ class FmuRunner:
                 self._fmu.setReal([v.valueReference], [float(value)])
 
     def start(self, params: dict[str, float], t0_s: float = 0.0) -> None:
-        """Set parameters (by name) and initialise at t0_s (instantiating first if needed)."""
+        """Set parameters (by name) and initialise at t0_s (instantiating first if needed; a run
+        already started is reset first)."""
         self.instantiate()
+        self.reset()
         try:
             self._fmu.setupExperiment(startTime=t0_s)
             self._fmu.enterInitializationMode()
@@ -73,6 +75,16 @@ class FmuRunner:
         except FMICallException as exc:
             raise FmuError(f"initialisation with {params} refused: {exc}") from exc
         self._started = True
+
+    @property
+    def guid(self) -> str:
+        return self.md.guid
+
+    def reset(self) -> None:
+        """Back to the instantiated state (fmi2Reset): the next start() begins a new run."""
+        if self._started:
+            self._fmu.reset()
+            self._started = False
 
     def step(self, t_s: float, dt_s: float, inputs: dict[str, float]) -> dict[str, float]:
         """Set inputs (their values at t + dt), advance from t_s by dt_s, return every output."""

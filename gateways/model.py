@@ -39,20 +39,21 @@ Snapshot = Mapping[str, Value]
 
 
 class EventKind(enum.Enum):
-    """The runtime's events, each with its default severity (OPC UA: 1 lowest .. 1000 highest)."""
+    """The runtime's events: a title and a default severity (OPC UA: 1 lowest .. 1000 highest)."""
 
-    HEALTH_WARNING = 500
-    HEALTH_ALARM = 800
-    IMPURITY_FORECAST_HIGH = 700
-    OPTIMAL_STOP = 600
-    LINK_LOST = 800
-    LINK_RESTORED = 300
-    PLC_RESTARTED = 700
-    PLC_ALARM = 800
-    BATCH_STARTED = 200
-    BATCH_ENDED = 200
+    HEALTH_WARNING = ("Model health warning", 500)
+    HEALTH_ALARM = ("Model health alarm", 800)
+    IMPURITY_FORECAST_HIGH = ("Impurity forecast above specification", 700)
+    OPTIMAL_STOP = ("Optimal stop reached", 600)
+    LINK_LOST = ("PLC link lost", 800)
+    LINK_RESTORED = ("PLC link restored", 300)
+    PLC_RESTARTED = ("PLC restarted", 700)
+    PLC_ALARM = ("PLC alarm", 800)
+    BATCH_STARTED = ("Batch started", 200)
+    BATCH_ENDED = ("Batch ended", 200)
 
-    def __init__(self, severity: int) -> None:
+    def __init__(self, title: str, severity: int) -> None:
+        self.title = title
         self.severity = severity
 
 

@@ -179,6 +179,14 @@ class PlantProcess:
                 stream.close()
         return proc.returncode
 
+    def kill(self) -> int | None:
+        """End the plant abruptly (SIGKILL: a crashed PLC, its connections cut without a goodbye) and
+        reap it; returns its exit status."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        return self.stop()
+
     def __enter__(self) -> PlantProcess:
         return self.start()
 
