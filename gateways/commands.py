@@ -1,4 +1,4 @@
-"""gateways' sub-commands of ``twin``: demo."""
+"""gateways' sub-commands of ``twin``: run (the runtime beside the PLC) and demo."""
 
 from __future__ import annotations
 
@@ -14,8 +14,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    import sys
+
+    from gateways.config import load_runtime_config
+    from gateways.runtime import serve
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_runtime_config(args.config)
+
+    def ready(rt, servers) -> None:  # noqa: ANN001
+        for srv in servers:
+            where = getattr(srv, "endpoint_url", None) or f"modbus://{srv.host}:{srv.port}"  # type: ignore[attr-defined]
+            print(f"serving {type(srv).__name__}: {where}", flush=True)
+        for r in rt.reactors.values():
+            print(f"reactor {r.name}: PLC {r.cfg.plc_host}:{r.cfg.plc_port} unit {r.cfg.plc_unit_id}, "
+                  f"FMU {r.cfg.fmu} ({r.fmu.guid})", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, stop, status_stream=None if args.quiet else sys.stderr, on_ready=ready)
+
+    asyncio.run(main())
+    print("twin run: stopped", flush=True)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from gateways.fmu_runner import DEFAULT_FMU
+
+    r = sub.add_parser("run", help="the twin beside the PLC: scan it over Modbus, serve OPC UA and a Modbus mirror")
+    r.add_argument("--config", help="runtime TOML (default: one reactor against `twin plant` on loopback; "
+                                    "see deployment/runtime.example.toml)")
+    r.add_argument("--quiet", action="store_true", help="no live status line, warnings only")
+    r.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="demo batch: simulated PLC over Modbus + the FMU as a live soft sensor")
     p.add_argument("--speed", type=float, default=720.0, help="plant time speed-up (default 720: 6 h in 30 s)")

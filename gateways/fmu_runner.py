@@ -80,6 +80,11 @@ class FmuRunner:
     def guid(self) -> str:
         return self.md.guid
 
+    @property
+    def directory(self) -> str:
+        """Where the FMU was extracted (its resources/ are there)."""
+        return self._dir
+
     def reset(self) -> None:
         """Back to the instantiated state (fmi2Reset): the next start() begins a new run."""
         if self._started:

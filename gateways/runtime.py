@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from gateways.config import ReactorConfig, RuntimeConfig
 from gateways.fmu_runner import FmuError, FmuRunner
@@ -303,7 +304,10 @@ class ReactorRuntime:
         log.info("%s: %s", self.name, message)
         ev = TwinEvent(kind, message, time=self._source_time())
         for p in self.publishers:
-            await p.event(self.name, ev)
+            try:
+                await p.event(self.name, ev)
+            except Exception:  # a server's failure must not stop the scans of the plant
+                log.exception("%s: %s could not publish an event", self.name, type(p).__name__)
 
     async def _alarm_events(self, m: dict[str, float]) -> None:
         unacked = int(m["alarms_unacked"])
@@ -379,7 +383,10 @@ class ReactorRuntime:
             return
         snap = self.snapshot()
         for p in self.publishers:
-            await p.publish(self.name, snap)
+            try:
+                await p.publish(self.name, snap)
+            except Exception:  # a server's failure must not stop the scans of the plant
+                log.exception("%s: %s could not publish", self.name, type(p).__name__)
 
     # -- ReactorControl -----------------------------------------------------------------------------
     async def _plc(self, what: str, call: Callable[[], object]) -> None:
@@ -468,6 +475,12 @@ class Runtime:
         self.reactors = {r.name: ReactorRuntime(r, cfg, self.publishers) for r in cfg.reactors}
         self._tasks: list[asyncio.Task[None]] = []
 
+    def add_publisher(self, publisher: Publisher) -> None:
+        """Publish to ``publisher`` too (a server built after the runtime, from its reactors)."""
+        self.publishers.append(publisher)
+        for r in self.reactors.values():
+            r.publishers.append(publisher)
+
     async def start(self) -> None:
         for r in self.reactors.values():
             r.open()
@@ -503,3 +516,55 @@ class Runtime:
             stream.flush()
             await asyncio.sleep(interval_s)
 
+
+def correction_version(fmu: FmuRunner) -> str:
+    """The model version of the learned correction inside an FMU ("" when it has none: physics only)."""
+    path = Path(fmu.directory) / "resources" / "correction.onnx"
+    if not path.is_file():
+        return ""
+    import onnx  # only here: reading the metadata of the bundled model
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return meta.get("twin.model_version", "")
+
+
+async def serve(cfg: RuntimeConfig, stop: asyncio.Event, *, status_stream=None,  # noqa: ANN001
+                on_ready: Callable[[Runtime, list[object]], None] | None = None) -> None:
+    """Run the runtime with its OPC UA server and Modbus mirror until ``stop`` is set.
+
+    status_stream: where the live status lines go (None: none); on_ready(runtime, servers) is called
+    once everything listens (the CLI prints the endpoints)."""
+    from gateways.modbus_mirror import ModbusMirror
+    from gateways.opcua_server import TwinIdentity, TwinOpcUaServer
+
+    rt = Runtime(cfg)
+    servers: list[object] = []
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(lambda: [r.close() for r in rt.reactors.values()])  # also if a server fails to start
+        for r in rt.reactors.values():
+            r.open()  # the FMUs first: a missing FMU fails before any port is bound
+        if cfg.opcua_endpoint:
+            twins = {n: TwinIdentity(r.fmu.guid, correction_version(r.fmu))  # type: ignore[union-attr]
+                     for n, r in rt.reactors.items()}
+            opcua = TwinOpcUaServer(cfg.opcua_endpoint, cfg.plant, rt.reactors,
+                                    history_db=Path(cfg.data_dir) / "history.sqlite", twins=twins)
+            await stack.enter_async_context(opcua)
+            rt.add_publisher(opcua)
+            servers.append(opcua)
+        if cfg.mirror_port >= 0:
+            mirror = ModbusMirror(cfg.mirror_host, cfg.mirror_port, list(rt.reactors))
+            await stack.enter_async_context(mirror)
+            rt.add_publisher(mirror)
+            servers.append(mirror)
+        stack.push_async_callback(rt.stop)  # unwound first: the scans end before the servers close
+        await rt.start()
+        if on_ready is not None:
+            on_ready(rt, servers)
+        status = asyncio.create_task(rt.status_loop(stream=status_stream)) if status_stream is not None else None
+        try:
+            await stop.wait()
+        finally:
+            if status is not None:
+                status.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await status
