@@ -36,12 +36,13 @@ import sqlite3
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
+import aiosqlite
 from asyncua import Node, Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
@@ -280,6 +281,13 @@ def _check_name(what: str, name: str) -> str:
 
 
 # -- history -------------------------------------------------------------------------------------------
+def _naive_utc(t: datetime | None) -> datetime | None:
+    """t as naive UTC (naive input is taken as UTC already, as asyncua encodes it)."""
+    if t is None or t.tzinfo is None:
+        return t
+    return t.astimezone(UTC).replace(tzinfo=None)
+
+
 class TwinHistory(HistorySQLite):
     """asyncua's SQLite history (same tables, same HistoryRead) with three changes: WAL and one
     transaction per batch of values (``queue`` + a background writer) instead of a commit per value;
@@ -314,13 +322,17 @@ class TwinHistory(HistorySQLite):
             rows, self._pending = self._pending, []
             if not rows:
                 return
-            for node_id, dv in rows:
-                assert dv.Value is not None and dv.StatusCode is not None  # built by publish()
-                await self._db.execute(
-                    f'INSERT INTO "{self._get_table_name(node_id)}" VALUES (NULL, ?, ?, ?, ?, ?, ?)',
-                    (dv.ServerTimestamp, dv.SourceTimestamp, dv.StatusCode.value, str(dv.Value.Value),
-                     dv.Value.VariantType.name, sqlite3.Binary(variant_to_binary(dv.Value))))
-            await self._db.commit()
+            try:
+                for node_id, dv in rows:
+                    assert dv.Value is not None and dv.StatusCode is not None  # built by publish()
+                    await self._db.execute(
+                        f'INSERT INTO "{self._get_table_name(node_id)}" VALUES (NULL, ?, ?, ?, ?, ?, ?)',
+                        (_naive_utc(dv.ServerTimestamp), _naive_utc(dv.SourceTimestamp), dv.StatusCode.value,
+                         str(dv.Value.Value), dv.Value.VariantType.name,
+                         sqlite3.Binary(variant_to_binary(dv.Value))))
+                await self._db.commit()
+            except aiosqlite.Error as exc:  # the history must not stop the server publishing
+                log.error("history: %d values not stored: %s", len(rows), exc)
 
     async def _write_loop(self) -> None:
         while True:
@@ -329,8 +341,42 @@ class TwinHistory(HistorySQLite):
             await self.flush()
 
     async def save_event(self, event: Any) -> None:
+        # asyncua's own writes the time as a string with its UTC offset, which sqlite3's TIMESTAMP
+        # converter cannot read back; here it is naive UTC, like the data values' timestamps.
+        table = self._get_table_name(event.SourceNode)
+        columns, placeholders, blobs = self._format_event(event)
         async with self._lock:
-            await super().save_event(event)
+            try:
+                await self._db.execute(
+                    f'INSERT INTO "{table}" ("_Id", "_Timestamp", "_EventTypeName", {columns}) '
+                    f"VALUES (NULL, ?, ?, {placeholders})",
+                    (_naive_utc(event.Time), str(event.EventType), *blobs))
+                await self._db.commit()
+            except aiosqlite.Error as exc:
+                log.error("history: event %s not stored: %s", event.Message, exc)
+
+    def _format_event(self, event: Any) -> tuple[str, str, tuple[Any, ...]]:
+        # asyncua's version makes a Variant of every property, and a None LocalizedText (BaseEventType's
+        # optional ConditionClassName, unset on our events) cannot be one: leave unset properties NULL.
+        names = sorted(k for k, v in vars(event).items() if k in event.data_types and v is not None)
+        blobs = tuple(sqlite3.Binary(variant_to_binary(ua.Variant(getattr(event, k), event.data_types[k])))
+                      for k in names)
+        return self._list_to_sql_str(names), self._list_to_sql_str(["?"] * len(names), False), blobs
+
+    @staticmethod
+    def _get_bounds(start: datetime | None, end: datetime | None, nb_values: int) -> tuple[str, str, str, int]:
+        # as asyncua's, in naive UTC: the form the timestamps are stored in (ISO strings compare as times)
+        order = "ASC"
+        epoch = ua.get_win_epoch()
+        if start is None or start == epoch:
+            order, start = "DESC", epoch
+        if end is None or end == epoch:
+            end = datetime.now(UTC) + timedelta(days=1)
+        lo, hi = _naive_utc(start), _naive_utc(end)
+        assert lo is not None and hi is not None
+        if not lo < hi:
+            order, lo, hi = "DESC", hi, lo
+        return lo.isoformat(" "), hi.isoformat(" "), order, nb_values or -1
 
     async def read_node_history(self, node_id: ua.NodeId, start: datetime | None, end: datetime | None,
                                 nb_values: int) -> tuple[list[ua.DataValue], datetime | None]:

@@ -288,3 +288,316 @@ def test_quality_to_status_code(served: ServerThread, si: float, quality: Qualit
 
 def test_unknown_signal_in_a_snapshot_is_ignored(served: ServerThread) -> None:
     served.run(served.server.publish("R1", {"no_such_signal": Value(1.0)}))
+
+
+# -- methods -------------------------------------------------------------------------------------------
+RECIPE_TOML = """
+name = "ramp-to-70C"
+mode = "jacket"
+T_start_K = 298.15
+end_time_s = 21600
+[[steps]]
+action = "ramp"
+target_K = 343.15
+duration_s = 3600
+[[steps]]
+action = "hold"
+duration_s = 18000
+"""
+
+
+def call(served: ServerThread, method: str, *args: ua.Variant, reactor: str = "R1") -> ua.CallMethodResult:
+    async def scenario(client: Client, ns: int) -> ua.CallMethodResult:
+        obj = ua.NodeId(f"{PLANT}.{reactor}", ns)
+        return await call_full(client, obj, ua.NodeId(f"{PLANT}.{reactor}.{method}", ns), *args)
+
+    return client_run(served, scenario)
+
+
+def D(x: float) -> ua.Variant:
+    return ua.Variant(x, ua.VariantType.Double)
+
+
+def S(text: str) -> ua.Variant:
+    return ua.Variant(text, ua.VariantType.String)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("Hold", ("command", ("hold",))),
+    ("Resume", ("command", ("resume",))),
+    ("Abort", ("command", ("abort",))),
+    ("AcknowledgeAlarms", ("command", ("ack_alarms",))),
+    ("ResetTwin", ("reset_twin", ())),
+])
+def test_commands_reach_the_controller(served: ServerThread, control: RecordingControl, method: str,
+                                       expected: tuple) -> None:
+    result = call(served, method)
+    assert result.StatusCode.is_good()
+    assert [v.Value for v in result.OutputArguments] == ["done"]
+    assert control.calls == [expected]
+
+
+def test_start_batch_parses_the_recipe(served: ServerThread, control: RecordingControl) -> None:
+    result = call(served, "StartBatch", S(RECIPE_TOML))
+    assert result.StatusCode.is_good(), result
+    assert control.calls == [("start_batch", (recipe_from_mapping(tomllib.loads(RECIPE_TOML), "x"),))]
+
+
+def test_enter_lab_result_in_operator_units_reaches_the_controller_in_si(served: ServerThread,
+                                                                          control: RecordingControl) -> None:
+    result = call(served, "EnterLabResult", D(2.5), D(0.8), D(0.125))
+    assert result.StatusCode.is_good(), result
+    (method, (t_s, c_B, c_C)), = control.calls
+    assert method == "enter_lab_result"
+    assert (t_s, c_B, c_C) == (pytest.approx(9000.0, rel=1e-15), pytest.approx(800.0, rel=1e-15),
+                               pytest.approx(125.0, rel=1e-15))
+
+
+@pytest.mark.parametrize("method, key, args, code", [
+    ("Hold", "hold", (), ua.StatusCodes.BadInvalidState),
+    ("AcknowledgeAlarms", "ack_alarms", (), ua.StatusCodes.BadInvalidState),
+    ("StartBatch", "start_batch", (RECIPE_TOML,), ua.StatusCodes.BadInvalidState),
+    ("ResetTwin", "reset_twin", (), ua.StatusCodes.BadInvalidState),
+    ("EnterLabResult", "enter_lab_result", (1.0, 0.5, 0.1), ua.StatusCodes.BadInvalidArgument),
+])
+def test_refusals_come_back_as_bad_status_with_the_reason(served: ServerThread, control: RecordingControl,
+                                                          method: str, key: str, args: tuple, code: int) -> None:
+    control.refuse[key] = f"PLC says no to {key} (phase Idle)"
+    variants = [S(a) if isinstance(a, str) else D(a) for a in args]
+    result = call(served, method, *variants)
+    assert result.StatusCode.value == code
+    assert [v.Value for v in result.OutputArguments] == [f"PLC says no to {key} (phase Idle)"]
+    assert control.calls == []
+
+
+@pytest.mark.parametrize("method, args, code, per_argument, says", [
+    ("StartBatch", (D(1.0),), ua.StatusCodes.BadInvalidArgument, [ua.StatusCodes.BadTypeMismatch], "String"),
+    ("StartBatch", (S("name = [unclosed"),), ua.StatusCodes.BadInvalidArgument, [], "not TOML"),
+    ("StartBatch", (S('end_time_s = 100\nT_start_K = 300\nbogus = 1'),), ua.StatusCodes.BadInvalidArgument, [],
+     "recipe.bogus"),
+    ("StartBatch", (S('end_time_s = -5\npoints = [[0, 300]]'),), ua.StatusCodes.BadInvalidArgument, [],
+     "recipe.end_time_s"),
+    ("StartBatch", (), ua.StatusCodes.BadArgumentsMissing, [], "1 argument"),
+    ("Hold", (D(1.0),), ua.StatusCodes.BadTooManyArguments, [], "0 argument"),
+    ("EnterLabResult", (D(1.0), D(0.5)), ua.StatusCodes.BadArgumentsMissing, [], "3 argument"),
+    ("EnterLabResult", (D(1.0), D(0.5), D(0.1), D(0.1)), ua.StatusCodes.BadTooManyArguments, [], "3 argument"),
+    ("EnterLabResult", (D(1.0), ua.Variant(0.5, ua.VariantType.Float), D(0.1)), ua.StatusCodes.BadInvalidArgument,
+     [ua.StatusCodes.Good, ua.StatusCodes.BadTypeMismatch, ua.StatusCodes.Good], "c_B must be a Double"),
+    ("EnterLabResult", (S("1.0"), D(0.5), D(0.1)), ua.StatusCodes.BadInvalidArgument,
+     [ua.StatusCodes.BadTypeMismatch, ua.StatusCodes.Good, ua.StatusCodes.Good], "SampleTime"),
+    ("EnterLabResult", (D(1.0), D(-0.5), D(0.1)), ua.StatusCodes.BadInvalidArgument,
+     [ua.StatusCodes.Good, ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good], "c_B=-0.5 outside"),
+    ("EnterLabResult", (D(math.nan), D(0.5), D(25.0)), ua.StatusCodes.BadInvalidArgument,
+     [ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good, ua.StatusCodes.BadOutOfRange], "SampleTime=nan"),
+    ("EnterLabResult", (D(math.inf), D(0.5), D(0.1)), ua.StatusCodes.BadInvalidArgument,
+     [ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good, ua.StatusCodes.Good], "SampleTime=inf"),
+])
+def test_bad_method_arguments_are_refused_before_the_controller(served: ServerThread, control: RecordingControl,
+                                                                method: str, args: tuple, code: int,
+                                                                per_argument: list, says: str) -> None:
+    result = call(served, method, *args)
+    assert result.StatusCode.value == code
+    if per_argument:
+        assert [r.value for r in result.InputArgumentResults] == per_argument
+    (message,) = [v.Value for v in result.OutputArguments]
+    assert says in message
+    assert control.calls == []
+
+
+def test_methods_declare_their_arguments_with_units(served: ServerThread) -> None:
+    async def scenario(client: Client, ns: int) -> list[ua.Argument]:
+        method = client.get_node(ua.NodeId(f"{PLANT}.R1.EnterLabResult", ns))
+        return await (await method.get_child("0:InputArguments")).read_value()
+
+    args = client_run(served, scenario)
+    assert [(a.Name, a.DataType) for a in args] == [(n, ua.NodeId(ua.ObjectIds.Double))
+                                                    for n in ("SampleTime", "c_B", "c_C")]
+    assert "[h]" in args[0].Description.Text and "[mol/L]" in args[1].Description.Text
+
+
+# -- client writes -------------------------------------------------------------------------------------
+def _read_dv(served: ServerThread, name: str) -> ua.DataValue:
+    async def scenario(client: Client, ns: int) -> ua.DataValue:
+        return await client.get_node(nid(ns, name)).read_data_value(raise_on_bad_status=False)
+
+    return client_run(served, scenario)
+
+
+def _write(served: ServerThread, name: str, variant: ua.Variant) -> int:
+    async def scenario(client: Client, ns: int) -> int:
+        return await write_status(client, nid(ns, name), variant)
+
+    return client_run(served, scenario)
+
+
+@pytest.fixture
+def published_settings(served: ServerThread) -> datetime:
+    """R1's Recipe and Twin values as the runtime publishes them (Good), so 'unchanged' means something."""
+    when = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    snapshot = {p.name: Value(_sample_si(p.name), Quality.GOOD, when) for p in PUBLISHED if p.writable}
+    snapshot["T_trip"] = Value(400.0, Quality.GOOD, when)
+    snapshot["correction_on"] = Value(1.0, Quality.GOOD, when)
+    served.run(served.server.publish("R1", snapshot))
+    return when
+
+
+@pytest.mark.parametrize("name, variant, code", [
+    ("T_trip", D(250.0), ua.StatusCodes.BadOutOfRange),  # degC: the range is 30..200
+    ("T_trip", D(29.0), ua.StatusCodes.BadOutOfRange),
+    ("T_trip", D(math.nan), ua.StatusCodes.BadOutOfRange),
+    ("T_trip", D(math.inf), ua.StatusCodes.BadOutOfRange),
+    ("T_trip", ua.Variant(120.0, ua.VariantType.Float), ua.StatusCodes.BadTypeMismatch),
+    ("T_trip", ua.Variant(120, ua.VariantType.Int32), ua.StatusCodes.BadTypeMismatch),
+    ("T_trip", S("120"), ua.StatusCodes.BadTypeMismatch),
+    ("T_trip", ua.Variant([120.0, 121.0], ua.VariantType.Double), ua.StatusCodes.BadTypeMismatch),
+    ("T_trip", ua.Variant(None, ua.VariantType.Null), ua.StatusCodes.BadTypeMismatch),
+    ("recipe_n_points", ua.Variant(17, ua.VariantType.UInt32), ua.StatusCodes.BadOutOfRange),
+    ("recipe_n_points", ua.Variant(0, ua.VariantType.UInt32), ua.StatusCodes.BadOutOfRange),
+    ("recipe_n_points", ua.Variant(5, ua.VariantType.Int32), ua.StatusCodes.BadTypeMismatch),
+    ("recipe_n_points", D(5.0), ua.StatusCodes.BadTypeMismatch),
+    ("recipe_mode", ua.Variant(1, ua.VariantType.UInt32), ua.StatusCodes.BadOutOfRange),
+    ("recipe_end_time", D(48.5), ua.StatusCodes.BadOutOfRange),  # h: 172800 s = 48 h
+    ("sigma_rate_rel", D(-0.1), ua.StatusCodes.BadOutOfRange),
+    ("correction_on", ua.Variant(1, ua.VariantType.UInt32), ua.StatusCodes.BadTypeMismatch),
+    ("c_B", D(100.0), ua.StatusCodes.BadNotWritable),
+    ("T_reactor", D(50.0), ua.StatusCodes.BadNotWritable),
+    ("phase", ua.Variant(3, ua.VariantType.UInt32), ua.StatusCodes.BadNotWritable),
+    ("alarm_high_t_unacked", ua.Variant(False, ua.VariantType.Boolean), ua.StatusCodes.BadNotWritable),
+])
+def test_bad_writes_are_refused_and_the_value_stays(served: ServerThread, control: RecordingControl,
+                                                    published_settings: datetime, name: str, variant: ua.Variant,
+                                                    code: int) -> None:
+    before = _read_dv(served, name)
+    assert _write(served, name, variant) == code
+    after = _read_dv(served, name)
+    assert (after.Value, after.StatusCode, after.SourceTimestamp) == (
+        before.Value, before.StatusCode, before.SourceTimestamp)
+    assert control.calls == []
+
+
+@pytest.mark.parametrize("name, variant, si", [
+    ("T_trip", D(120.0), 393.15),
+    ("T_trip", D(200.0), 473.15),  # the range's edge in degC is accepted (no rounding refusal)
+    ("T_high_alarm", D(30.0), 303.15),
+    ("recipe_end_time", D(2.0), 7200.0),
+    ("recipe_T_3", D(80.0), 353.15),
+    ("recipe_n_points", ua.Variant(4, ua.VariantType.UInt32), 4.0),
+    ("correction_on", ua.Variant(False, ua.VariantType.Boolean), 0.0),
+    ("sigma_lab", D(2.5), 2.5),
+    ("t_batch_end", D(30000.0), 30000.0),
+])
+def test_valid_write_goes_to_the_controller_in_si(served: ServerThread, control: RecordingControl,
+                                                  published_settings: datetime, name: str, variant: ua.Variant,
+                                                  si: float) -> None:
+    assert _write(served, name, variant) == ua.StatusCodes.Good
+    (method, (written, value)), = control.calls
+    assert (method, written) == ("write", name)
+    assert value == pytest.approx(si, rel=1e-12)
+    sig = PUBLISHED_BY_NAME[name].signal
+    assert sig.min <= value <= sig.max
+    after = _read_dv(served, name)
+    assert after.StatusCode.is_good() and after.Value.Value == variant.Value
+
+
+def test_write_refused_by_the_runtime_leaves_the_value(served: ServerThread, control: RecordingControl,
+                                                       published_settings: datetime) -> None:
+    control.refuse["T_high_alarm"] = "T_high_alarm must be <= T_trip"
+    before = _read_dv(served, "T_high_alarm")
+    assert _write(served, "T_high_alarm", D(150.0)) == ua.StatusCodes.BadInvalidState
+    assert _read_dv(served, "T_high_alarm").Value == before.Value
+    assert control.calls == []
+
+
+# -- events --------------------------------------------------------------------------------------------
+class _EventQueue:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def event_notification(self, event: object) -> None:
+        self.queue.put_nowait(event)
+
+    async def next(self) -> object:
+        return await asyncio.wait_for(self.queue.get(), timeout=10.0)
+
+
+@pytest.mark.parametrize("kind, severity", [(EventKind.HEALTH_ALARM, None), (EventKind.OPTIMAL_STOP, 650),
+                                            (EventKind.LINK_LOST, None)])
+def test_events_reach_subscribers_of_the_reactor_and_of_the_server(served: ServerThread, kind: EventKind,
+                                                                   severity: int | None) -> None:
+    when = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+    event = TwinEvent(kind, f"{kind.name} in R1", when, severity)
+
+    async def scenario(client: Client, ns: int) -> list:
+        base = client.get_node(ua.NodeId("BatchTwinEventType", ns))
+        etype = client.get_node(ua.NodeId(EVENT_TYPE_NAMES[kind], ns))
+        got = []
+        for source in (client.get_node(ua.NodeId(f"{PLANT}.R1", ns)), client.nodes.server):
+            handler = _EventQueue()
+            sub = await client.create_subscription(20, handler)
+            await sub.subscribe_events(source, base)
+            # the subscription exists on the server once subscribe_events returned: no wait needed
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                served.server.event("R1", event), served._loop))
+            got.append((await handler.next(), etype.nodeid))
+            await sub.delete()
+        return got
+
+    for ev, etype in client_run(served, scenario):
+        assert ev.EventType == etype
+        assert ev.Severity == event.level == (severity or kind.severity)
+        assert ev.Message.Text == f"{kind.name} in R1"
+        assert ev.SourceName == "R1"
+        assert ev.Time == when
+
+
+def test_event_types_are_subtypes_of_base_event_type(served: ServerThread) -> None:
+    async def scenario(client: Client, ns: int) -> tuple[set[str], list]:
+        base = client.get_node(ua.NodeId("BatchTwinEventType", ns))
+        subs = {(await n.read_browse_name()).Name for n in await base.get_children(refs=ua.ObjectIds.HasSubtype)}
+        parent = await base.get_references(refs=ua.ObjectIds.HasSubtype, direction=ua.BrowseDirection.Inverse)
+        return subs, [r.NodeId for r in parent]
+
+    subs, parents = client_run(served, scenario)
+    assert subs == set(EVENT_TYPE_NAMES.values()) and len(subs) == len(EventKind)
+    assert parents == [ua.NodeId(ua.ObjectIds.BaseEventType)]
+
+
+# -- history -------------------------------------------------------------------------------------------
+def test_history_read_returns_every_published_value_of_a_trended_signal(served: ServerThread) -> None:
+    t0 = datetime(2027, 3, 1, 6, 0, tzinfo=UTC)  # a window of its own: other tests publish too
+    values = [(300.0 + 0.5 * i, Quality.GOOD if i != 3 else Quality.BAD_COMMUNICATION) for i in range(8)]
+    for i, (T, q) in enumerate(values):  # publishes back to back, as fast as the runtime could
+        served.run(served.server.publish("R1", {"T_reactor": Value(T, q, t0 + timedelta(seconds=i)),
+                                                "c_B_std": Value(1.0 + i, q, t0 + timedelta(seconds=i))}))
+
+    async def scenario(client: Client, ns: int) -> tuple[list, object]:
+        hist = await client.get_node(nid(ns, "T_reactor")).read_raw_history(t0 - timedelta(seconds=1),
+                                                                             t0 + timedelta(minutes=1))
+        untrended = await client.get_node(nid(ns, "c_A_std")).read_raw_history(
+            t0, t0 + timedelta(minutes=1))
+        return hist, untrended
+
+    hist, untrended = client_run(served, scenario)
+    assert untrended == []  # c_A_std is not trended
+    assert [dv.SourceTimestamp for dv in hist] == [t0 + timedelta(seconds=i) for i in range(8)]
+    assert [dv.StatusCode.value for dv in hist] == [
+        ua.StatusCodes.BadCommunicationError if i == 3 else ua.StatusCodes.Good for i in range(8)]
+    assert [dv.Value.Value for dv in hist] == [
+        None if i == 3 else pytest.approx(T - 273.15, rel=1e-12) for i, (T, _) in enumerate(values)]
+
+
+def test_history_read_returns_the_events(served: ServerThread) -> None:
+    t0 = datetime(2027, 4, 1, 6, 0, tzinfo=UTC)
+    kinds = [EventKind.BATCH_STARTED, EventKind.HEALTH_WARNING, EventKind.OPTIMAL_STOP, EventKind.BATCH_ENDED]
+    for i, kind in enumerate(kinds):
+        served.run(served.server.event("R2", TwinEvent(kind, f"event {i}", t0 + timedelta(minutes=i))))
+
+    async def scenario(client: Client, ns: int) -> list:
+        obj = client.get_node(ua.NodeId(f"{PLANT}.R2", ns))
+        base = client.get_node(ua.NodeId("BatchTwinEventType", ns))
+        return await obj.read_event_history(t0 - timedelta(seconds=1), t0 + timedelta(hours=1), evtypes=base)
+
+    events = client_run(served, scenario)
+    assert [(e.Message.Text, e.Severity, e.Time) for e in events] == [
+        (f"event {i}", kind.severity, t0 + timedelta(minutes=i)) for i, kind in enumerate(kinds)]
+    assert all(e.SourceName == "R2" for e in events)
