@@ -601,3 +601,82 @@ def test_history_read_returns_the_events(served: ServerThread) -> None:
     assert [(e.Message.Text, e.Severity, e.Time) for e in events] == [
         (f"event {i}", kind.severity, t0 + timedelta(minutes=i)) for i, kind in enumerate(kinds)]
     assert all(e.SourceName == "R2" for e in events)
+
+
+# -- a client that is not asyncua ----------------------------------------------------------------------
+def test_the_opcua_package_reads_the_same_values_and_browses_the_tree(served: ServerThread,
+                                                                       control: RecordingControl) -> None:
+    """python-opcua 0.98 (a separate, synchronous code base) against the asyncua server."""
+    opcua = pytest.importorskip("opcua")
+    when = datetime(2026, 12, 1, 12, 0, 0, 500000, tzinfo=UTC)
+    snapshot = {"T_reactor": Value(345.0, Quality.GOOD, when), "c_B": Value(612.5, Quality.UNCERTAIN_LAST_USABLE, when),
+                "lab_c_B": Value(600.0, Quality.BAD_COMMUNICATION, when), "phase": Value(3.0, Quality.GOOD, when),
+                "alarm_high_t_active": Value(1.0, Quality.GOOD, when)}
+    served.run(served.server.publish("R1", snapshot))
+
+    async def with_asyncua(client: Client, ns: int) -> list[ua.DataValue]:
+        return await read_many(client, [(nid(ns, n), ua.AttributeIds.Value) for n in snapshot])
+
+    reference = client_run(served, with_asyncua)
+
+    old = opcua.Client(served.url, timeout=10)
+    old.connect()
+    try:
+        ns = old.get_namespace_index(NAMESPACE_URI)
+        params = opcua.ua.ReadParameters()  # one Read; Node.get_data_value would raise on a non-Good status
+        params.NodesToRead = [opcua.ua.ReadValueId() for _ in snapshot]
+        for rv, n in zip(params.NodesToRead, snapshot):
+            rv.NodeId = opcua.ua.NodeId(f"{PLANT}.R1.{PUBLISHED_BY_NAME[n].folder}.{n}", ns)
+            rv.AttributeId = opcua.ua.AttributeIds.Value
+        params.TimestampsToReturn = opcua.ua.TimestampsToReturn.Both
+        got = old.uaclient.read(params)
+        reactor = old.get_objects_node().get_child([f"{ns}:{PLANT}", f"{ns}:R1"])
+        tree = {}
+        for folder in reactor.get_children(refs=opcua.ua.ObjectIds.Organizes):
+            tree[folder.get_browse_name().Name] = {c.get_browse_name().Name for c in folder.get_children(
+                refs=opcua.ua.ObjectIds.HasComponent)}
+        t_node = old.get_node(opcua.ua.NodeId(f"{PLANT}.R1.Measurements.T_reactor", ns))
+        eu = t_node.get_child("0:EngineeringUnits").get_value()
+        rng = t_node.get_child("0:EURange").get_value()
+        reactor.call_method(f"{ns}:Hold")
+    finally:
+        old.disconnect()
+
+    for name, dv_old, dv_ref in zip(snapshot, got, reference):
+        assert dv_old.StatusCode.value == dv_ref.StatusCode.value, name
+        assert dv_old.Value.Value == dv_ref.Value.Value, name
+        assert dv_old.SourceTimestamp.replace(tzinfo=UTC) == when, name  # python-opcua returns naive UTC
+    assert got[0].Value.Value == pytest.approx(71.85, rel=1e-12)
+    assert {f: names >= {p.name for p in PUBLISHED if p.folder == f} for f, names in tree.items()} == {
+        f: True for f in {p.folder for p in PUBLISHED}}
+    assert (eu.UnitId, eu.DisplayName.Text, rng.Low, rng.High) == (4408652, "°C", -23.15, 226.85)
+    assert control.calls == [("command", ("hold",))]
+
+
+@pytest.mark.slow
+def test_history_outlives_the_server(tmp_path) -> None:
+    """A batch's history read back by a server started afterwards on the same SQLite file (here on
+    port 0: the port actually bound is the one advertised)."""
+    db = tmp_path / "history.sqlite"
+    t0 = datetime(2027, 5, 1, 6, 0, tzinfo=UTC)
+    with ServerThread(f"opc.tcp://127.0.0.1:{free_port()}/batch-twin/", PLANT, {"R1": RecordingControl()},
+                      history_db=db) as first:
+        for i in range(5):
+            first.run(first.server.publish("R1", {"c_B": Value(100.0 * i, Quality.GOOD, t0 + timedelta(seconds=i))}))
+        first.run(first.server.event("R1", TwinEvent(EventKind.BATCH_ENDED, "batch 7 ended", t0 + timedelta(hours=1))))
+
+    with ServerThread("opc.tcp://127.0.0.1:0/batch-twin/", PLANT, {"R1": RecordingControl()}, history_db=db) as again:
+        assert not again.url.startswith("opc.tcp://127.0.0.1:0/")
+
+        async def scenario(client: Client, ns: int) -> tuple[list, list]:
+            values = await client.get_node(nid(ns, "c_B")).read_raw_history(t0 - timedelta(seconds=1),
+                                                                             t0 + timedelta(minutes=1))
+            events = await client.get_node(ua.NodeId(f"{PLANT}.R1", ns)).read_event_history(
+                t0, t0 + timedelta(days=1), evtypes=client.get_node(ua.NodeId("BatchTwinEventType", ns)))
+            endpoints = await client.get_endpoints()
+            assert {e.EndpointUrl for e in endpoints} == {again.url}
+            return values, events
+
+        values, events = client_run(again, scenario)
+    assert [dv.Value.Value for dv in values] == [100.0 * i for i in range(5)]
+    assert [(e.Message.Text, e.Severity) for e in events] == [("batch 7 ended", EventKind.BATCH_ENDED.severity)]
