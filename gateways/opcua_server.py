@@ -389,6 +389,7 @@ class TwinHistory(HistorySQLite):
         return await super().read_event_history(source_id, start, end, nb_values, evfilter)
 
     async def stop(self) -> None:
+        """Write what is queued and close the database (again: nothing to do)."""
         if self._writer is not None:
             self._writer.cancel()
             try:
@@ -396,8 +397,10 @@ class TwinHistory(HistorySQLite):
             except asyncio.CancelledError:
                 pass
             self._writer = None
-        await self.flush()
-        await super().stop()
+        if self._db is not None:
+            await self.flush()
+            await super().stop()
+            self._db = None  # type: ignore[assignment]
 
 
 # -- client writes -------------------------------------------------------------------------------------
@@ -551,10 +554,10 @@ class TwinOpcUaServer:
         await self.stop()
 
     async def _close_after_failed_start(self) -> None:
-        server, self._server = self._server, None
-        if server is not None and server.iserver.history_manager.storage is self._history and self._history:
-            if self._history._db is not None:
-                await self._history.stop()
+        # asyncua stops its internal server (and so the history) itself only when binding failed
+        self._server = None
+        if self._history is not None:
+            await self._history.stop()
 
     def _actual_url(self) -> str:
         assert self._server is not None and self._server.bserver is not None
@@ -746,7 +749,10 @@ class TwinOpcUaServer:
     async def publish(self, reactor: str, snapshot: Snapshot) -> None:
         """Write ``snapshot`` (SI values with quality and source time) into ``reactor``'s nodes."""
         server = self._require_started()
-        nodes = self._nodes[reactor]
+        try:
+            nodes = self._nodes[reactor]
+        except KeyError:
+            raise KeyError(f"publish: unknown reactor {reactor!r}") from None
         now = datetime.now(UTC)
         aspace = server.iserver.aspace
         history = self._history

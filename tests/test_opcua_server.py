@@ -114,6 +114,15 @@ def test_unece_codes_are_the_published_unit_ids() -> None:
     assert served_units <= set(EXPECTED_UNITS), served_units - set(EXPECTED_UNITS)
 
 
+def test_uncertainties_and_tuning_sigmas_are_never_offset_converted() -> None:
+    """A standard deviation is a difference: 0.5 K is 0.5 degC, never 0.5 - 273.15."""
+    for pub in PUBLISHED:
+        if pub.name.endswith("_std") or pub.name.startswith("sigma_"):
+            unit = pub.operator_unit
+            offset = DISPLAY_UNITS[unit][2] if unit in DISPLAY_UNITS and unit != pub.signal.unit else 0.0
+            assert offset == 0.0, f"{pub.name} is served in {unit}, an offset unit"
+
+
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:4840/x", "opc.tcp://127.0.0.1/x", "opc.tcp://:4840/"])
 def test_bad_endpoint_refused_without_io(endpoint: str) -> None:
     with pytest.raises(ValueError, match="endpoint"):
@@ -180,7 +189,7 @@ def test_every_published_signal_is_browsable_with_unit_range_type_and_descriptio
 def test_some_ranges_and_units_as_an_operator_reads_them(served: ServerThread) -> None:
     async def scenario(client: Client, ns: int) -> dict[str, tuple[float, float, str]]:
         out = {}
-        for name in ("T_reactor", "lab_c_B", "recipe_end_time", "yield_B", "pid_output", "c_B"):
+        for name in ("T_reactor", "lab_c_B", "recipe_end_time", "yield_B", "pid_output"):
             node = client.get_node(nid(ns, name))
             rng = await (await node.get_child("0:EURange")).read_value()
             eu = await (await node.get_child("0:EngineeringUnits")).read_value()
@@ -193,7 +202,6 @@ def test_some_ranges_and_units_as_an_operator_reads_them(served: ServerThread) -
     assert got["recipe_end_time"] == (pytest.approx(1 / 3600), 48.0, "h")  # 1..172800 s
     assert got["yield_B"] == (0.0, 100.0, "%")
     assert got["pid_output"] == (-100.0, 100.0, "%")
-    assert got["c_B"] == (0.0, 20000.0, "mol/m³")
 
 
 def test_build_info_namespace_and_twin_identity(served: ServerThread) -> None:
@@ -483,8 +491,9 @@ def test_bad_writes_are_refused_and_the_value_stays(served: ServerThread, contro
     ("recipe_T_3", D(80.0), 353.15),
     ("recipe_n_points", ua.Variant(4, ua.VariantType.UInt32), 4.0),
     ("correction_on", ua.Variant(False, ua.VariantType.Boolean), 0.0),
-    ("sigma_lab", D(2.5), 2.5),
-    ("t_batch_end", D(30000.0), 30000.0),
+    ("sigma_lab", D(operator("sigma_lab", 2.5)), 2.5),  # in whatever unit the table serves it
+    ("t_batch_end", D(operator("t_batch_end", 30000.0)), 30000.0),
+    ("forecast_interval", D(operator("forecast_interval", 600.0)), 600.0),
 ])
 def test_valid_write_goes_to_the_controller_in_si(served: ServerThread, control: RecordingControl,
                                                   published_settings: datetime, name: str, variant: ua.Variant,
@@ -678,5 +687,27 @@ def test_history_outlives_the_server(tmp_path) -> None:
             return values, events
 
         values, events = client_run(again, scenario)
-    assert [dv.Value.Value for dv in values] == [100.0 * i for i in range(5)]
+    assert [dv.Value.Value for dv in values] == [pytest.approx(operator("c_B", 100.0 * i), rel=1e-12) for i in range(5)]
     assert [(e.Message.Text, e.Severity) for e in events] == [("batch 7 ended", EventKind.BATCH_ENDED.severity)]
+
+
+def test_a_port_in_use_fails_start_and_leaves_nothing_running() -> None:
+    import socket
+    import threading
+
+    threads_before = set(threading.enumerate())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = TwinOpcUaServer(f"opc.tcp://127.0.0.1:{port}/batch-twin/", PLANT, {"R1": RecordingControl()})
+
+        async def main() -> None:
+            with pytest.raises(OSError):
+                await server.start()
+            await server.stop()  # nothing to stop: no error
+            with pytest.raises(RuntimeError, match="not started"):
+                await server.publish("R1", {})
+
+        asyncio.run(main())
+    assert set(threading.enumerate()) <= threads_before  # the history's SQLite thread is gone too
