@@ -239,13 +239,13 @@ _COMMANDS = {"Hold": ("hold", "Hold the batch (PLC command)"),
              "AcknowledgeAlarms": ("ack_alarms", "Acknowledge the latched PLC alarms (PLC command)")}
 _RESULT_ARG = _MethodArg("Result", ua.VariantType.String,
                          "'done', or why the request was refused (also when the status code is Bad)")
-_LAB_ARGS = (
-    _MethodArg("SampleTime", ua.VariantType.Double, "Batch time at which the sample was drawn [h]"),
-    _MethodArg("c_B", ua.VariantType.Double, "Lab result for product B [mol/L]"),
-    _MethodArg("c_C", ua.VariantType.Double, "Lab result for impurity C [mol/L]"),
-)
 _LAB_SIGNALS = ("lab_sample_time", "lab_c_B", "lab_c_C")
-"""The Measurements signals whose range and unit the EnterLabResult arguments share (h, mol/L)."""
+"""The Measurements signals whose range and operator unit the EnterLabResult arguments share."""
+_LAB_ARGS = tuple(
+    _MethodArg(arg, ua.VariantType.Double, f"{what} [{PUBLISHED_BY_NAME[signal].operator_unit}]")
+    for arg, signal, what in (("SampleTime", "lab_sample_time", "Batch time at which the sample was drawn"),
+                              ("c_B", "lab_c_B", "Lab result for product B"),
+                              ("c_C", "lab_c_C", "Lab result for impurity C")))
 
 
 def _method_result(code: int, message: str, argument_results: Sequence[int] = ()) -> ua.CallMethodResult:
@@ -508,7 +508,6 @@ class TwinOpcUaServer:
         server.set_server_name(f"Batch reactor twin, plant {self._plant}")
         server.product_uri = PRODUCT_URI
         server.manufacturer_name = self._build_info.manufacturer
-        server._application_uri = f"{PRODUCT_URI}:{self._plant}"  # read by init(); asyncua has no setter before it
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         server.allow_remote_admin(False)
@@ -519,6 +518,7 @@ class TwinOpcUaServer:
         self._server = server
         try:
             await server.init()
+            await server.set_application_uri(f"{PRODUCT_URI}:{self._plant}")
             self._ns = await server.register_namespace(NAMESPACE_URI)
             bi = self._build_info
             await server.set_build_info(PRODUCT_URI, bi.manufacturer, bi.product_name, bi.product_version,
@@ -649,7 +649,7 @@ class TwinOpcUaServer:
             await add(name, description, (), self._command_method(reactor, name, command))
 
         async def reset_twin(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
-            return await self._call(reactor, "ResetTwin", args, (), lambda: control.reset_twin())
+            return await self._call(reactor, "ResetTwin", args, (), control.reset_twin)
 
         await add("ResetTwin", "Restart the twin from the PLC's current batch (its charge and recipe)", (),
                   reset_twin)
@@ -657,8 +657,9 @@ class TwinOpcUaServer:
         async def enter_lab_result(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
             return await self._enter_lab_result(reactor, args)
 
+        units = [a.description.rsplit("[", 1)[1].rstrip("]") for a in _LAB_ARGS]
         await add("EnterLabResult", "A lab result from outside the PLC (LIMS); late results allowed. "
-                  "SampleTime in h of batch time, c_B and c_C in mol/L", _LAB_ARGS, enter_lab_result)
+                  f"SampleTime in {units[0]} of batch time, c_B and c_C in {units[1]}", _LAB_ARGS, enter_lab_result)
 
     def _command_method(self, reactor: str, name: str, command: str) -> Callable[..., Awaitable[ua.CallMethodResult]]:
         control = self._controls[reactor]

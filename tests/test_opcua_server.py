@@ -206,7 +206,10 @@ def test_some_ranges_and_units_as_an_operator_reads_them(served: ServerThread) -
 
 def test_build_info_namespace_and_twin_identity(served: ServerThread) -> None:
     async def scenario(client: Client, ns: int) -> None:
-        assert (await client.get_namespace_array())[ns] == NAMESPACE_URI
+        namespaces = await client.get_namespace_array()
+        assert namespaces[ns] == NAMESPACE_URI
+        assert namespaces[1] == f"urn:batch-reactor-twin:{PLANT}"  # the application URI (OPC 10000-5 §6.3.1)
+        assert {e.Server.ApplicationUri for e in await client.get_endpoints()} == {namespaces[1]}
         build = await client.get_node(ua.ObjectIds.Server_ServerStatus_BuildInfo).read_value()
         assert (build.ProductName, build.SoftwareVersion, build.BuildNumber) == (
             BUILD.product_name, "9.8.7", "42")
