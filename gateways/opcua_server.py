@@ -127,6 +127,8 @@ STATUS_OF_QUALITY: dict[Quality, int] = {
 
 _UINT32_MAX = 2**32 - 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_INTEGER_LIMITS = {ua.VariantType.UInt32: (0, _UINT32_MAX), ua.VariantType.Int32: (_INT32_MIN, _INT32_MAX),
+                   ua.VariantType.Int64: (-(2**63), 2**63 - 1)}
 
 
 def variant_type_of(pub: Published) -> ua.VariantType:
@@ -263,12 +265,15 @@ class _SignalNode:
     vtype: ua.VariantType
     control: ReactorControl
 
-    def variant(self, si_value: float) -> ua.Variant:
+    def variant(self, si_value: float) -> ua.Variant | None:
+        """The value as served (operator unit, data type); None if the data type cannot hold it."""
         if self.vtype is ua.VariantType.Double:
             return ua.Variant(to_operator_unit(self.pub, si_value), self.vtype)
         if self.vtype is ua.VariantType.Boolean:
             return ua.Variant(bool(si_value), self.vtype)
-        return ua.Variant(int(round(si_value)), self.vtype)
+        n = int(round(si_value))
+        lo, hi = _INTEGER_LIMITS[self.vtype]
+        return ua.Variant(n, self.vtype) if lo <= n <= hi else None
 
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -890,18 +895,25 @@ def _check_write(node: _SignalNode, wv: ua.WriteValue) -> int:
     return ua.StatusCodes.Good
 
 
+_NULL = ua.Variant(None, ua.VariantType.Null)
+_STATUS = {code: ua.StatusCode(code) for code in (*STATUS_OF_QUALITY.values(), ua.StatusCodes.BadOutOfRange)}
+
+
 def _datavalue(node: _SignalNode, si_value: float, quality: Quality, source_time: datetime,
                server_time: datetime) -> ua.DataValue:
     """The DataValue of one published value. A value that is not a finite number cannot be Good (nor
-    Uncertain: there is no last usable value): it is published as Bad, its value null (OPC UA ignores the
-    value of a Bad status anyway)."""
+    Uncertain: there is no last usable value): it is published Bad_WaitingForInitialData; an integer its
+    data type cannot hold, Bad_OutOfRange. A Bad value is null (OPC UA ignores the value of a Bad status)."""
     code = STATUS_OF_QUALITY[quality]
-    finite = isinstance(si_value, int | float) and math.isfinite(si_value)
-    if not finite and quality in (Quality.GOOD, Quality.UNCERTAIN_LAST_USABLE):
-        code = ua.StatusCodes.BadWaitingForInitialData
-    status = ua.StatusCode(code)
-    variant = node.variant(si_value) if finite and not status.is_bad() else ua.Variant(None, ua.VariantType.Null)
-    return ua.DataValue(variant, StatusCode=status, SourceTimestamp=source_time, ServerTimestamp=server_time)
+    variant: ua.Variant | None = _NULL
+    if code == ua.StatusCodes.Good or code == ua.StatusCodes.UncertainLastUsableValue:
+        if not (isinstance(si_value, int | float) and math.isfinite(si_value)):
+            code = ua.StatusCodes.BadWaitingForInitialData
+        else:
+            variant = node.variant(si_value)
+            if variant is None:
+                code, variant = ua.StatusCodes.BadOutOfRange, _NULL
+    return ua.DataValue(variant, StatusCode=_STATUS[code], SourceTimestamp=source_time, ServerTimestamp=server_time)
 
 
 def _folder_item(parent: ua.NodeId, nodeid: ua.NodeId, ns: int, name: str) -> ua.AddNodesItem:

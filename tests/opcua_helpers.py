@@ -114,3 +114,17 @@ async def write_status(client: Client, nodeid: ua.NodeId, variant: ua.Variant) -
     params.NodesToWrite = [ua.WriteValue(NodeId=nodeid, AttributeId=ua.AttributeIds.Value,
                                          Value=ua.DataValue(variant))]
     return (await client.uaclient.write(params))[0].value
+
+
+class DataChanges:
+    """A subscription handler collecting data changes as (node id, DataValue); :meth:`next` waits
+    (with a timeout, never a fixed sleep) for the next one."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[ua.NodeId, ua.DataValue]] = asyncio.Queue()
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self.queue.put_nowait((node.nodeid, data.monitored_item.Value))
+
+    async def next(self, timeout_s: float = 10.0) -> tuple[ua.NodeId, ua.DataValue]:
+        return await asyncio.wait_for(self.queue.get(), timeout_s)

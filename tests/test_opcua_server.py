@@ -17,6 +17,7 @@ import pytest
 from asyncua import Client, ua
 from conftest import free_port
 from opcua_helpers import (
+    DataChanges,
     RecordingControl,
     ServerThread,
     call_full,
@@ -295,6 +296,45 @@ def test_quality_to_status_code(served: ServerThread, si: float, quality: Qualit
     assert dv.StatusCode.value == code
     assert dv.SourceTimestamp == when
     assert (dv.Value.Value if shown is None else pytest.approx(dv.Value.Value, rel=1e-12)) == shown
+
+
+@pytest.mark.parametrize("si", [-1.0, 2.0**33])
+def test_an_integer_its_data_type_cannot_hold_is_bad_not_wrapped(served: ServerThread, si: float) -> None:
+    when = datetime(2026, 12, 1, 9, 45, tzinfo=UTC)
+    served.run(served.server.publish("R1", {"batch_id": Value(si, Quality.GOOD, when)}))
+
+    async def scenario(client: Client, ns: int) -> ua.DataValue:
+        return await client.get_node(nid(ns, "batch_id")).read_data_value(raise_on_bad_status=False)
+
+    dv = client_run(served, scenario)
+    assert (dv.StatusCode.value, dv.Value.Value) == (ua.StatusCodes.BadOutOfRange, None)
+
+
+def test_a_subscriber_sees_each_value_with_its_status(served: ServerThread) -> None:
+    """What SCADA sees: data changes of a monitored item, the quality going Bad and back to Good."""
+    t0 = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+    sequence = [(340.0, Quality.GOOD), (341.0, Quality.BAD_COMMUNICATION), (342.0, Quality.UNCERTAIN_LAST_USABLE),
+                (343.0, Quality.GOOD)]
+
+    async def scenario(client: Client, ns: int) -> list[ua.DataValue]:
+        changes = DataChanges()
+        sub = await client.create_subscription(10, changes)
+        await sub.subscribe_data_change(client.get_node(nid(ns, "T_jacket")))
+        await changes.next()  # the initial value, whatever it is
+        got = []
+        for i, (T, q) in enumerate(sequence):
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(served.server.publish(
+                "R1", {"T_jacket": Value(T, q, t0 + timedelta(seconds=i))}), served._loop))
+            got.append((await changes.next())[1])
+        await sub.delete()
+        return got
+
+    got = client_run(served, scenario)
+    assert [dv.StatusCode.value for dv in got] == [
+        ua.StatusCodes.Good, ua.StatusCodes.BadCommunicationError, ua.StatusCodes.UncertainLastUsableValue,
+        ua.StatusCodes.Good]
+    assert [dv.Value.Value for dv in got] == [pytest.approx(66.85), None, pytest.approx(68.85), pytest.approx(69.85)]
+    assert [dv.SourceTimestamp for dv in got] == [t0 + timedelta(seconds=i) for i in range(4)]
 
 
 def test_unknown_signal_in_a_snapshot_is_ignored(served: ServerThread) -> None:
