@@ -659,7 +659,7 @@ def test_history_read_returns_the_events(served: ServerThread) -> None:
 def test_the_opcua_package_reads_the_same_values_and_browses_the_tree(served: ServerThread,
                                                                        control: RecordingControl) -> None:
     """python-opcua 0.98 (a separate, synchronous code base) against the asyncua server."""
-    opcua = pytest.importorskip("opcua")
+    import opcua  # a dev dependency (requirements.lock): missing it fails, it does not skip
     when = datetime(2026, 12, 1, 12, 0, 0, 500000, tzinfo=UTC)
     snapshot = {"T_reactor": Value(345.0, Quality.GOOD, when), "c_B": Value(612.5, Quality.UNCERTAIN_LAST_USABLE, when),
                 "lab_c_B": Value(600.0, Quality.BAD_COMMUNICATION, when), "phase": Value(3.0, Quality.GOOD, when),
