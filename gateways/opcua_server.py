@@ -468,8 +468,7 @@ class TwinOpcUaServer:
             raise ValueError(f"twins given for unknown reactors: {sorted(unknown)}")
         self._twins = {name: (twins or {}).get(name, TwinIdentity()) for name in self._controls}
         self._history_db = history_db
-        self._build_info = build_info or BuildInfo(product_version=_package_version(),
-                                                   build_date=datetime.now(UTC))
+        self._build_info = build_info  # None: the installed package's version, read at start
         for pub in PUBLISHED:  # fail here, not mid-start, on a unit without a code or a bad scale
             _scale(pub)
             if pub.signal.type == "Real":
@@ -512,6 +511,9 @@ class TwinOpcUaServer:
         server.set_endpoint(self._endpoint)
         server.set_server_name(f"Batch reactor twin, plant {self._plant}")
         server.product_uri = PRODUCT_URI
+        if self._build_info is None:
+            self._build_info = BuildInfo(product_version=await asyncio.to_thread(_package_version),
+                                         build_date=datetime.now(UTC))
         server.manufacturer_name = self._build_info.manufacturer
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         server.set_identity_tokens([ua.AnonymousIdentityToken])

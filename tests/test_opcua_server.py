@@ -719,6 +719,7 @@ def test_history_outlives_the_server(tmp_path) -> None:
 
     with ServerThread("opc.tcp://127.0.0.1:0/batch-twin/", PLANT, {"R1": RecordingControl()}, history_db=db) as again:
         assert not again.url.startswith("opc.tcp://127.0.0.1:0/")
+        from importlib.metadata import version
 
         async def scenario(client: Client, ns: int) -> tuple[list, list]:
             values = await client.get_node(nid(ns, "c_B")).read_raw_history(t0 - timedelta(seconds=1),
@@ -727,6 +728,8 @@ def test_history_outlives_the_server(tmp_path) -> None:
                 t0, t0 + timedelta(days=1), evtypes=client.get_node(ua.NodeId("BatchTwinEventType", ns)))
             endpoints = await client.get_endpoints()
             assert {e.EndpointUrl for e in endpoints} == {again.url}
+            build = await client.get_node(ua.ObjectIds.Server_ServerStatus_BuildInfo).read_value()
+            assert build.SoftwareVersion == version("batch-reactor-twin")  # no BuildInfo given: the package's
             return values, events
 
         values, events = client_run(again, scenario)
