@@ -691,6 +691,10 @@ def test_the_opcua_package_reads_the_same_values_and_browses_the_tree(served: Se
         eu = t_node.get_child("0:EngineeringUnits").get_value()
         rng = t_node.get_child("0:EURange").get_value()
         reactor.call_method(f"{ns}:Hold")
+        old.get_node(opcua.ua.NodeId(f"{PLANT}.R1.Recipe.T_trip", ns)).set_value(120.0, opcua.ua.VariantType.Double)
+        with pytest.raises(opcua.ua.UaStatusCodeError, match="BadOutOfRange"):
+            old.get_node(opcua.ua.NodeId(f"{PLANT}.R1.Recipe.T_trip", ns)).set_value(
+                250.0, opcua.ua.VariantType.Double)
     finally:
         old.disconnect()
 
@@ -702,7 +706,8 @@ def test_the_opcua_package_reads_the_same_values_and_browses_the_tree(served: Se
     assert {f: names >= {p.name for p in PUBLISHED if p.folder == f} for f, names in tree.items()} == {
         f: True for f in {p.folder for p in PUBLISHED}}
     assert (eu.UnitId, eu.DisplayName.Text, rng.Low, rng.High) == (4408652, "°C", -23.15, 226.85)
-    assert control.calls == [("command", ("hold",))]
+    assert control.calls[0] == ("command", ("hold",))
+    assert control.calls[1:] == [("write", ("T_trip", pytest.approx(393.15, rel=1e-12)))]
 
 
 @pytest.mark.slow
