@@ -191,6 +191,13 @@ class BuildInfo:
     product_name: str = "Batch reactor hybrid twin"
     manufacturer: str = "batch-reactor-twin"
 
+    def __post_init__(self) -> None:
+        for name in ("product_version", "build_number", "product_name", "manufacturer"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"BuildInfo.{name}: expected str, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.build_date, datetime):
+            raise TypeError(f"BuildInfo.build_date: expected datetime, got {type(self.build_date).__name__}")
+
 
 @dataclass(frozen=True)
 class TwinIdentity:
@@ -200,6 +207,11 @@ class TwinIdentity:
 
     fmu_guid: str = ""
     correction_version: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("fmu_guid", "correction_version"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"TwinIdentity.{name}: expected str, got {type(getattr(self, name)).__name__}")
 
 
 # -- events --------------------------------------------------------------------------------------------

@@ -130,6 +130,17 @@ def test_bad_endpoint_refused_without_io(endpoint: str) -> None:
         TwinOpcUaServer(endpoint, PLANT, {"R1": RecordingControl()})
 
 
+def test_build_info_and_twin_identity_check_their_types() -> None:
+    with pytest.raises(TypeError, match="BuildInfo.product_version"):
+        BuildInfo(product_version=1, build_date=datetime.now(UTC))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="BuildInfo.build_date"):
+        BuildInfo(product_version="1", build_date="2026-12-01")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="TwinIdentity.fmu_guid"):
+        TwinIdentity(fmu_guid=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown reactors"):
+        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", PLANT, {"R1": RecordingControl()}, twins={"R9": TwinIdentity()})
+
+
 @pytest.mark.parametrize("plant, reactor", [("Plant A", "R1"), ("P", "R.1"), ("P", "")])
 def test_bad_names_refused(plant: str, reactor: str) -> None:
     with pytest.raises(ValueError):
