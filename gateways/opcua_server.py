@@ -496,6 +496,7 @@ class TwinOpcUaServer:
         self._last_source_time: dict[str, datetime] = {}
         self._unknown_logged: set[str] = set()
         self._bound_url: str | None = None
+        self._event_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
@@ -797,11 +798,12 @@ class TwinOpcUaServer:
         """Emit ``event`` from ``reactor``'s object and from the Server object; historize it."""
         self._require_started()
         from_reactor, from_server = self._generators[(reactor, event.kind)]
-        for gen in (from_reactor, from_server):
-            gen.event.Severity = event.level
-            await gen.trigger(time_attr=event.time, message=event.message)
-            if gen is from_reactor and self._history is not None:
-                await self._history.save_event(gen.event)
+        async with self._event_lock:  # a generator's event object is filled, then sent: one at a time
+            for gen in (from_reactor, from_server):
+                gen.event.Severity = event.level
+                await gen.trigger(time_attr=event.time, message=event.message)
+                if gen is from_reactor and self._history is not None:
+                    await self._history.save_event(gen.event)
 
     async def set_twin_identity(self, reactor: str, twin: TwinIdentity) -> None:
         """Show a new FMU GUID / correction version for ``reactor`` (e.g. after the twin was rebuilt)."""
@@ -843,7 +845,7 @@ class TwinOpcUaServer:
         return ua.StatusCode(ua.StatusCodes.Good)
 
 
-class _BadArgument(Exception):
+class _BadArgument(ValueError):
     """A method argument was refused by the server's own checks (becomes BadInvalidArgument)."""
 
     def __init__(self, reason: str, argument_results: Sequence[int] = ()) -> None:
