@@ -6,6 +6,7 @@ a method call that returns the whole CallMethodResult, a write that returns the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,8 +63,13 @@ class ServerThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="opcua-server", daemon=True)
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the server's loop; from another loop, ``await asyncio.wrap_future(...)`` it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+        """Run ``coro`` on the server's loop and wait for its result (from a thread without a loop)."""
+        return self.submit(coro).result(timeout_s)
 
     def __enter__(self) -> ServerThread:
         self._thread.start()

@@ -334,8 +334,8 @@ def test_a_subscriber_sees_each_value_with_its_status(served: ServerThread) -> N
         await changes.next()  # the initial value, whatever it is
         got = []
         for i, (T, q) in enumerate(sequence):
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(served.server.publish(
-                "R1", {"T_jacket": Value(T, q, t0 + timedelta(seconds=i))}), served._loop))
+            await asyncio.wrap_future(served.submit(served.server.publish(
+                "R1", {"T_jacket": Value(T, q, t0 + timedelta(seconds=i))})))
             got.append((await changes.next())[1])
         await sub.delete()
         return got
@@ -599,8 +599,7 @@ def test_events_reach_subscribers_of_the_reactor_and_of_the_server(served: Serve
             sub = await client.create_subscription(20, handler)
             await sub.subscribe_events(source, base)
             # the subscription exists on the server once subscribe_events returned: no wait needed
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                served.server.event("R1", event), served._loop))
+            await asyncio.wrap_future(served.submit(served.server.event("R1", event)))
             got.append((await handler.next(), etype.nodeid))
             await sub.delete()
         return got
