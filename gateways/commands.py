@@ -6,11 +6,16 @@ import argparse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
     from gateways.demo import run_demo
     from twin_core.recipe import DEFAULT_RECIPE, load_recipe
 
     recipe = load_recipe(args.recipe) if args.recipe else DEFAULT_RECIPE
-    run_demo(speed=args.speed, seed=args.seed, fmu_path=args.fmu, recipe=recipe, port=args.port)
+    # The demo shows what SCADA sees (the runtime's events arrive over OPC UA); its logs: errors only.
+    logging.getLogger().setLevel(logging.ERROR)
+    run_demo(speed=args.speed, seed=args.seed, fmu_path=args.fmu, recipe=recipe, port=args.port,
+             cut_at_s=None if args.no_cut else args.cut_at * 3600.0)
     return 0
 
 
@@ -56,10 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true", help="no live status line, warnings only")
     r.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="demo batch: simulated PLC over Modbus + the FMU as a live soft sensor")
+    p = sub.add_parser("demo", help="demo batch: simulated PLC, twin run (OPC UA + Modbus mirror) and a SCADA-like "
+                       "OPC UA client")
     p.add_argument("--speed", type=float, default=720.0, help="plant time speed-up (default 720: 6 h in 30 s)")
     p.add_argument("--seed", type=int, default=7, help="plant random seed (charge, sensors, lab)")
     p.add_argument("--recipe", help="recipe TOML (jacket programme); default: ramp to 70 degC, 6 h")
     p.add_argument("--fmu", default=str(DEFAULT_FMU), help="the FMU to run (default dist/BatchReactorTwin.fmu)")
     p.add_argument("--port", type=int, default=0, help="PLC Modbus port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--cut-at", type=float, default=2.0, help="batch time [h] at which the PLC link is cut once "
+                   "for 15 min of plant time (default 2)")
+    p.add_argument("--no-cut", action="store_true", help="do not cut the PLC link")
     p.set_defaults(func=cmd_demo)

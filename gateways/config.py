@@ -59,7 +59,8 @@ class RuntimeConfig:
     scan_s: time between two scans of a reactor, in plant time; speed: plant seconds per wall second
     (1 on a real plant; the simulated plant of the demo runs faster) to pace the scans between two
     PLC readings; reconnect_min_s/reconnect_max_s: capped exponential backoff of the PLC link [s of
-    wall time]; mirror_port 0: a free port; opcua_endpoint "" or mirror_port -1: that server off.
+    wall time]; plc_timeout_s: a PLC request unanswered this long [s of wall time] means the link is
+    lost; mirror_port 0: a free port; opcua_endpoint "" or mirror_port -1: that server off.
     """
 
     plant: str = spec("plant", kind="str")
@@ -71,6 +72,7 @@ class RuntimeConfig:
     data_dir: str = spec("var", kind="str")
     reconnect_min_s: float = spec(0.2, unit="s", gt=0.0, le=60.0)
     reconnect_max_s: float = spec(5.0, unit="s", gt=0.0, le=600.0)
+    plc_timeout_s: float = spec(2.0, unit="s", gt=0.0, le=60.0)
     reactors: tuple = spec(kind=tuple, default_factory=lambda: (ReactorConfig(),))
 
     def __post_init__(self) -> None:

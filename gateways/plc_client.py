@@ -11,7 +11,7 @@ A Modbus exception response becomes :class:`PlcRequestError` carrying the except
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -34,7 +34,10 @@ class PlcRequestError(TwinError, IOError):
         self.code = code
         reason = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
                   4: "device failure"}.get(code or 0, detail or "no answer")
-        super().__init__(f"{what}: {reason}" + (f" (exception {code})" if code else ""))
+        # A detail that says more than the exception code (a check made here) is kept; pymodbus's
+        # text of an exception response repeats the code.
+        extra = f": {detail}" if code and detail and "ExceptionResponse" not in detail else ""
+        super().__init__(f"{what}: {reason}" + (f" (exception {code})" if code else "") + extra)
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,8 @@ class AsyncPlcClient:
         out: dict[str, float] = {}
         for blk in setting_blocks(names):
             what = f"read holding registers {blk.start}+{blk.count}"
-            r = await self._request(what, self._client.read_holding_registers(blk.start, count=blk.count,
-                                                                                device_id=self.device_id))
+            r = await self._request(what, lambda b=blk: self._client.read_holding_registers(
+                b.start, count=b.count, device_id=self.device_id))
             decode_block(blk, r.registers, out)
         return out
 
@@ -188,14 +191,14 @@ class AsyncPlcClient:
         out: dict[str, float] = {}
         for blk in blocks:
             what = f"read input registers {blk.start}+{blk.count}"
-            r = await self._request(what, self._client.read_input_registers(blk.start, count=blk.count,
-                                                                              device_id=self.device_id))
+            r = await self._request(what, lambda b=blk: self._client.read_input_registers(
+                b.start, count=b.count, device_id=self.device_id))
             decode_block(blk, r.registers, out)
         return out
 
-    async def _request(self, what: str, call: Awaitable[Any]) -> Any:
+    async def _request(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            r = await call
+            r = await call()  # pymodbus raises on the call itself when not connected
         except (TimeoutError, ModbusException, OSError) as exc:
             raise PlcRequestError(what, None, str(exc) or type(exc).__name__) from exc
         return _check(what, r)
@@ -204,18 +207,18 @@ class AsyncPlcClient:
         """Write one holding-register setting by signal name (value in its SI unit)."""
         b = register_entry(name).binding
         await self._request(f"write {name}={value}",
-                            self._client.write_registers(b.address, list(b.encode(value)), device_id=self.device_id))
+                            lambda: self._client.write_registers(b.address, list(b.encode(value)), device_id=self.device_id))
 
     async def command(self, name: str) -> None:
         """Issue a PLC command (start, hold, resume, abort, reset, ack_alarms)."""
         b = register_entry(f"cmd_{name}").binding
-        await self._request(f"command {name}", self._client.write_coil(b.address, True, device_id=self.device_id))
+        await self._request(f"command {name}", lambda: self._client.write_coil(b.address, True, device_id=self.device_id))
 
     async def download_recipe(self, recipe: Recipe, sample_interval_s: float) -> None:
         """Write a jacket-programme recipe in one write-multiple request (the PLC applies it atomically)."""
         start, words = recipe_words(recipe, sample_interval_s)
         await self._request(f"download recipe {recipe.name}",
-                            self._client.write_registers(start, words, device_id=self.device_id))
+                            lambda: self._client.write_registers(start, words, device_id=self.device_id))
 
 
 def _check(what: str, response: object) -> Any:

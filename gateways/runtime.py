@@ -81,7 +81,7 @@ class ReactorRuntime:
         self.cfg, self.rt = cfg, rt
         self.name = cfg.name
         self.publishers = list(publishers)
-        self.client = AsyncPlcClient(cfg.plc_host, cfg.plc_port, device_id=cfg.plc_unit_id)
+        self.client = AsyncPlcClient(cfg.plc_host, cfg.plc_port, timeout_s=rt.plc_timeout_s, device_id=cfg.plc_unit_id)
         self.fmu: FmuRunner | None = None
         self.link = LinkState.CONNECTING
         self.mode = TwinMode.WAITING
@@ -159,14 +159,15 @@ class ReactorRuntime:
         try:
             if not self.client.connected:
                 await self.client.connect()
-                if self.link is LinkState.DOWN:
-                    await self._event(EventKind.LINK_RESTORED, f"PLC link to {self._where} restored")
-                self.link = LinkState.UP
             m = await self.client.read_measurements()
             if self._settings_due <= 0:
                 self.settings = await self.client.read_settings(_SETTINGS)
                 self._settings_due = SETTINGS_EVERY
             self._settings_due -= 1
+            # Up once the PLC answered (a connection accepted and dropped again is no link).
+            if self.link is LinkState.DOWN:
+                await self._event(EventKind.LINK_RESTORED, f"PLC link to {self._where} restored")
+            self.link = LinkState.UP
             return m
         except PlcRequestError as exc:
             self.client.close()
@@ -537,6 +538,9 @@ async def serve(cfg: RuntimeConfig, stop: asyncio.Event, *, status_stream=None, 
     from gateways.modbus_mirror import ModbusMirror
     from gateways.opcua_server import TwinIdentity, TwinOpcUaServer
 
+    # pymodbus logs every unanswered request at ERROR with a dump of the frames; the runtime reports
+    # a lost link itself (a warning and an event), once.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     rt = Runtime(cfg)
     servers: list[object] = []
     async with contextlib.AsyncExitStack() as stack:

@@ -148,16 +148,20 @@ def test_connect_refused_is_a_clear_error():
 
 @pytest.mark.slow
 def test_demo_batch_end_to_end(dist_artifacts):
-    """Plant over Modbus + the built FMU as soft sensor: the estimate tracks the hidden truth."""
+    """Plant process -> runtime (OPC UA, mirror) -> SCADA client: the estimates the client receives
+    track the hidden truth, and the link cut shows as Bad/Uncertain statuses, then recovers."""
     res = run_demo(speed=1500.0, seed=11, fmu_path=DEFAULT_FMU, recipe=DEFAULT_RECIPE, echo=False)
     assert res.final_phase in (Phase.COOLING.name, Phase.COMPLETE.name), res.final_phase
     assert res.labs >= 8, res.labs  # 6 h batch, a sample every 30 min, results 30-45 min later
-    assert res.t_s[-1] >= 0.9 * DEFAULT_RECIPE.end_time_s, res.t_s[-1]
+    assert res.batch_end_s >= 0.9 * DEFAULT_RECIPE.end_time_s, res.batch_end_s
     assert all(c >= 0.0 for c in res.c_B_est)
     assert max(res.health) < 2, "model-health alarm on a fault-free batch"
     # Generous bound: the demo's fidelity figure is printed by `twin demo`; this guards against a
     # broken chain (wrong units or registers would give errors of tens of percent).
     assert res.rmse_pct_of_max < 10.0, res.rmse_pct_of_max
+    assert {("T_reactor", "Bad_Comm"), ("c_B", "Uncertain")} <= res.statuses_during_cut
+    assert any("lost" in e for e in res.events) and any("restored" in e for e in res.events)
+    assert res.quality[-1] == "Good"  # recovered after the cut
     assert res.plant_pid is not None and res.plant_returncode == 0  # the plant process was ended cleanly
 
 
@@ -169,10 +173,13 @@ def _children() -> set[int]:
 
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="Linux /proc")
 def test_demo_ends_the_plant_process_when_the_batch_fails(dist_artifacts):
+    from gateways.demo import DemoError
+
     before = _children()
-    reactor_mode = Recipe((0.0, 3600.0), (330.0, 330.0), 7200.0, mode="reactor", name="reactor-mode")
-    with pytest.raises(PlcRequestError, match="reactor-mode"):
-        run_demo(speed=100.0, seed=1, fmu_path=DEFAULT_FMU, recipe=reactor_mode, echo=False)
+    times = tuple(600.0 * i for i in range(20))  # 20 points: the PLC holds 16, StartBatch is refused
+    too_long = Recipe(times, tuple(300.0 + i for i in range(20)), 7 * 3600.0, name="too-long")
+    with pytest.raises(DemoError, match="16 points"):
+        run_demo(speed=100.0, seed=1, fmu_path=DEFAULT_FMU, recipe=too_long, echo=False)
     assert _children() <= before  # the plant process it started is gone (and reaped)
 
 

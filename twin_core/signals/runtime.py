@@ -52,6 +52,10 @@ class TwinMode(enum.IntEnum):
     OPEN_LOOP = 2  # PLC link lost mid-batch: predicting on the last jacket reading, uncertainty growing
 
 
+OPERATOR_UNITS: dict[str, str] = {"mol/m3": "mol/L", "s": "h"}
+"""What an operator reads a value of each SI unit in, unless its signal says otherwise (no offset units:
+a temperature difference such as T_std stays in K; absolute temperatures declare degC themselves)."""
+
 Folder = Literal["Measurements", "Estimates", "Forecasts", "Recipe", "Alarms", "Status", "Twin"]
 FOLDERS: tuple[Folder, ...] = ("Measurements", "Estimates", "Forecasts", "Recipe", "Alarms", "Status", "Twin")
 """The folders under ``Objects/<plant>/<reactor>/`` in the OPC UA address space."""
@@ -113,8 +117,10 @@ class Published:
 
     @property
     def operator_unit(self) -> str:
-        """The unit the value is published in on OPC UA."""
-        return self.display_unit or self.signal.display_unit or self.signal.unit
+        """The unit the value is published in on OPC UA: the record's own, else the signal's display
+        unit, else the operator's usual unit for its SI unit (:data:`OPERATOR_UNITS`), else the SI unit."""
+        return (self.display_unit or self.signal.display_unit or OPERATOR_UNITS.get(self.signal.unit)
+                or self.signal.unit)
 
 
 _PLC = {s.name: s for s in PLC_MEASUREMENTS + PLC_SETTINGS}
