@@ -21,7 +21,12 @@ Scan (every ``plc.scan_s`` of plant time; plant time = scan_count * scan_s, neve
      alarms.jacket_deviation_delay_s in Charging/Heating/Reacting; LAB_OUT_OF_SPEC last lab c_C above
      alarms.lab_c_C_max_mol_per_m3; INTERLOCK_TRIP from the trip until Reset; SENSOR_FAULT
      T_reactor dropout (NaN), stuck (unchanged for alarms.stuck_detect_s) or spike (a jump above
-     alarms.spike_detect_K in one scan; held 10 s).
+     alarms.spike_detect_K in one scan; held 10 s); OUT_OF_RANGE a published measurement saturated.
+
+Published measurements saturate at their signal's declared range (twin_core.signals.plc, the
+register map's min/max), as an analogue input card does at the ends of its range: T_reactor and
+T_jacket each scan (the PLC logic sees the saturated reading, as a real PLC would), lab results when
+they arrive; OUT_OF_RANGE is active while one is saturated.
 
 Phases:
   Idle      vessel empty; jacket at phases.idle_T_jacket_K. ``start`` charges a new batch.
@@ -37,8 +42,9 @@ Phases:
   Held      programme, batch clock and jacket setpoint frozen (the reaction goes on);
             ``resume`` returns to the phase that was held.
   Aborted   full cooling (output forced to -1). Entered by ``abort`` or by the interlock:
-            T_reactor above T_trip for alarms.trip_delay_s (the interlock also quenches an
-            injected runaway). ``reset`` (-> Idle) is refused while T_reactor >= T_trip.
+            T_reactor above T_trip for alarms.trip_delay_s, in every phase (Aborted included: it
+            then quenches a runaway injected after an abort or an earlier trip; the interlock also
+            quenches an injected runaway). ``reset`` (-> Idle) is refused while T_reactor >= T_trip.
 
 Settings: recipe_* and T_trip may be written only in Idle, Complete, Aborted or Held. Writes in
 Held are the documented path to change a recipe mid-batch: Hold, write, Resume; the programme in
@@ -77,6 +83,7 @@ from twin_core.signals.plc import (
     Alarm,
     Phase,
     SensorFault,
+    plc_signal,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,29 @@ _EPS = 1e-9
 _HIGH_T, _HIGH_DTDT, _JACKET_DEVIATION = int(Alarm.HIGH_T), int(Alarm.HIGH_DTDT), int(Alarm.JACKET_DEVIATION)
 _LAB_OUT_OF_SPEC, _INTERLOCK_TRIP, _SENSOR_FAULT = (int(Alarm.LAB_OUT_OF_SPEC), int(Alarm.INTERLOCK_TRIP),
                                                     int(Alarm.SENSOR_FAULT))
+_OUT_OF_RANGE = int(Alarm.OUT_OF_RANGE)
+
+
+def _range_of(name: str) -> tuple[float, float]:
+    sig = plc_signal(name)
+    return sig.min, sig.max
+
+
+T_REACTOR_RANGE_K = _range_of("T_reactor")
+T_JACKET_RANGE_K = _range_of("T_jacket")
+LAB_C_B_RANGE_MOL_PER_M3 = _range_of("lab_c_B")
+LAB_C_C_RANGE_MOL_PER_M3 = _range_of("lab_c_C")
+"""The declared ranges the published measurements saturate at."""
+
+
+def saturate(value: float, lo_hi: tuple[float, float]) -> tuple[float, bool]:
+    """(value clamped to [lo, hi], whether it was outside); NaN stays NaN (no value is not out of range)."""
+    lo, hi = lo_hi
+    if value > hi:
+        return hi, True
+    if value < lo:
+        return lo, True
+    return value, False
 
 
 def hold_target(recipe: Recipe, charge_time_s: float) -> float:
@@ -175,6 +205,8 @@ class Plc:
         self._unacked = 0
         self._tripped = False
         self._trip_scans = 0
+        self._T_saturated = False    # T_reactor or T_jacket saturated at its range this scan
+        self._lab_saturated = False  # the last lab result saturated at its range
         self._dev_scans = 0
         self._stuck_scans = 0
         self._spike_scans_left = 0
@@ -323,8 +355,10 @@ class Plc:
         n = self.scan_count
         t = n * dt
         x = truth.x
-        Tr = self.T_reactor = self.sensor_T_reactor.read(x[3], t)
-        Tj = self.T_jacket = self.sensor_T_jacket.read(x[4], t)
+        Tr, r_out = saturate(self.sensor_T_reactor.read(x[3], t), T_REACTOR_RANGE_K)
+        Tj, j_out = saturate(self.sensor_T_jacket.read(x[4], t), T_JACKET_RANGE_K)
+        self.T_reactor, self.T_jacket = Tr, Tj
+        self._T_saturated = r_out or j_out
 
         phase = self.phase
         if phase in RUNNING:
@@ -357,7 +391,10 @@ class Plc:
 
         if Tr > self._settings["T_trip"]:
             self._trip_scans += 1
-            if self._trip_scans * dt >= cfg.alarms.trip_delay_s - _EPS and self.phase != Phase.ABORTED:
+            # In every phase; in Aborted only while there is something left to do (a runaway to
+            # quench, an operator's abort to mark as a trip), so a hot vessel does not re-trip every scan.
+            if self._trip_scans * dt >= cfg.alarms.trip_delay_s - _EPS and (
+                    self.phase != Phase.ABORTED or self.runaway_active or not self._tripped):
                 self._trip()
         else:
             self._trip_scans = 0
@@ -520,6 +557,8 @@ class Plc:
                     self.T_reactor, self._settings["T_trip"], self.phase.name)
         self.phase = Phase.ABORTED
         self._tripped = True
+        # Every trip latches the alarm, also one while INTERLOCK_TRIP is still active from an earlier trip.
+        self._unacked |= _INTERLOCK_TRIP
         # Emergency quench: stops the injected self-heating.
         self._settings["sim_inject_runaway"] = 0.0
         self._set_runaway(False)
@@ -529,12 +568,14 @@ class Plc:
         self.lab_c_B = self.lab_c_C = self.lab_sample_time = math.nan
         self.lab_valid = 0
         self.lab_seq = 0
+        self._lab_saturated = False
         self.last_lab = None
         self.lab_history = []
 
     def _lab_arrived(self, res: LabResult) -> None:
-        self.lab_c_B = res.c_B_mol_per_m3
-        self.lab_c_C = res.c_C_mol_per_m3
+        self.lab_c_B, b_out = saturate(res.c_B_mol_per_m3, LAB_C_B_RANGE_MOL_PER_M3)
+        self.lab_c_C, c_out = saturate(res.c_C_mol_per_m3, LAB_C_C_RANGE_MOL_PER_M3)
+        self._lab_saturated = b_out or c_out
         self.lab_sample_time = res.sample_batch_time_s
         self.lab_valid = 1
         self.lab_seq += 1
@@ -569,6 +610,8 @@ class Plc:
             active |= _INTERLOCK_TRIP
         if self._sensor_fault(Tr):
             active |= _SENSOR_FAULT
+        if self._T_saturated or self._lab_saturated:
+            active |= _OUT_OF_RANGE
         self._unacked |= active & ~self._active
         self._active = active
 
@@ -581,8 +624,9 @@ class Plc:
         if not math.isfinite(Tr):
             return True
         if not self.sensor_T_reactor.ideal and self.sensor_T_reactor.spec.noise_sd_K > 0.0:
-            # A live transmitter with noise never repeats itself for long.
-            self._stuck_scans = self._stuck_scans + 1 if Tr == prev else 0
+            # A live transmitter with noise never repeats itself for long; a reading saturated at the
+            # range's end does (OUT_OF_RANGE says why), which is no sign of a stuck transmitter.
+            self._stuck_scans = self._stuck_scans + 1 if Tr == prev and not self._T_saturated else 0
             if self._stuck_scans * self.scan_s >= cfg.stuck_detect_s - _EPS:
                 return True
         if math.isfinite(prev) and abs(Tr - prev) > cfg.spike_detect_K:

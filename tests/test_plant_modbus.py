@@ -9,6 +9,7 @@ whole batch is ~10 000 scans.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from conftest import ROOT, free_port, wait_for_port
 from pymodbus.client import ModbusTcpClient
 
 from plant_sim.config import PlantConfig, PlcTiming
-from plant_sim.modbus_server import PlcServerThread, serve
+from plant_sim.modbus_server import PlcModbusServer, PlcServerThread, serve
 from plant_sim.plc import Plc
 from twin_core.clock import Clock, PlantClock
 from twin_core.signals.plc import PLC_REGISTER_MAP, RECIPE_MAX_POINTS, Alarm, Phase, register_entry
@@ -569,3 +570,70 @@ def test_ctrl_c_shuts_down_without_traceback() -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+# -- connection cap and idle timeout ------------------------------------------------------------------
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Block until the server closes ``sock`` (EOF or reset; the socket timeout is the hang guard)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_are_closed_after_the_timeout_and_a_new_client_gets_in() -> None:
+    """The cap used to have no idle timeout: that many idle sockets locked every other client out."""
+    with PlcServerThread(make_plc(), port=0, speed=0.0, max_connections=2, idle_timeout_s=0.5) as srv:
+        idle = [Raw(srv.port), Raw(srv.port)]
+        try:
+            for r in idle:  # both served (their handlers are registered)
+                assert r(read_pdu(4, 80, 2))[0] == 0x04
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as third:
+                assert _closed_by_server(third)  # the cap: a third client is turned away
+            for r in idle:
+                assert _closed_by_server(r.sock)  # idle for the timeout: closed by the server
+            late = Raw(srv.port)
+            try:
+                assert late(read_pdu(4, 80, 2))[0] == 0x04  # the cap is free again
+            finally:
+                late.close()
+            assert srv.call(lambda: (srv.server.tcp.idle_closed, srv.server.tcp.refused_connections)) == (2, 1)
+        finally:
+            for r in idle:
+                r.close()
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"max_connections": 0}, "max_connections"), ({"max_connections": 1.5}, "max_connections"),
+    ({"idle_timeout_s": -1.0}, "idle_timeout_s"), ({"idle_timeout_s": math.nan}, "idle_timeout_s"),
+    ({"port": 70000}, "port"), ({"port": -1}, "port"),
+])
+def test_bad_server_options_are_refused_by_name(kwargs: dict, field: str) -> None:
+    from twin_core.errors import ParameterError
+
+    with pytest.raises(ParameterError) as e:
+        PlcModbusServer(make_plc(), **kwargs)
+    assert e.value.field == field
+
+
+# -- values beyond the map's range ---------------------------------------------------------------------
+def test_a_temperature_beyond_the_map_range_is_published_saturated_with_its_alarm_bit() -> None:
+    plc = make_plc()
+    for _ in range(60):  # the true reactor at 705 K (the issue's runaway): the reading climbs and saturates
+        plc.truth.set_state(T=705.0)
+        plc.scan()
+    with PlcServerThread(plc, port=0, speed=0.0) as srv:
+        raw = Raw(srv.port)
+        try:
+            T = struct.unpack(">f", raw(read_pdu(4, 0, 2))[2:6])[0]
+            (T_x10,) = struct.unpack(">h", raw(read_pdu(4, 100, 1))[2:4])
+            active, unacked = struct.unpack(">HH", raw(read_pdu(4, 60, 2))[2:6])
+            true_T = struct.unpack(">f", raw(read_pdu(4, 908, 2))[2:6])[0]
+        finally:
+            raw.close()
+    entry = register_entry("T_reactor")
+    assert T == entry.signal.max == 500.0                   # the map's declared max, not 705 K
+    assert T_x10 == 2268                                    # 226.85 degC x 10 (round half to even)
+    assert active & Alarm.OUT_OF_RANGE and unacked & Alarm.OUT_OF_RANGE
+    assert active & Alarm.INTERLOCK_TRIP                    # and the interlock acted
+    assert true_T > 500.0                                   # the simulation-only truth is the truth

@@ -432,3 +432,102 @@ def test_twin_plant_print_map(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plant", "--print-map"]) == 0
     out = capsys.readouterr().out
     assert "T_reactor" in out and "cmd_start" in out and "recipe_end_time" in out
+
+
+# -- the interlock in every phase; published values saturate at the map's range -----------------------
+def _tripped_by_runaway(plc: Plc) -> None:
+    plc.command("start")
+    run_until(plc, lambda: plc.phase == Phase.REACTING)
+    plc.command("inject_runaway")
+    run_until(plc, lambda: plc.phase == Phase.ABORTED, 5000)
+    assert plc.truth.Q_extra_W == 0.0 and Alarm.INTERLOCK_TRIP in plc.alarms_active
+
+
+@pytest.mark.parametrize("how", ["after a trip", "after an operator abort", "while held"])
+def test_a_runaway_injected_later_is_quenched_in_every_phase(plc: Plc, how: str) -> None:
+    """The issue's case: a runaway injected after the interlock had tripped (phase Aborted) used to run
+    away unquenched (705 K). Now the interlock acts in every phase."""
+    trip = plc.snapshot()["T_trip"]
+    if how == "after a trip":
+        _tripped_by_runaway(plc)
+        plc.command("ack_alarms")
+    elif how == "after an operator abort":
+        plc.command("start")
+        run_until(plc, lambda: plc.phase == Phase.REACTING)
+        plc.command("abort")
+        assert Alarm.INTERLOCK_TRIP not in plc.alarms_active
+    else:
+        plc.command("start")
+        run_until(plc, lambda: plc.phase == Phase.REACTING)
+        plc.command("hold")
+    plc.command("inject_runaway")
+    T_max = published_max = 0.0
+    hot_at = quenched_at = None
+    for _ in range(6000):  # 100 min of plant time (cooling below T_trip - 5 K takes ~45 min)
+        plc.scan()
+        T_max = max(T_max, plc.truth.x[3])
+        published_max = max(published_max, plc.snapshot()["T_reactor"])
+        if hot_at is None and plc.T_reactor > trip:
+            hot_at = plc.scan_count
+        if quenched_at is None and plc.truth.Q_extra_W == 0.0:
+            quenched_at = plc.scan_count
+        if quenched_at is not None and plc.T_reactor < trip - 5.0:
+            break
+        if plc.truth.x[3] > 480.0:
+            break  # unquenched: stop before the integrator has to follow a runaway to 700 K
+    assert hot_at is not None and quenched_at is not None
+    # quenched once the reading has been above T_trip for the trip delay (1 scan of 1 s here)
+    assert quenched_at - hot_at <= math.ceil(plc.config.alarms.trip_delay_s / plc.scan_s)
+    assert plc.snapshot()["sim_inject_runaway"] == 0.0
+    assert plc.phase == Phase.ABORTED and Alarm.INTERLOCK_TRIP in plc.alarms_active
+    assert Alarm.INTERLOCK_TRIP in plc.alarms_unacked                                # latched again
+    assert T_max < 450.0 and published_max < 450.0   # (unquenched, the vessel passed 700 K)
+    assert plc.T_reactor < trip - 5.0                                                # cooling down
+    plc.command("reset")
+    assert plc.phase == Phase.IDLE
+
+
+def test_a_hot_aborted_vessel_does_not_trip_again_every_scan(plc: Plc, caplog: pytest.LogCaptureFixture) -> None:
+    _tripped_by_runaway(plc)
+    trip = plc.snapshot()["T_trip"]
+    assert plc.T_reactor > trip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="plant_sim.plc"):
+        for _ in range(5):
+            plc.scan()
+    assert plc.T_reactor > trip and not [r for r in caplog.records if "interlock trip" in r.getMessage()]
+
+
+def ideal_plc() -> Plc:
+    """Transmitters without lag or noise (reading = truth); the jacket keeps its own dynamics."""
+    cfg = fast_config()
+    return Plc(dataclasses.replace(cfg, mismatch=dataclasses.replace(cfg.mismatch, sensors=False)), seed=0)
+
+
+@pytest.mark.parametrize(("T_true_K", "published_K"), [(600.0, 500.0), (705.0, 500.0), (200.0, 250.0)])
+def test_temperatures_beyond_the_map_range_saturate_with_an_alarm_bit(T_true_K: float, published_K: float) -> None:
+    p = ideal_plc()
+    p.truth.set_state(T=T_true_K, T_j=T_true_K)
+    p.scan()
+    s = p.snapshot()
+    assert s["T_reactor"] == published_K and s["T_jacket"] == published_K
+    assert s["sim_true_T_reactor"] != published_K   # the simulation-only truth is not saturated
+    assert int(s["alarms_active"]) & Alarm.OUT_OF_RANGE and int(s["alarms_unacked"]) & Alarm.OUT_OF_RANGE
+    p.truth.set_state(T=300.0, T_j=300.0)
+    p.scan()
+    s = p.snapshot()
+    assert 290.0 < s["T_reactor"] < 310.0 and not int(s["alarms_active"]) & Alarm.OUT_OF_RANGE
+    assert int(s["alarms_unacked"]) & Alarm.OUT_OF_RANGE   # latched until acknowledged
+
+
+def test_a_saturated_reading_does_not_look_like_a_stuck_transmitter() -> None:
+    p = Plc(fast_config(), seed=0)  # a live, noisy transmitter (lag 10 s)
+    for _ in range(40):  # the climb to 600 K jumps > 3 K a scan, a spike (SENSOR_FAULT for 10 s): past it, acked
+        p.truth.set_state(T=600.0)
+        p.scan()
+    p.command("ack_alarms")
+    for _ in range(120):  # two minutes at 600 K: the stuck detector (30 s) would fire on a flat reading
+        p.truth.set_state(T=600.0)
+        p.scan()
+    assert p.T_reactor == 500.0 and Alarm.OUT_OF_RANGE in p.alarms_active
+    assert Alarm.SENSOR_FAULT not in p.alarms_unacked

@@ -64,6 +64,9 @@ class Alarm(enum.IntFlag):
     LAB_OUT_OF_SPEC = 1 << 3
     INTERLOCK_TRIP = 1 << 4
     SENSOR_FAULT = 1 << 5
+    OUT_OF_RANGE = 1 << 6
+    """A published measurement (T_reactor, T_jacket, a lab result) is beyond its signal's declared
+    range and saturated at the range's end: the true value may be further out."""
 
 
 class SensorFault(enum.IntEnum):
@@ -174,7 +177,8 @@ PLC_MEASUREMENTS: tuple[Signal, ...] = (
        "result)", 0, UINT16_MAX, 1.0),
     # -- alarms
     _m("alarms_active", "1", _ir(IR_ALARMS + 0, "uint16"), "Alarm bits whose condition is present: 1 high T, "
-       "2 high dT/dt, 4 jacket deviation, 8 lab out of spec, 16 interlock trip, 32 sensor fault", 0, UINT16_MAX, 1.0),
+       "2 high dT/dt, 4 jacket deviation, 8 lab out of spec, 16 interlock trip, 32 sensor fault, 64 a measurement out "
+       "of its range (saturated)", 0, UINT16_MAX, 1.0),
     _m("alarms_unacked", "1", _ir(IR_ALARMS + 1, "uint16"), "Alarm bits latched and not yet acknowledged "
        "(same bits as alarms_active)", 0, UINT16_MAX, 1.0),
     # -- clock and heartbeat
