@@ -1,9 +1,9 @@
 """The signal table: every signal of the twin and of the PLC interface, declared once.
 
-Each signal has a name (also the FMI variable name and, next, the OPC UA browse name), an SI unit, a
+Each signal has a name (also the FMI variable name and the OPC UA browse name), an SI unit, a
 role, min/max/nominal, a description and, where it crosses Modbus, its register binding. FMU
-variables, the Modbus register maps and their CSVs are generated from these tables, never
-hand-copied (OPC UA nodes will be too: issue 10).
+variables, the OPC UA address space, the Modbus register maps and their CSVs are generated from
+these tables, never hand-copied.
 
 Submodules, one concern each:
     table   Signal, UNITS, DISPLAY_UNITS, the common ranges (T_LO_K, T_HI_K, C_HI)
@@ -12,6 +12,7 @@ Submodules, one concern each:
     plc     the PLC interface: measurements, settings and their rules, commands, Phase, Alarm,
             SensorFault, RECIPE_MAX_POINTS, the simulation hooks and truth block, PLC_REGISTER_MAP
     text    CSV and aligned-text views of the tables and maps
+    runtime what the runtime (`twin run`) publishes per reactor: OPC UA folders, quality, the mirror's map
 
 Import from the submodule that declares a name (``from twin_core.signals.plc import Phase``): the
 package re-exports nothing, so a user of the twin's table (the FMU) loads neither the PLC interface

@@ -1,6 +1,6 @@
 """The signal record and its units: what every signal of the twin and the PLC is declared with.
 
-Each signal has a name (also the FMI variable name and, next, the OPC UA browse name), an SI unit, a
+Each signal has a name (also the FMI variable name and the OPC UA browse name), an SI unit, a
 role, min/max/nominal, a description and, where it crosses Modbus, its register binding.
 
 Units are written as FMI unit names (``mol/m3``, ``K``, ``s``, ``W/K``, ``J/mol``, ``1``); each maps
