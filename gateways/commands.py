@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from gateways.fmu_runner import DEFAULT_FMU
+    from twin_core.offline.cli import speed_factor, tcp_port
 
     r = sub.add_parser("run", help="the twin beside the PLC: scan it over Modbus, serve OPC UA and a Modbus mirror")
     r.add_argument("--config", help="runtime TOML (default: one reactor against `twin plant` on loopback; "
@@ -63,11 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="demo batch: simulated PLC, twin run (OPC UA + Modbus mirror) and a SCADA-like "
                        "OPC UA client")
-    p.add_argument("--speed", type=float, default=720.0, help="plant time speed-up (default 720: 6 h in 30 s)")
+    p.add_argument("--speed", type=speed_factor, default=720.0,
+                   help="plant time speed-up, a finite number > 0 (default 720: 6 h in 30 s; 0 is refused, as by "
+                        "twin plant)")
     p.add_argument("--seed", type=int, default=7, help="plant random seed (charge, sensors, lab)")
     p.add_argument("--recipe", help="recipe TOML (jacket programme); default: ramp to 70 degC, 6 h")
     p.add_argument("--fmu", default=str(DEFAULT_FMU), help="the FMU to run (default dist/BatchReactorTwin.fmu)")
-    p.add_argument("--port", type=int, default=0, help="PLC Modbus port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--port", type=tcp_port, default=0,
+                   help="PLC Modbus port on 127.0.0.1 (default 0: a free one; the port bound is printed)")
     p.add_argument("--cut-at", type=float, default=2.0, help="batch time [h] at which the PLC link is cut once "
                    "for 15 min of plant time (default 2)")
     p.add_argument("--no-cut", action="store_true", help="do not cut the PLC link")

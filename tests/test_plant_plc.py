@@ -426,6 +426,61 @@ def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
     assert "Traceback" not in err
 
 
+def test_twin_plant_port_0_flat_out_with_a_connection_cap_and_idle_timeout() -> None:
+    """--port 0 prints the port bound; --speed inf runs flat out; --max-connections and --idle-timeout
+    reach the server (a second client is turned away, an idle one closed, then a new one gets in)."""
+    import socket
+    import struct
+
+    from gateways.plant_process import READY_LINE
+
+    def read_plant_time(sock: socket.socket) -> float:
+        sock.sendall(struct.pack(">HHHBBHH", 1, 0, 6, 1, 4, 80, 2))
+        data = b""
+        while len(data) < 13:
+            chunk = sock.recv(13 - len(data))
+            assert chunk, "closed"
+            data += chunk
+        return struct.unpack(">f", data[9:13])[0]
+
+    def closed_by_server(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    proc = subprocess.Popen([sys.executable, "-m", "twin_core.offline.cli", "plant", "--port", "0", "--speed", "inf",
+                             "--max-connections", "1", "--idle-timeout", "0.5"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = READY_LINE.search(line)
+        assert m and int(m.group("port")) > 0, line
+        assert "speed xinf" in line and "at most 1 connections, idle timeout 0.5 s" in line
+        port = int(m.group("port"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            t0 = read_plant_time(first)
+            t1 = read_plant_time(first)
+            while t1 == t0:  # plant time runs (flat out) between two image refreshes
+                t1 = read_plant_time(first)
+            assert t1 > t0
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                assert closed_by_server(second)
+            assert closed_by_server(first)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as late:
+            assert read_plant_time(late) >= t1
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "PLC stopped" in out and "Traceback" not in err
+
+
 def test_twin_plant_print_map(capsys: pytest.CaptureFixture[str]) -> None:
     from twin_core.offline.cli import main
 
