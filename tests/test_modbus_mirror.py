@@ -430,3 +430,27 @@ def test_a_port_in_use_is_an_oserror() -> None:
         m = ModbusMirror("127.0.0.1", s.getsockname()[1], ["a"])
         with pytest.raises(OSError):
             asyncio.run(m.start())
+
+
+# -- where the shared layer lives ---------------------------------------------------------------------------
+def _imports(path: Any) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_plant_sim_imports_only_the_generic_modbus_layer_of_gateways() -> None:
+    """plant_sim may import gateways.modbus_tcp (framing, connections, register image) and nothing else
+    of gateways; that layer imports no plant and no other gateway module (docs/layout.md)."""
+    for path in sorted((ROOT / "plant_sim").glob("*.py")):
+        used = {m for m in _imports(path) if m == "gateways" or m.startswith("gateways.")}
+        assert used <= {"gateways.modbus_tcp"}, (path.name, used)
+    layer = _imports(ROOT / "gateways" / "modbus_tcp.py")
+    assert not {m for m in layer if m.split(".")[0] in ("plant_sim", "gateways", "fmu", "ml_onnx")}, layer
