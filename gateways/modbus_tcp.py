@@ -30,7 +30,7 @@ import contextlib
 import logging
 import math
 import struct
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
@@ -186,7 +186,8 @@ class ModbusTcpServer:
 
     handler: ``(unit id, request PDU) -> response PDU``, called on the event loop (it must not block);
     max_connections: connections served at once (one more is accepted and closed at once);
-    idle_timeout_s: a connection with no request for this long is closed (None or 0: never);
+    idle_timeout_s: a connection with no complete request for this long is closed (checked by one task,
+    a quarter of the timeout (at most 1 s) apart, so it goes up to that much later; None or 0: never);
     name: for the log.
     """
 
@@ -209,6 +210,8 @@ class ModbusTcpServer:
         self.idle_closed = 0
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._last_request: dict[asyncio.Task[None], float] = {}  # loop time of each connection's last request
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def connections(self) -> int:
@@ -219,6 +222,8 @@ class ModbusTcpServer:
         """Bind the port and accept connections (OSError if the port cannot be bound or the host resolved)."""
         self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.idle_timeout_s is not None:
+            self._watchdog = asyncio.create_task(self._close_idle(self.idle_timeout_s), name=f"{self.name} idle")
         log.info("%s on %s:%d (at most %d connections, idle timeout %s)", self.name, self.host, self.port,
                  self.max_connections, f"{self.idle_timeout_s:g} s" if self.idle_timeout_s else "none")
 
@@ -226,6 +231,11 @@ class ModbusTcpServer:
         """Close the listening socket and every connection."""
         if self._server is not None:
             self._server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         # Closing the transports ends each handler's read with EOF, so they finish normally.
         for writer in self._connections.values():
             writer.close()
@@ -255,28 +265,24 @@ class ModbusTcpServer:
                         len(self._connections))
             writer.close()
             return
+        loop = asyncio.get_running_loop()
+        last_request = self._last_request
         if task is not None:
             self._connections[task] = writer
+            last_request[task] = loop.time()
         log.debug("connection from %s", peer)
-        idle = self.idle_timeout_s
         try:
             while True:
-                header = await self._within(idle, reader.readexactly(MBAP_HEADER.size))
-                if header is None:
-                    self.idle_closed += 1
-                    log.info("%s: closing %s: no request for %g s", self.name, peer, idle)
-                    break
+                header = await reader.readexactly(MBAP_HEADER.size)
                 tid, pid, length, unit = MBAP_HEADER.unpack(header)
                 if pid != 0 or not 2 <= length <= MAX_PDU_BYTES + 1:
                     # the byte stream cannot be re-synchronised: drop the connection, as PLCs do
                     log.warning("%s: closing %s: bad MBAP header (protocol %d, length %d)", self.name, peer, pid,
                                 length)
                     break
-                pdu = await self._within(idle, reader.readexactly(length - 1))
-                if pdu is None:
-                    self.idle_closed += 1
-                    log.info("%s: closing %s: request incomplete after %g s", self.name, peer, idle)
-                    break
+                pdu = await reader.readexactly(length - 1)
+                if task is not None:
+                    last_request[task] = loop.time()
                 response = self.handler(unit, pdu)
                 writer.write(MBAP_HEADER.pack(tid, 0, len(response) + 1, unit) + response)
                 await writer.drain()
@@ -291,17 +297,24 @@ class ModbusTcpServer:
         finally:
             if task is not None:
                 self._connections.pop(task, None)
+                last_request.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    @staticmethod
-    async def _within(timeout_s: float | None, read: Awaitable[bytes]) -> bytes | None:
-        """The read's bytes, or None when nothing completed it within ``timeout_s`` (None: no limit)."""
-        if timeout_s is None:
-            return await read
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await read
-        except TimeoutError:
-            return None
+    async def _close_idle(self, timeout_s: float) -> None:
+        """Close every connection whose last complete request is older than ``timeout_s``, checking a
+        few times per timeout (one task for all connections: a timer per read would cost a third of
+        the request rate). Closing the transport ends the handler's read with EOF."""
+        loop = asyncio.get_running_loop()
+        period = min(1.0, timeout_s / 4.0)
+        while True:
+            await asyncio.sleep(period)
+            limit = loop.time() - timeout_s
+            for task, t in list(self._last_request.items()):
+                writer = self._connections.get(task)
+                if t < limit and writer is not None and not writer.is_closing():
+                    self.idle_closed += 1
+                    log.info("%s: closing %s: no request for %g s", self.name, writer.get_extra_info("peername"),
+                             timeout_s)
+                    writer.close()
