@@ -16,6 +16,10 @@ the exception code the Modbus application protocol specifies:
 
 Reads never have side effects. After a successful write the image is refreshed at once, so a read
 that follows a write sees it (the scan loop refreshes it after every scan tick).
+
+The generic part (the register image and its FC1/3/4 reads, the exception responses and the dispatch
+on the function code) is gateways.modbus_tcp, the project's one Modbus server layer, shared with the
+twin's read-only mirror; what is here is the PLC's own: its writes, its commands and its refusals.
 """
 
 from __future__ import annotations
