@@ -17,7 +17,8 @@ class FieldError(TwinError):
     def __init__(self, field: str, value: object, message: str) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field}={value!r}: {message}")
+        # A file or section that could not be read has no value to show.
+        super().__init__(f"{field}: {message}" if value is None else f"{field}={value!r}: {message}")
 
 
 class ParameterError(FieldError, ValueError):
