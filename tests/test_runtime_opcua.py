@@ -22,7 +22,7 @@ from gateways.plant_process import PlantProcess
 from gateways.plc_client import PlcClient
 from gateways.runtime import Runtime, serve
 from twin_core.recipe import Recipe
-from twin_core.signals.plc import SensorFault
+from twin_core.signals.plc import Phase, SensorFault
 from twin_core.signals.runtime import TwinMode
 
 SPEED = 2000.0
@@ -89,6 +89,16 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.StartBatch", ns),
                                           ua.Variant(RECIPE.to_toml(), ua.VariantType.String))
                     assert res.StatusCode.is_good(), res
+                    await _until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 1800.0)
+                    # Hold and Resume reach the PLC (its phase, as the runtime reads it back)
+                    res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.Hold", ns))
+                    assert res.StatusCode.is_good(), res
+                    await _until(lambda: r1.m["phase"] == Phase.HELD)
+                    res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.Hold", ns))  # not in Held
+                    assert not res.StatusCode.is_good() and "refused" in res.OutputArguments[0].Value
+                    res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.Resume", ns))
+                    assert res.StatusCode.is_good(), res
+                    await _until(lambda: r1.m["phase"] != Phase.HELD)
                     await _until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 4.2 * 3600)
                     # a stuck reactor-temperature transmitter, injected at the plant (simulation hook)
                     with PlcClient(port=plant.port) as plc:
