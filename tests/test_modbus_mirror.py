@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, free_port, wait_for_port
+from modbus_raw import Raw, adu, recv_adu
 from pymodbus.client import ModbusTcpClient
 
 from gateways.modbus_mirror import ModbusMirror
@@ -82,59 +83,17 @@ def mirror() -> Iterator[MirrorThread]:
         yield m
 
 
-# -- a Modbus TCP client without pymodbus ---------------------------------------------------------------
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def adu(tid: int, unit: int, pdu: bytes) -> bytes:
-    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
-
-
-def recv_adu(sock: socket.socket) -> tuple[int, int, bytes]:
-    tid, pid, length, unit = struct.unpack(">HHHB", recv_exact(sock, 7))
-    assert pid == 0
-    return tid, unit, recv_exact(sock, length - 1)
-
-
-class RawClient:
-    """Builds MBAP frames by hand: one request, one response."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.tid = 0
-
-    def request(self, unit: int, pdu: bytes) -> bytes:
-        self.tid = (self.tid + 1) & 0xFFFF
-        self.sock.sendall(adu(self.tid, unit, pdu))
-        tid, u, resp = recv_adu(self.sock)
-        assert (tid, u) == (self.tid, unit)
-        return resp
-
-    def read(self, unit: int, address: int, count: int, fc: int = 4) -> list[int]:
-        resp = self.request(unit, struct.pack(">BHH", fc, address, count))
-        assert resp[0] == fc, f"exception {resp.hex()}"
-        assert resp[1] == 2 * count
-        return list(struct.unpack(f">{count}H", resp[2:]))
-
-    def close(self) -> None:
-        self.sock.close()
+# -- a Modbus TCP client without pymodbus: tests/modbus_raw.py ---------------------------------------
 
 
 @pytest.fixture()
-def raw(mirror: MirrorThread) -> Iterator[RawClient]:
-    c = RawClient(mirror.mirror.port)
+def raw(mirror: MirrorThread) -> Iterator[Raw]:
+    c = Raw(mirror.mirror.port)
     yield c
     c.close()
 
 
-def image(raw: RawClient, unit: int) -> list[int]:
+def image(raw: Raw, unit: int) -> list[int]:
     """Every mapped register of a unit (three blocks), as raw words."""
     blocks = sorted({e.binding.address // 100 for e in MIRROR_MAP})
     words: list[int] = []
@@ -193,7 +152,7 @@ def test_map_is_input_registers_only_with_the_documented_blocks() -> None:
 
 
 # -- values read back exactly --------------------------------------------------------------------------------
-def test_published_values_read_back_exactly_by_raw_frames(mirror: MirrorThread, raw: RawClient) -> None:
+def test_published_values_read_back_exactly_by_raw_frames(mirror: MirrorThread, raw: Raw) -> None:
     mirror.publish("R1", VALUES)
     words = image(raw, 1)
     for e in MIRROR_MAP:
@@ -241,14 +200,14 @@ def test_published_values_read_back_exactly_by_pymodbus(mirror: MirrorThread) ->
         client.close()
 
 
-def test_negative_int16_and_saturation(mirror: MirrorThread, raw: RawClient) -> None:
+def test_negative_int16_and_saturation(mirror: MirrorThread, raw: Raw) -> None:
     mirror.publish("R3", {**VALUES, "T": 263.15, "t_stop_opt": 9e6})  # -10.0 degC; 2500 h is beyond INT16
     assert raw.read(3, ENTRIES["T_degC_x10"].binding.address, 1) == [(-100) & 0xFFFF]
     assert raw.read(3, ENTRIES["t_stop_opt_h_x100"].binding.address, 1) == [0x7FFF]
 
 
 @pytest.mark.parametrize("quality", [Quality.UNCERTAIN_LAST_USABLE, Quality.BAD_COMMUNICATION, Quality.BAD_WAITING])
-def test_values_not_good_read_as_nan_and_no_value(mirror: MirrorThread, raw: RawClient, quality: Quality) -> None:
+def test_values_not_good_read_as_nan_and_no_value(mirror: MirrorThread, raw: Raw, quality: Quality) -> None:
     mirror.publish("R1", VALUES)
     mirror.publish("R1", VALUES, quality)
     words = image(raw, 1)
@@ -264,7 +223,7 @@ def test_values_not_good_read_as_nan_and_no_value(mirror: MirrorThread, raw: Raw
     assert words_of(image(raw, 1), "T_degC_x10") == [500]
 
 
-def test_a_nan_value_and_a_missing_one_read_as_no_value(mirror: MirrorThread, raw: RawClient) -> None:
+def test_a_nan_value_and_a_missing_one_read_as_no_value(mirror: MirrorThread, raw: Raw) -> None:
     values = {k: v for k, v in VALUES.items() if k != "c_C"}
     mirror.publish("R2", {**values, "c_B": math.nan})
     words = image(raw, 2)
@@ -273,7 +232,7 @@ def test_a_nan_value_and_a_missing_one_read_as_no_value(mirror: MirrorThread, ra
     assert words_of(words, "c_B_mol_per_L_x1000") == [0x8000] and words_of(words, "c_C_mol_per_L_x1000") == [0x8000]
 
 
-def test_several_reactors_on_their_own_unit_ids(mirror: MirrorThread, raw: RawClient) -> None:
+def test_several_reactors_on_their_own_unit_ids(mirror: MirrorThread, raw: Raw) -> None:
     for i, r in enumerate(REACTORS):
         mirror.publish(r, {**VALUES, "c_B": 1000.0 + i, "batch_id": 10 + i})
     for i in range(len(REACTORS)):
@@ -285,7 +244,7 @@ def test_several_reactors_on_their_own_unit_ids(mirror: MirrorThread, raw: RawCl
 
 def test_before_any_publish_everything_reads_as_no_value() -> None:
     with MirrorThread(["only"]) as m:
-        c = RawClient(m.mirror.port)
+        c = Raw(m.mirror.port)
         try:
             words = image(c, 1)
         finally:
@@ -323,11 +282,11 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("what", "unit", "pdu", "code"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_refused_requests_answer_the_exception_and_change_nothing(mirror: MirrorThread, raw: RawClient, what: str,
+def test_refused_requests_answer_the_exception_and_change_nothing(mirror: MirrorThread, raw: Raw, what: str,
                                                                   unit: int, pdu: bytes, code: int) -> None:
     mirror.publish("R1", VALUES)
     before = [image(raw, u) for u in (1, 2, 3)]
-    assert raw.request(unit, pdu) == bytes([pdu[0] | 0x80, code])
+    assert raw.request(pdu, unit) == bytes([pdu[0] | 0x80, code])
     assert [image(raw, u) for u in (1, 2, 3)] == before
 
 
@@ -358,7 +317,7 @@ def test_pipelined_requests_are_all_answered_in_order(mirror: MirrorThread, chun
         (105, 7, struct.pack(">BHH", 4, c_B, 2)),          # unknown unit, in its turn
         (106, 3, struct.pack(">BHH", 4, c_B, 2)),
     ]
-    data = b"".join(adu(t, u, p) for t, u, p in requests)
+    data = b"".join(adu(t, p, u) for t, u, p in requests)
     with socket.create_connection(("127.0.0.1", mirror.mirror.port), timeout=10) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if chunk is None:
@@ -385,7 +344,7 @@ def test_constructor_does_no_io_and_port_zero_binds_a_free_port() -> None:
     async def main() -> tuple[int, bytes]:
         async with m:
             r, w = await asyncio.open_connection("127.0.0.1", m.port)
-            w.write(adu(1, 2, struct.pack(">BHH", 4, 100, 1)))
+            w.write(adu(1, struct.pack(">BHH", 4, 100, 1), 2))
             await w.drain()
             head = await r.readexactly(7)
             body = await r.readexactly(struct.unpack(">HHHB", head)[2] - 1)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import ROOT, free_port, wait_for_port
+from modbus_raw import Raw, adu, recv_adu
 from pymodbus.client import ModbusTcpClient
 
 from plant_sim.config import PlantConfig, PlcTiming
@@ -41,46 +42,7 @@ def make_plc(seed: int = 7) -> Plc:
     return Plc(PlantConfig(plc=PlcTiming(scan_s=SCAN_S)), seed=seed)
 
 
-# -- raw Modbus TCP ------------------------------------------------------------------------------
-def adu(tid: int, pdu: bytes, unit: int = 1) -> bytes:
-    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def recv_adu(sock: socket.socket) -> tuple[int, int, bytes]:
-    """(transaction id, unit id, response PDU)."""
-    tid, pid, length, unit = struct.unpack(">HHHB", recv_exact(sock, 7))
-    assert pid == 0
-    return tid, unit, recv_exact(sock, length - 1)
-
-
-class Raw:
-    """A raw Modbus TCP connection: one request, one response."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.tid = 0
-
-    def __call__(self, pdu: bytes) -> bytes:
-        self.tid = (self.tid + 1) & 0xFFFF
-        self.sock.sendall(adu(self.tid, pdu))
-        tid, _, resp = recv_adu(self.sock)
-        assert tid == self.tid
-        return resp
-
-    def close(self) -> None:
-        self.sock.close()
-
-
+# -- raw Modbus TCP: tests/modbus_raw.py -------------------------------------------------------------
 def read_pdu(fc: int, address: int, count: int) -> bytes:
     return struct.pack(">BHH", fc, address, count)
 
