@@ -279,7 +279,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 class AuditTrail:
     """The trail in one SQLite file (synchronous; thread-safe).
 
-    path: the SQLite file (created with its folder on :meth:`open` unless ``create=False``);
+    path: the SQLite file (created with its folder on :meth:`open`; ``create=False``: open an existing
+    trail to read or verify it, and refuse a missing one);
     clock: the source of timestamps, seconds since the Unix epoch (default :class:`WallClock`: wall time
     advanced by the monotonic clock, so timestamps never go back within a process).
 
@@ -317,7 +318,8 @@ class AuditTrail:
             raise AuditError(f"{self.path}: not an audit trail of format {FORMAT_VERSION} "
                              f"(user_version {version}, tables {sorted(tables)})")
         self._conn = conn
-        if not self._triggers_present():
+        # A writer says so at once; a reader (create=False: verify, show) reports it in verify's result.
+        if self._create and not self._triggers_present():
             log.warning("%s: the append-only triggers are missing (tampered with?); run twin audit verify",
                         self.path)
         return self
