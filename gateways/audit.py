@@ -122,6 +122,8 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only: DELETE refused'); END;
 """
 TRIGGERS = ("audit_no_update", "audit_no_delete")
+PAGE_RECORDS = 1000
+"""Records read per query by show, export and verify."""
 
 
 class AuditError(TwinError):
@@ -399,11 +401,20 @@ class AuditTrail:
         return record
 
     # -- reading ---------------------------------------------------------------------------------
-    def _records(self, where: str = "", params: tuple = ()) -> Iterator[AuditRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(FIELDS)} FROM audit {where} ORDER BY seq", params).fetchall()
-        for row in rows:
-            yield AuditRecord(*row)
+    def _records(self, clauses: tuple[str, ...] = (), params: tuple = ()) -> Iterator[AuditRecord]:
+        # Page by seq: a long trail is never held in memory at once, and appends from other threads wait
+        # for one page at a time, not for a whole verify.
+        sql = (f"SELECT {', '.join(FIELDS)} FROM audit WHERE " + " AND ".join((*clauses, "seq > ?"))
+               + f" ORDER BY seq LIMIT {PAGE_RECORDS}")
+        after: int | float = -math.inf
+        while True:
+            with self._lock:
+                rows = self._db.execute(sql, (*params, after)).fetchall()
+            for row in rows:
+                yield AuditRecord(*row)
+            if len(rows) < PAGE_RECORDS:
+                return
+            after = rows[-1][0]
 
     def show(self, since: str | datetime | None = None, user: str | None = None) -> list[AuditRecord]:
         """The records in sequence order, those stamped at or after ``since`` (ISO 8601; naive = UTC) and
@@ -415,7 +426,7 @@ class AuditTrail:
         if user is not None:
             clauses.append("user = ?")
             params.append(_check_text("user", user, required=True))
-        return list(self._records(("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)))
+        return list(self._records(tuple(clauses), tuple(params)))
 
     def export_csv(self, path: str | Path) -> int:
         """Write every record, every field (header :data:`FIELDS`, UTC timestamps), to a CSV file

@@ -383,3 +383,14 @@ def test_async_appends_keep_their_order_and_the_chain(tmp_path: Path, clock: Man
     assert [r.seq for r in recs] == list(range(1, 41))
     assert [r.target for r in recs] == [f"plant.R1.Recipe.T_set_{i}" for i in range(1, 41)]
     assert result.ok and result.records == 40 and len(shown) == 40
+
+
+def test_verify_and_show_page_through_a_long_trail(trail: AuditTrail, clock: ManualClock) -> None:
+    from gateways.audit import PAGE_RECORDS
+
+    n = 2 * PAGE_RECORDS + 7
+    _fill(trail, clock, n)
+    assert [r.seq for r in trail.show()] == list(range(1, n + 1))
+    assert trail.verify().records == n
+    _tamper(trail.path, ("DELETE FROM audit WHERE seq = ?", (PAGE_RECORDS + 1,)))
+    assert trail.verify().broken.seq == PAGE_RECORDS + 2
