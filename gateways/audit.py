@@ -515,7 +515,12 @@ class AsyncAuditTrail:
 
     async def start(self) -> AsyncAuditTrail:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        await self._run(self.trail.open)
+        try:
+            await self._run(self.trail.open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
         return self
 
     async def stop(self) -> None:

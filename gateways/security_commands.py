@@ -83,8 +83,12 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     store = UserStore(_users_path(args))
 
     def change() -> tuple[str, str]:
-        password = _read_password(args)
-        u = store.add(args.name, args.role, password)
+        from twin_core.errors import ParameterError
+
+        # Refused before the prompt: nobody should type a password for a change that cannot be made.
+        if store.get(args.name) is not None:
+            raise ParameterError("name", args.name, "already exists")
+        u = store.add(args.name, args.role, _read_password(args))
         return "", f"role={u.role} enabled=true"
 
     _audited_change(args, f"user:{args.name}", change, lambda a: f"role={a.role} enabled=true")

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import unicodedata
 from collections import deque
 from collections.abc import Iterator
@@ -441,13 +442,19 @@ class LoginThrottle:
         self.clock = clock if clock is not None else WallClock()
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()  # logins are checked on worker threads
 
     def retry_after_s(self, client: str) -> float:
         """Seconds until ``client`` may try again (0: now)."""
-        return max(0.0, self._locked_until.get(client, 0.0) - self.clock.now())
+        with self._lock:
+            return max(0.0, self._locked_until.get(client, 0.0) - self.clock.now())
 
     def failed(self, client: str) -> float:
         """Count a failure; returns the lockout it starts [s] (0 when none)."""
+        with self._lock:
+            return self._failed(client)
+
+    def _failed(self, client: str) -> float:
         now = self.clock.now()
         q = self._failures.setdefault(client, deque())
         q.append(now)
@@ -462,7 +469,8 @@ class LoginThrottle:
         return started
 
     def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+        with self._lock:
+            self._failures.pop(client, None)
 
     def _prune(self, now: float) -> None:
         if len(self._failures) + len(self._locked_until) <= self.max_clients:
@@ -511,7 +519,8 @@ class Authenticator:
     """Logins against a :class:`UserStore`, throttled per client by a :class:`LoginThrottle`.
 
     ``login`` hashes (tenths of a second with the default parameters): the server calls it off the event
-    loop."""
+    loop, on one login thread (which also caps scrypt's memory at 32 MiB): attempts of one client checked
+    in parallel could all pass the throttle before their failures are counted."""
 
     def __init__(self, store: UserStore, throttle: LoginThrottle | None = None) -> None:
         self.store = store
