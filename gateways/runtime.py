@@ -89,6 +89,7 @@ class ReactorRuntime:
         self.m: dict[str, float] = {}          # last PLC measurements (SI)
         self.settings: dict[str, float] = {}   # last PLC settings read (SI)
         self._settings_due = 0
+        self._settings_offset = 0             # spreads the reactors' settings reads over the scans
         self.out: dict[str, float] = {}        # last FMU outputs (SI)
         self.t_twin = math.nan                 # batch time the twin has reached [s]
         self.twin_batch = -1                   # batch id the twin tracks
@@ -115,9 +116,10 @@ class ReactorRuntime:
 
     # -- life cycle ---------------------------------------------------------------------------------
     def open(self) -> None:
-        """Load the FMU (its Python and ONNX session start here, before any batch)."""
-        self.fmu = FmuRunner(self.cfg.fmu, instance_name=self.name)
-        self.fmu.instantiate()
+        """Load the FMU (its Python and ONNX session start here, before any batch); once."""
+        if self.fmu is None:
+            self.fmu = FmuRunner(self.cfg.fmu, instance_name=self.name)
+            self.fmu.instantiate()
 
     def close(self) -> None:
         self._stop.set()
@@ -162,7 +164,8 @@ class ReactorRuntime:
             m = await self.client.read_measurements()
             if self._settings_due <= 0:
                 self.settings = await self.client.read_settings(_SETTINGS)
-                self._settings_due = SETTINGS_EVERY
+                self._settings_due = SETTINGS_EVERY + self._settings_offset  # the offset: once, a phase
+                self._settings_offset = 0
             self._settings_due -= 1
             # Up once the PLC answered (a connection accepted and dropped again is no link).
             if self.link is LinkState.DOWN:
@@ -474,6 +477,8 @@ class Runtime:
         self.cfg = cfg
         self.publishers = list(publishers)
         self.reactors = {r.name: ReactorRuntime(r, cfg, self.publishers) for r in cfg.reactors}
+        for i, r in enumerate(self.reactors.values()):
+            r._settings_offset = i % SETTINGS_EVERY
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_publisher(self, publisher: Publisher) -> None:
