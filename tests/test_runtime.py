@@ -195,11 +195,14 @@ def test_lab_entries_and_writes_are_validated(dist_artifacts: Path) -> None:
 def test_each_reactor_loads_its_fmu_once(dist_artifacts: Path) -> None:
     from gateways.runtime import ReactorRuntime
 
-    r = ReactorRuntime(ReactorConfig(fmu=str(dist_artifacts / "BatchReactorTwin.fmu")), RuntimeConfig())
-    try:
-        r.open()
-        first = r.fmu
-        r.open()  # serve() opens the FMUs before the servers, Runtime.start() again: one instance
-        assert r.fmu is first
-    finally:
-        r.close()
+    async def main() -> None:  # pymodbus's asyncio client wants a running loop at construction
+        r = ReactorRuntime(ReactorConfig(fmu=str(dist_artifacts / "BatchReactorTwin.fmu")), RuntimeConfig())
+        try:
+            r.open()
+            first = r.fmu
+            r.open()  # serve() opens the FMUs before the servers, Runtime.start() again: one instance
+            assert r.fmu is first
+        finally:
+            r.close()
+
+    asyncio.run(main())
