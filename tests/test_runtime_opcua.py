@@ -18,6 +18,7 @@ from asyncua import Client, ua
 from opcua_helpers import call_full, namespace_index, signal_node_id
 
 from gateways.config import ReactorConfig, RuntimeConfig
+from gateways.fmu_runner import FmuRunner
 from gateways.plant_process import PlantProcess
 from gateways.plc_client import PlcClient
 from gateways.runtime import Runtime, serve
@@ -113,6 +114,7 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
                     out["history"] = [dv.Value.Value for dv in hist]
                     out["events"] = events.texts()
                     out["steps"] = [s["outputs"]["c_B"] for s in r1.steps if "outputs" in s]
+                    out["recorded"] = list(r1.steps)
                     out["opcua_pkg"] = await asyncio.to_thread(_read_with_python_opcua, url, ns)
             finally:
                 stop.set()
@@ -121,6 +123,15 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
 
     out = asyncio.run(main())
     assert out["c_B_read"] == pytest.approx(out["c_B_twin"] / 1000.0, rel=1e-9)
+    # the recorded PLC readings replayed offline through a fresh instance of the same FMU give what
+    # SCADA read
+    with FmuRunner(fmu, instance_name="replay") as replay:
+        for st in out["recorded"]:
+            if "params" in st:
+                replay.start(st["params"], t0_s=st["t0"])
+            else:
+                last = replay.step(st["t"], st["dt"], st["inputs"])
+    assert out["c_B_read"] == pytest.approx(last["c_B"] / 1000.0, rel=1e-9)
     assert out["opcua_pkg"] == pytest.approx(out["c_B_read"], rel=1e-12)
     # HistoryRead: the whole batch, as the twin computed it (in mol/L)
     hist = [v for v in out["history"] if isinstance(v, float)]
