@@ -37,6 +37,7 @@ def test_simulate_with_a_bad_recipe_reports_the_field(tmp_path: Path, capsys: py
     assert "recipe.times_s[2]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_signals_csv_through_the_installed_script(tmp_path: Path) -> None:
     out = tmp_path / "signals.csv"
     twin = Path(sys.executable).with_name("twin")
@@ -91,12 +92,12 @@ BAD_INVOCATIONS = [
     # (id, arguments ({tmp}: a fresh folder, {busy}: a port in use), text the message must contain, fast lane)
     ("simulate missing recipe", "simulate --recipe nope.toml", "nope.toml", True),
     ("simulate missing params", "simulate --params nope.toml", "nope.toml", False),
-    ("simulate csv in a missing folder", "simulate --csv {tmp}/no/such/dir/x.csv", "No such file or directory", True),
+    ("simulate csv in a missing folder", "simulate --csv {tmp}/no/such/dir/x.csv", "No such file or directory", False),
     ("signals csv in a missing folder", "signals --csv {tmp}/no/such/dir/x.csv", "No such file or directory", False),
     ("study missing params", "study --params nope.toml", "nope.toml", False),
     ("sensitivity missing recipe", "sensitivity --recipe nope.toml", "nope.toml", False),
     ("optimize missing params", "optimize --params nope.toml", "nope.toml", False),
-    ("train missing data", "train --data nope.csv", "nope.csv: No such file or directory", True),
+    ("train missing data", "train --data nope.csv", "nope.csv: No such file or directory", False),
     ("softsensor missing data", "softsensor --batch 1 --data nope.csv", "nope.csv", False),
     ("build-fmu missing correction", "build-fmu --correction nope.onnx --out {tmp}/x.fmu", "nope.onnx", False),
     ("plant missing recipe", "plant --port 0 --recipe nope.toml", "nope.toml", False),
@@ -107,19 +108,20 @@ BAD_INVOCATIONS = [
     ("plant port negative", "plant --port -1", "argument --port", False),
     ("plant port not a number", "plant --port abc", "argument --port", False),
     ("plant port in use", "plant --port {busy}", "--port={busy}: cannot listen on 127.0.0.1:{busy}", True),
-    ("plant host unresolvable", "plant --host no.such.host.invalid --port 0", "--host='no.such.host.invalid'", True),
+    ("plant host unresolvable", "plant --host no.such.host.invalid --port 0", "--host='no.such.host.invalid'", False),
     ("plant host not ours", "plant --host 192.0.2.1 --port 0", "--host='192.0.2.1'", False),
-    ("plant speed 0", "plant --speed 0", "argument --speed: 0 must be > 0", True),
+    ("plant speed 0", "plant --speed 0", "argument --speed: 0 must be > 0", False),
     ("plant speed negative", "plant --speed -3", "argument --speed", False),
     ("plant max connections 0", "plant --max-connections 0", "argument --max-connections", False),
     ("plant idle timeout negative", "plant --idle-timeout -1", "argument --idle-timeout", False),
-    ("demo speed 0", "demo --speed 0", "argument --speed: 0 must be > 0", True),
+    ("demo speed 0", "demo --speed 0", "argument --speed: 0 must be > 0", False),
     ("demo port above range", "demo --port 70000", "argument --port", False),
     ("demo missing recipe", "demo --recipe nope.toml", "nope.toml", False),
     ("demo missing fmu", "demo --fmu nope.fmu", "nope.fmu", False),
     ("run missing config", "run --config nope.toml", "nope.toml", False),
 ]
-"""Each case starts an interpreter (~1.7 s): the fast lane runs one per kind of error, the rest are slow."""
+"""Each case starts an interpreter (~1.7 s): the fast lane runs three (a missing file, a bad argument, a
+port in use), the rest are slow."""
 
 
 def _run_all(cases: list[tuple[str, str, str, bool]], tmp: Path) -> dict[str, object]:

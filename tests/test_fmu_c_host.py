@@ -46,6 +46,7 @@ def test_c_host_csv_equals_fmpy(fmus: FmuBuilds, kind: str, tmp_path: Path) -> N
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_twenty_consecutive_runs_exit_cleanly(fmus: FmuBuilds, tmp_path: Path) -> None:
     """No crash at exit: the interpreter is never finalised, numpy/onnxruntime stay loaded."""
     for i in range(20):

@@ -88,6 +88,7 @@ def test_plant_process_ends_on_an_exception_and_refuses_bad_arguments():
             PlantProcess(**bad)
 
 
+@pytest.mark.slow
 def test_plant_process_reports_a_plant_that_cannot_start():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -172,6 +173,7 @@ def _children() -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="Linux /proc")
+@pytest.mark.slow
 def test_demo_ends_the_plant_process_when_the_batch_fails(dist_artifacts):
     from gateways.demo import DemoError
 
@@ -194,6 +196,7 @@ def _wait_closed(port: int, timeout_s: float = 20.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_twin_demo_ends_the_plant_process():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", twin_command_module(), "demo", "--speed", "200",

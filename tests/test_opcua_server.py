@@ -752,6 +752,7 @@ def test_history_outlives_the_server(tmp_path) -> None:
     assert [(e.Message.Text, e.Severity) for e in events] == [("batch 7 ended", EventKind.BATCH_ENDED.severity)]
 
 
+@pytest.mark.slow
 def test_a_port_in_use_fails_start_and_leaves_nothing_running() -> None:
     import socket
     import threading

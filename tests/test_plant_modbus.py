@@ -165,6 +165,7 @@ BATCH_SPEED = 3000.0
 over Modbus still sees every phase (Charging lasts 0.2 s of wall time, the others ~1 s)."""
 
 
+@pytest.mark.slow
 def test_whole_batch_over_modbus() -> None:
     plc = make_plc(seed=11)
     with PlcServerThread(plc, port=free_port(), speed=BATCH_SPEED) as srv, \

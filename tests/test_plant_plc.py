@@ -408,6 +408,7 @@ def test_commands_cover_the_interface() -> None:
 
 
 # -- twin plant (the command that serves the PLC) ---------------------------------------------------------
+@pytest.mark.slow
 def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -426,6 +427,7 @@ def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_twin_plant_port_0_flat_out_with_a_connection_cap_and_idle_timeout() -> None:
     """--port 0 prints the port bound; --speed inf runs flat out; --max-connections and --idle-timeout
     reach the server (a second client is turned away, an idle one closed, then a new one gets in)."""

@@ -166,6 +166,7 @@ def test_link_cut_publishes_bad_within_a_scan_and_a_restarted_plc_resets_the_twi
     assert last["T_reactor"].quality is Quality.GOOD and last["link_losses"].value == 1
 
 
+@pytest.mark.slow
 def test_lab_entries_and_writes_are_validated(dist_artifacts: Path) -> None:
     async def main() -> None:
         with PlantProcess(speed=SPEED, seed=3) as plant:
