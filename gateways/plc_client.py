@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from twin_core.errors import TwinError
 from twin_core.recipe import Recipe
@@ -151,6 +151,7 @@ class AsyncPlcClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 5020, timeout_s: float = 2.0,
                  device_id: int = 1) -> None:
         self.host, self.port, self.device_id = host, port, device_id
+        self.timeout_s = timeout_s
         self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
 
     @property
@@ -199,6 +200,10 @@ class AsyncPlcClient:
     async def _request(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         try:
             r = await call()  # pymodbus raises on the call itself when not connected
+        except ModbusIOException as exc:  # pymodbus's "No response received after 0 retries, ..."
+            raise PlcRequestError(what, None, f"no answer within {self.timeout_s:g} s") from exc
+        except ConnectionException as exc:
+            raise PlcRequestError(what, None, "not connected") from exc
         except (TimeoutError, ModbusException, OSError) as exc:
             raise PlcRequestError(what, None, str(exc) or type(exc).__name__) from exc
         return _check(what, r)
