@@ -773,3 +773,34 @@ def test_a_port_in_use_fails_start_and_leaves_nothing_running() -> None:
 
         asyncio.run(main())
     assert set(threading.enumerate()) <= threads_before  # the history's SQLite thread is gone too
+
+
+def test_an_unchanged_value_is_not_written_again_but_a_status_change_is() -> None:
+    """publish() skips a value whose number and quality did not change (its source timestamp stays the
+    time it last changed); a new quality, even with the same number, is written."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from gateways.model import Value
+    from twin_core.signals.runtime import Quality
+
+    async def main() -> list[tuple[str, datetime]]:
+        server = TwinOpcUaServer("opc.tcp://127.0.0.1:0/batch-twin/", "plant", {"R1": RecordingControl()})
+        await server.start()
+        try:
+            nid = server.node_id("R1", "T_reactor")
+            t0 = datetime(2026, 1, 1, tzinfo=UTC)
+            seen = []
+            for i, q in enumerate((Quality.GOOD, Quality.GOOD, Quality.BAD_COMMUNICATION, Quality.GOOD)):
+                await server.publish("R1", {"T_reactor": Value(350.0, q, t0 + timedelta(seconds=i))})
+                dv = server._server.iserver.aspace.read_attribute_value(nid, ua.AttributeIds.Value)  # type: ignore[union-attr]
+                seen.append((dv.StatusCode.name, dv.SourceTimestamp))
+            return seen
+        finally:
+            await server.stop()
+
+    seen = asyncio.run(main())
+    t0 = datetime(2026, 1, 1)
+    stamps = [ts.replace(tzinfo=None) for _, ts in seen]
+    assert [code for code, _ in seen] == ["Good", "Good", "BadCommunicationError", "Good"]
+    assert stamps == [t0, t0, t0 + timedelta(seconds=2), t0 + timedelta(seconds=3)]
