@@ -146,7 +146,11 @@ class ReactorRuntime:
                 backoff = min(2.0 * backoff, self.rt.reconnect_max_s)
                 continue
             backoff = self.rt.reconnect_min_s
-            await self._scan(m)
+            try:
+                await self._scan(m)
+            except (TwinError, ValueError, ArithmeticError):  # one bad scan must not end the reactor's loop
+                log.exception("%s: scan at plant time %s s failed; the next scan goes on", self.name,
+                              m.get("plant_time"))
             self.scan_wall_s.append(time.perf_counter() - t_wall)
             clock = self._clock
             assert clock is not None  # set by the first reading
