@@ -815,8 +815,9 @@ def bench_reactors(tmp: Path, quick: bool) -> tuple[int, list[dict[str, Any]]]:
               + ", ".join(f"N={x['n']} {1e3 * pct(x['first'], .99):.0f} ms" for x in results))
         print("   forecast steps per round: " + ", ".join(f"N={x['n']} {len(x['forecasts'])}" for x in results)
               + f"; scans missed per reactor in the round at N = {n}: {r['round_missed']:.1f}")
+        twice = r["fmu_instances"] > n
         print(f"   FMU instances created by serve() for N reactors: {r['fmu_instances']} for N = {n} "
-              f"(every reactor opened twice: serve() opens them, Runtime.start() opens them again)")
+              + ("(more than one per reactor: an FMU opened twice)" if twice else "(one per reactor)"))
         print(f"\n   where a scan's time goes at N = {n} (timing wrappers over the whole window, forecast round "
               f"included): calls, mean per call, and for the synchronous ones their share of wall time (the "
               f"Modbus and publish times are awaits: they include waiting for the other reactors' work)")
