@@ -3,8 +3,10 @@ session's FMU builds (fixture ``fmus``)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
+    """Await until ``cond()`` holds (polling; TimeoutError after timeout_s): readiness, not a sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not reached within {timeout_s} s")
+        await asyncio.sleep(poll_s)
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0) -> None:

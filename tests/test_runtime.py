@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import until
 
 from gateways.config import ReactorConfig, RuntimeConfig
 from gateways.fmu_runner import FmuRunner
@@ -50,20 +51,12 @@ def _config(port: int, fmu: Path, scan_s: float = 60.0) -> RuntimeConfig:
                          reactors=(ReactorConfig(name="R1", plc_port=port, fmu=str(fmu), sample_interval_s=1200.0),))
 
 
-async def _until(cond, timeout_s: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.01)
-
-
 def test_every_published_value_is_in_each_snapshot(dist_artifacts: Path) -> None:
     async def main() -> None:
         rec = Recorder()
         with PlantProcess(speed=SPEED, seed=3) as plant:
             async with Runtime(_config(plant.port, dist_artifacts / "BatchReactorTwin.fmu"), [rec]):
-                await _until(lambda: len(rec.snaps) >= 2)
+                await until(lambda: len(rec.snaps) >= 2)
         names = {p.name for p in PUBLISHED}
         for _, snap in rec.snaps:
             assert set(snap) == names
@@ -87,9 +80,9 @@ def test_batch_end_to_end_equals_an_offline_replay_of_the_same_readings(dist_art
             rt.reactors["R1"].record_steps()
             async with rt:
                 r1 = rt.reactors["R1"]
-                await _until(lambda: r1.link.name == "UP")
+                await until(lambda: r1.link.name == "UP")
                 await r1.start_batch(RECIPE)
-                await _until(lambda: EventKind.BATCH_ENDED in rec.kinds(), timeout_s=120.0)
+                await until(lambda: EventKind.BATCH_ENDED in rec.kinds(), timeout_s=120.0)
         return rt, rec
 
     rt, rec = asyncio.run(main())
@@ -125,18 +118,18 @@ def test_link_cut_publishes_bad_within_a_scan_and_a_restarted_plc_resets_the_twi
         try:
             async with Runtime(_config(port, fmu_path, scan_s=30.0), [rec]) as rt:
                 r1 = rt.reactors["R1"]
-                await _until(lambda: r1.link.name == "UP")
+                await until(lambda: r1.link.name == "UP")
                 await r1.start_batch(RECIPE)
-                await _until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 1800.0)
+                await until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 1800.0)
                 n_before = len(rec.snaps)
                 await asyncio.to_thread(plant.kill)  # the PLC crashes mid-batch
                 t_cut = time.monotonic()
-                await _until(lambda: EventKind.LINK_LOST in rec.kinds())
-                await _until(lambda: len(rec.snaps) > n_before + 3)
+                await until(lambda: EventKind.LINK_LOST in rec.kinds())
+                await until(lambda: len(rec.snaps) > n_before + 3)
                 while_down = [sn for t, sn in rec.snaps[n_before:] if t > t_cut]
                 plant = PlantProcess(speed=SPEED, seed=9, port=port).start()  # a fresh PLC: Idle, batch 0
-                await _until(lambda: EventKind.PLC_RESTARTED in rec.kinds(), timeout_s=30.0)
-                await _until(lambda: rec.snaps[-1][1]["plc_link"].value == 1)
+                await until(lambda: EventKind.PLC_RESTARTED in rec.kinds(), timeout_s=30.0)
+                await until(lambda: rec.snaps[-1][1]["plc_link"].value == 1)
                 rec.while_down = while_down  # type: ignore[attr-defined]
         finally:
             plant.stop()
@@ -172,7 +165,7 @@ def test_lab_entries_and_writes_are_validated(dist_artifacts: Path) -> None:
         with PlantProcess(speed=SPEED, seed=3) as plant:
             async with Runtime(_config(plant.port, dist_artifacts / "BatchReactorTwin.fmu")) as rt:
                 r1 = rt.reactors["R1"]
-                await _until(lambda: r1.link.name == "UP" and bool(r1.m))
+                await until(lambda: r1.link.name == "UP" and bool(r1.m))
                 with pytest.raises(RequestRefused, match="no batch"):
                     await r1.enter_lab_result(600.0, 100.0, 1.0)
                 for args, words in [((math.nan, 1.0, 1.0), "finite"), ((60.0, -1.0, 1.0), ">= 0"),
@@ -184,7 +177,7 @@ def test_lab_entries_and_writes_are_validated(dist_artifacts: Path) -> None:
                     with pytest.raises(RequestRefused, match=words):
                         await r1.write(name, value)
                 await r1.write("T_high_alarm", 370.0)  # a valid write reaches the PLC
-                await _until(lambda: True)
+                await until(lambda: True)
                 with pytest.raises(RequestRefused, match="not a PLC command"):
                     await r1.command("explode")
                 await r1.write("sigma_lab", 0.8)

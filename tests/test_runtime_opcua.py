@@ -9,12 +9,12 @@ afterwards; events arrive for an injected sensor fault and for the optimal stop.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from asyncua import Client, ua
+from conftest import until
 from opcua_helpers import call_full, namespace_index, signal_node_id
 
 from gateways.config import ReactorConfig, RuntimeConfig
@@ -40,14 +40,6 @@ class Events:
 
     def texts(self) -> list[str]:
         return [getattr(e, "Message").Text for e in self.items]  # noqa: B009
-
-
-async def _until(cond, timeout_s: float = 90.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -81,7 +73,7 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
                     events = Events()
                     sub = await client.create_subscription(20, events)
                     await sub.subscribe_events(client.get_node(obj))
-                    await _until(lambda: r1.link.name == "UP")
+                    await until(lambda: r1.link.name == "UP")
                     # a refusal comes back Bad with the PLC's reason; a good StartBatch starts the batch
                     bad = Recipe(tuple(600.0 * i for i in range(20)), tuple(300.0 + i for i in range(20)), 36000.0)
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.StartBatch", ns),
@@ -90,21 +82,21 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.StartBatch", ns),
                                           ua.Variant(RECIPE.to_toml(), ua.VariantType.String))
                     assert res.StatusCode.is_good(), res
-                    await _until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 1800.0)
+                    await until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 1800.0)
                     # Hold and Resume reach the PLC (its phase, as the runtime reads it back)
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.Hold", ns))
                     assert res.StatusCode.is_good(), res
-                    await _until(lambda: r1.m["phase"] == Phase.HELD)
+                    await until(lambda: r1.m["phase"] == Phase.HELD)
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.Hold", ns))  # not in Held
                     assert not res.StatusCode.is_good() and "refused" in res.OutputArguments[0].Value
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.Resume", ns))
                     assert res.StatusCode.is_good(), res
-                    await _until(lambda: r1.m["phase"] != Phase.HELD)
-                    await _until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 4.2 * 3600)
+                    await until(lambda: r1.m["phase"] != Phase.HELD)
+                    await until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 4.2 * 3600)
                     # a stuck reactor-temperature transmitter, injected at the plant (simulation hook)
                     with PlcClient(port=plant.port) as plc:
                         plc.write("sim_sensor_fault", float(SensorFault.STUCK))
-                    await _until(lambda: any("ended" in t for t in events.texts()), timeout_s=120.0)
+                    await until(lambda: any("ended" in t for t in events.texts()), timeout_s=120.0)
                     # what the client reads now is the twin's last output, in mol/L
                     c_B = signal_node_id(ns, PLANT, "R1", "Estimates", "c_B")
                     out["c_B_read"] = (await client.get_node(c_B).read_data_value()).Value.Value
