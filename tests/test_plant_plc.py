@@ -408,6 +408,12 @@ def test_commands_cover_the_interface() -> None:
 
 
 # -- twin plant (the command that serves the PLC) ---------------------------------------------------------
+def _interrupt(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C to a `twin plant` child and its output once it has ended (the caller reaps on failure)."""
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=20)
+
+
 @pytest.mark.slow
 def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
     port = free_port()
@@ -416,8 +422,7 @@ def test_twin_plant_serves_on_loopback_and_stops_cleanly_on_ctrl_c() -> None:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         wait_for_port(port)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = _interrupt(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -473,8 +478,7 @@ def test_twin_plant_port_0_flat_out_with_a_connection_cap_and_idle_timeout() -> 
             assert closed_by_server(first)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as late:
             assert read_plant_time(late) >= t1
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = _interrupt(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
