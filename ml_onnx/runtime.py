@@ -1,6 +1,6 @@
 """Run an exported correction model with onnxruntime, behind a contract check and a domain guard.
 
-:class:`OnnxCorrection` implements ``twin_core.hybrid.CorrectionModel``. It depends only on numpy,
+:class:`OnnxCorrection` implements ``twin_core.hybrid.LogCorrectionModel``. It depends only on numpy,
 onnx (to read the model's metadata and opset), onnxruntime and twin_core: the FMU bundles it and runs
 inside C hosts, where scikit-learn, skl2onnx and scipy must not be imported.
 
@@ -8,9 +8,10 @@ Load time: the file is parsed and its contract checked (ml_onnx.contract: input/
 float64 dtypes, opset, required metadata, known feature names with the right units, a valid domain);
 any breach raises :class:`~ml_onnx.contract.ModelContractError` naming what is wrong.
 
-Call time (:meth:`OnnxCorrection.factors`, once per communication step): the features are gathered
-into a pre-allocated row, clipped to the training domain, and the log-factors from the single-thread
-session are faded to zero by the smoothstep of ml_onnx.contract.Domain beyond the bounds.
+Call time (:meth:`OnnxCorrection.log_factors`, in every Runge-Kutta stage of the hybrid twin; and
+:meth:`OnnxCorrection.factors`, its exp): the features are gathered into a pre-allocated row, clipped
+to the training domain, and the log-factors from the single-thread session are faded to zero by the
+smoothstep of ml_onnx.contract.Domain beyond the bounds.
 """
 
 from __future__ import annotations
@@ -139,9 +140,9 @@ def check_contract(proto: onnx.ModelProto, label: str) -> tuple[dict[str, str], 
 
 
 class OnnxCorrection:
-    """A learned rate correction run by onnxruntime (implements twin_core.hybrid.CorrectionModel).
+    """A learned rate correction run by onnxruntime (implements twin_core.hybrid.LogCorrectionModel).
 
-    ``OnnxCorrection(path)`` loads and checks the model; :meth:`factors` is the per-step call.
+    ``OnnxCorrection(path)`` loads and checks the model; :meth:`log_factors` is the per-stage call.
     Attributes: ``metadata`` (the model's ``twin.*`` metadata), ``domain``, ``feature_names``.
     """
 
@@ -193,14 +194,17 @@ class OnnxCorrection:
         log.info("loaded correction %s: features %s, model version %s, created %s", label,
                  list(self.feature_names), self.metadata["twin.model_version"], self.metadata["twin.created_utc"])
 
-    # -- per-step call -----------------------------------------------------------------------------
-    def factors(self, t_s: float, x: Sequence[float], T_jacket_K: float) -> tuple[float, float, bool]:
-        """(f1, f2, in_domain) at time t_s [s], twin state x = (c_A, c_B, c_C [mol/m3], T [K]).
+    # -- per-stage call ----------------------------------------------------------------------------
+    def log_factors(self, t_s: float, x: Sequence[float]) -> tuple[float, float, bool]:
+        """(g1, g2, in_domain): the faded log-factors ln f1, ln f2 at time t_s [s] and twin state
+        x = (c_A, c_B, c_C [mol/m3], T [K]) (twin_core.hybrid.LogCorrectionModel: called in every
+        Runge-Kutta stage).
 
-        T_jacket_K [K] is part of the CorrectionModel protocol but not a feature (ml_onnx.features).
-        Inside the training domain: exp of the model's log-factors, in_domain True. Outside: the
-        model is evaluated at the clipped features, its log-factors are scaled by the smoothstep
-        fade (0 at one ramp width beyond a bound: factors exactly 1) and in_domain is False.
+        Each feature v is clipped to [lo, hi] of the training domain and its excess
+        e = (lo - v)/ramp or (v - hi)/ramp (0 inside) taken; with E the largest excess:
+        E == 0: g = the model's output at the row, in_domain True; 0 < E < 1: g = w * output at the
+        clipped row with w = 1 - E^2 (3 - 2E) (smoothstep), in_domain False; E >= 1: g = (0, 0)
+        without running the model, in_domain False.
         Raises MeasurementError on a non-finite feature (a broken state must not pass as "out of domain").
         """
         raw = (t_s, x[0], x[1], x[2], x[3])
@@ -227,14 +231,24 @@ class OnnxCorrection:
             self.in_domain_calls += 1
             self._session.run_with_iobinding(self._binding)
             out = self._out
-            return math.exp(out[0, 0]), math.exp(out[0, 1]), True
+            return float(out[0, 0]), float(out[0, 1]), True
         self.out_of_domain_calls += 1
         if excess >= 1.0 or excess != excess:
-            return 1.0, 1.0, False
+            return 0.0, 0.0, False
         self._session.run_with_iobinding(self._binding)
         w = 1.0 - excess * excess * (3.0 - 2.0 * excess)
         out = self._out
-        return math.exp(w * out[0, 0]), math.exp(w * out[0, 1]), False
+        return w * float(out[0, 0]), w * float(out[0, 1]), False
+
+    def factors(self, t_s: float, x: Sequence[float], T_jacket_K: float) -> tuple[float, float, bool]:
+        """(f1, f2, in_domain) = (exp g1, exp g2, in_domain) of :meth:`log_factors` at time t_s [s],
+        twin state x = (c_A, c_B, c_C [mol/m3], T [K]).
+
+        T_jacket_K [K] is part of the CorrectionModel protocol but not a feature (ml_onnx.features).
+        Raises MeasurementError on a non-finite feature.
+        """
+        g1, g2, ok = self.log_factors(t_s, x)
+        return math.exp(g1), math.exp(g2), ok
 
     # -- batch use (tests, reports) ----------------------------------------------------------------
     def predict_log_factors(self, X: np.ndarray) -> np.ndarray:
