@@ -60,7 +60,9 @@ class RuntimeConfig:
     (1 on a real plant; the simulated plant of the demo runs faster) to pace the scans between two
     PLC readings; reconnect_min_s/reconnect_max_s: capped exponential backoff of the PLC link [s of
     wall time]; plc_timeout_s: a PLC request unanswered this long [s of wall time] means the link is
-    lost; mirror_port 0: a free port; opcua_endpoint "" or mirror_port -1: that server off.
+    lost; mirror_port 0: a free port; opcua_endpoint "" or mirror_port -1: that server off;
+    checkpoint_scans: every reactor's twin is checkpointed to ``data_dir``/checkpoint.sqlite every this
+    many scans (0: no checkpoints; see gateways.recovery).
     """
 
     plant: str = spec("plant", kind="str")
@@ -73,6 +75,7 @@ class RuntimeConfig:
     reconnect_min_s: float = spec(0.2, unit="s", gt=0.0, le=60.0)
     reconnect_max_s: float = spec(5.0, unit="s", gt=0.0, le=600.0)
     plc_timeout_s: float = spec(2.0, unit="s", gt=0.0, le=60.0)
+    checkpoint_scans: int = spec(10, kind="int", ge=0, le=100000)
     reactors: tuple = spec(kind=tuple, default_factory=lambda: (ReactorConfig(),))
 
     def __post_init__(self) -> None:

@@ -51,6 +51,9 @@ class EventKind(enum.Enum):
     PLC_ALARM = ("PLC alarm", 800)
     BATCH_STARTED = ("Batch started", 200)
     BATCH_ENDED = ("Batch ended", 200)
+    TWIN_RESTORED = ("Twin restored from its checkpoint after a runtime restart", 500)
+    CHECKPOINT_REJECTED = ("Checkpoint rejected: the twin restarts from the batch's charge", 700)
+    CHECKPOINT_FAILED = ("Checkpoint not written", 700)
 
     def __init__(self, title: str, severity: int) -> None:
         self.title = title

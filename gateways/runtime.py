@@ -106,6 +106,7 @@ class ReactorRuntime:
         self._impurity_announced = False
         self._alarms_seen = 0
         self._stop = asyncio.Event()
+        self.checkpoint_state = 1  # gateways.recovery.CheckpointState: none yet
         self.steps: list[dict] | None = None
         """With ``record_steps()``: every FMU start ({"t0", "params"}) and step ({"t", "dt", "inputs",
         "outputs"}), in order."""
@@ -376,7 +377,8 @@ class ReactorRuntime:
         to_stop = max(0.0, t_stop - m["batch_time"]) if out and m else math.nan
         status = {"plc_link": float(self.link), "twin_mode": float(self.mode), "estimate_quality": float(twin_q),
                   **{k: float(v) for k, v in self.counters.items()},
-                  "last_scan_plant_time": m.get("plant_time", math.nan)}
+                  "last_scan_plant_time": m.get("plant_time", math.nan),
+                  "checkpoint_state": float(self.checkpoint_state)}
         for name, v in status.items():
             snap[name] = Value(v, Quality.GOOD, ts)
         snap["time_to_stop"] = Value(to_stop, twin_q, ts)

@@ -89,6 +89,7 @@ RUNTIME_SIGNALS: tuple[Signal, ...] = (
     _r("lab_results_used", "Lab results fed to the twin in this batch (PLC and LIMS)", 0, UINT32_MAX),
     _r("time_to_stop", "Time from now to the forecast optimal stop (0 once reached)", 0.0, 1e7, "Real", "s", "h"),
     _r("last_scan_plant_time", "Plant time of the last PLC scan the twin used", 0.0, 1e9, "Real", "s", "h"),
+    _r("checkpoint_state", "Crash-recovery checkpoints: 0 written, 1 none yet or off, 2 FAILING (disk full, read-only folder), 3 the stored one was rejected at start", 0, 3),
     *ALARM_FLAGS,
 )
 """The runtime's own status values (no PLC or FMU counterpart)."""
@@ -153,7 +154,7 @@ PUBLISHED: tuple[Published, ...] = (
     Published(_TWIN["model_health"], "Status", "twin", history=True),
     *(Published(_RUNTIME[n], "Status", "runtime") for n in
       ("plc_link", "twin_mode", "estimate_quality", "plc_restarts", "link_losses", "twin_scans", "lab_results_used",
-       "last_scan_plant_time")),
+       "last_scan_plant_time", "checkpoint_state")),
     *(Published(_TWIN[n], "Twin", "twin", writable=True) for n in _TWIN_TUNING),
 )
 """Everything the runtime publishes per reactor, in address-space order."""
