@@ -369,13 +369,16 @@ def build_fmu(opts: BuildOptions | None = None) -> Path:
     return out
 
 
-def _model_description(resources: Path, guid: str, model_identifier: str) -> bytes:
-    """pythonfmu's model description of the slave, fixed (fmu.model_description)."""
+def _model_description(resources: Path, guid: str, model_identifier: str, *,
+                       generation_tool: str = f"batch-reactor-twin build-fmu (PythonFMU {pythonfmu.__version__})",
+                       flags: Mapping[str, str] | None = None, source_files: tuple[str, ...] = ()) -> bytes:
+    """pythonfmu's model description of the slave, fixed (fmu.model_description): the one generator
+    of both FMUs' model descriptions (the native build passes its flags and source files)."""
     slave = BatchReactorTwin(instance_name="build", resources=str(resources))
     xml = slave.to_xml()
     variables = fmi_variables()
     starts = {v.name: slave._real[v.vr] for v in variables if v.type == "Real" and v.settable}
     model_description.finalize(xml, variables, starts=starts, guid=guid, model_identifier=model_identifier,
-                               generation_tool=f"batch-reactor-twin build-fmu (PythonFMU {pythonfmu.__version__})",
-                               tolerance=DEFAULT_TOLERANCE.rtol)
+                               generation_tool=generation_tool, tolerance=DEFAULT_TOLERANCE.rtol,
+                               flags=dict(flags or {}), source_files=source_files)
     return parseString(tostring(xml, "utf-8")).toprettyxml(indent="  ", encoding="UTF-8")

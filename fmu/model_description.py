@@ -16,8 +16,9 @@ from fmu.variables import FmiVariable
 from twin_core.signals.table import DISPLAY_UNITS, UNITS
 
 CO_SIMULATION_FLAGS = {
-    # The FMU carries its model; Python is a runtime library it loads (docs/fmu.md), not a tool.
-    "needsExecutionTool": "false",
+    # The Python FMU needs an outside CPython 3.x with numpy and onnxruntime to run (docs/fmu.md): an
+    # execution tool in the sense of FMI 2.0. The native FMU overrides this with "false".
+    "needsExecutionTool": "true",
     "canHandleVariableCommunicationStepSize": "true",
     "canInterpolateInputs": "false",
     "maxOutputDerivativeOrder": "0",
@@ -65,11 +66,18 @@ def _type_element(sv: Element) -> Element:
 
 
 def finalize(root: Element, variables: tuple[FmiVariable, ...], *, starts: dict[str, float], guid: str,
-             model_identifier: str, generation_tool: str, tolerance: float) -> Element:
+             model_identifier: str, generation_tool: str, tolerance: float,
+             flags: dict[str, str] | None = None, source_files: tuple[str, ...] = ()) -> Element:
     """Fix pythonfmu's model description ``root`` in place and return it.
 
     ``starts``: the exact start value of every Real parameter and input (pythonfmu prints 16
-    significant digits, which do not always read back to the same double).
+    significant digits, which do not always read back to the same double). ``flags``: capability
+    flags that differ from :data:`CO_SIMULATION_FLAGS` (the native FMU's); ``source_files``: the C
+    files under ``sources/`` a tool compiles (FMI 2.0 ``<SourceFiles>``; none for the Python FMU).
+
+    Outputs declare ``dependencies=""``: no output depends directly on an input (co-simulation, no
+    direct feedthrough: outputs change only in doStep), so a tool closing T back into T_jacket sees
+    no algebraic loop. Initial unknowns keep the default (they may depend on every known).
     """
     root.set("guid", "{" + guid + "}")
     root.set("modelName", model_identifier)
@@ -80,8 +88,14 @@ def finalize(root: Element, variables: tuple[FmiVariable, ...], *, starts: dict[
         raise ValueError("no CoSimulation element")
     cs.attrib.clear()
     cs.set("modelIdentifier", model_identifier)
-    for k, v in CO_SIMULATION_FLAGS.items():
+    for k, v in {**CO_SIMULATION_FLAGS, **(flags or {})}.items():
         cs.set(k, v)
+    for old in cs.findall("SourceFiles"):
+        cs.remove(old)
+    if source_files:
+        files = SubElement(cs, "SourceFiles")
+        for name in source_files:
+            SubElement(files, "File", name=name)
 
     for old in root.findall("UnitDefinitions"):
         root.remove(old)
@@ -131,7 +145,7 @@ def finalize(root: Element, variables: tuple[FmiVariable, ...], *, starts: dict[
     if outputs:
         out_el = SubElement(structure, "Outputs")
         for v in outputs:
-            SubElement(out_el, "Unknown", index=str(index[v.name]))
+            SubElement(out_el, "Unknown", index=str(index[v.name]), dependencies="")
         init_el = SubElement(structure, "InitialUnknowns")
         # FMI 2.0: every output with initial="calculated" is an initial unknown.
         for v in outputs:

@@ -114,6 +114,11 @@ class _SharedCorrection:
         with self._lock:
             return self.inner.factors(t_s, x, T_jacket_K)
 
+    def log_factors(self, t_s: float, x: Any) -> tuple[float, float, bool]:
+        """The faded log-factors at a Runge-Kutta stage (twin_core.hybrid's direct path)."""
+        with self._lock:
+            return self.inner.log_factors(t_s, x)
+
 
 _CORRECTIONS: dict[str, _SharedCorrection] = {}
 _CORRECTIONS_LOCK = threading.Lock()

@@ -30,6 +30,16 @@ MODE_INITIALIZATION = 1
 MODE_STEP = 2
 MODE_TERMINATED = 3
 
+MODE_GATES: dict[str, str] = {
+    "T_measured": "estimator_on",
+    "lab_c_B": "estimator_on",
+    "lab_c_C": "estimator_on",
+    "lab_sample_time": "estimator_on",
+}
+"""Inputs used only in one mode -> the Boolean parameter that turns that mode on. While it is off,
+such an input is accepted whatever its finite value and ignored (an unconnected Simulink port
+sends 0); its range is checked when exitInitializationMode turns the mode on (both FMUs)."""
+
 _CAUSALITY = {"parameter": "parameter", "input": "input", "output": "output", "local": "local"}
 KIND_CODES = {"Real": "R", "Integer": "I", "Boolean": "B"}
 CAUSALITY_CODES = {"parameter": "p", "input": "i", "output": "o", "local": "l"}
