@@ -76,8 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_signals)
 
     # The offline tools live in their own modules; importing them here keeps one entry point per package.
-    from twin_core.offline import optimize, sensitivity, study
+    from twin_core.offline import optimize, report, sensitivity, study
 
     optimize.register(sub)
     study.register(sub)
     sensitivity.register(sub)
+    report.register(sub)

@@ -1,0 +1,172 @@
+"""Report sections on the process: the temperature-profile study, the optimal stop, the optimised
+recipe against the best constant jacket, and the design space. Every figure is computed now."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from twin_core.offline.report import Context, Unavailable, md_table
+from twin_core.params import ModelParams
+
+C0 = 273.15
+
+
+def study(ctx: Context) -> str:
+    from twin_core.offline.plots import pyplot
+    from twin_core.offline.study import default_grid, profile_study
+
+    plt = pyplot()
+    hours = 10.0
+    grid = default_grid(hours * 3600.0)
+    if ctx.quick:
+        grid = grid[::3]
+    rows, trs = profile_study(grid, ModelParams(), dt_out_s=60.0)
+    best = max(rows, key=lambda r: r.yield_B_at_opt)
+    table = md_table(["recipe", "mode", "Y_B end [%]", "C end [%]", "t_opt [h]", "Y_B at t_opt [%]", "C at t_opt [%]",
+                      "T peak [°C]"],
+                     [[r.name + (" **(best)**" if r is best else ""), r.mode, 100 * r.yield_B_end, 100 * r.impurity_end,
+                       r.t_stop_opt_s / 3600, 100 * r.yield_B_at_opt, 100 * r.impurity_at_opt, r.T_peak_K - C0]
+                      for r in rows])
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 5))
+    colors = plt.get_cmap("tab20")(np.arange(len(rows)) % 20)
+    for r, tr, col in zip(rows, trs, colors, strict=True):
+        ls = "-" if r.mode == "reactor" else "--"
+        a1.plot(tr.t_s / 3600, tr.c_B / 1000, ls, color=col, label=r.name)
+        a2.plot(tr.t_s / 3600, tr.T_K - C0, ls, color=col, label=r.name)
+        a3.scatter(100 * r.impurity_at_opt, 100 * r.yield_B_at_opt, color=col, label=r.name,
+                   marker="o" if r.mode == "reactor" else "s")
+    a1.set(xlabel="time [h]", ylabel="c_B [mol/L]", title="product B")
+    a2.set(xlabel="time [h]", ylabel="reactor temperature [°C]", title="reactor temperature")
+    a3.set(xlabel="impurity C at optimal stop [mol %]", ylabel="yield of B at optimal stop [%]",
+           title="trade-off at the optimal stop")
+    a1.legend(fontsize=6)
+    a2.legend(fontsize=6)
+    a3.legend(fontsize=6)
+    for a in (a1, a2, a3):
+        a.grid(alpha=0.3)
+    fig.suptitle("Temperature-profile study (solid: reactor programme, dashed: jacket programme)")
+    figure = ctx.figure("study", fig, f"{len(rows)} recipes of {hours:g} h: c_B, reactor temperature and the "
+                        "yield–impurity trade-off at the optimal stop")
+    # The study's isothermal rows against the analytic optimum c_B,max / c_A0 (where the stop is inside the batch).
+    from twin_core.model import coefficients, rate_constants
+
+    c = coefficients(ModelParams())
+    errs = []
+    for r in rows:
+        if r.mode == "reactor" and r.name.endswith("degC") and "ramp" not in r.name and r.t_stop_opt_s < r.t_end_s:
+            k1, k2 = rate_constants(r.T_peak_K, c)
+            errs.append(abs(r.yield_B_at_opt - (k1 / k2) ** (k2 / (k2 - k1))) / r.yield_B_at_opt)
+    ctx.check("isothermal_optimum", f"isothermal rows of the study ({len(errs)} with the stop inside the batch): yield at "
+              "the optimal stop vs the analytic c_B,max / c_A0, max relative error", max(errs) if errs else math.nan,
+              "<=", 1e-6)
+    return (f"`twin_core/offline/study.py`, {len(rows)} recipes{' (every third of the grid: --quick)' if ctx.quick else ''}"
+            f", {hours:g} h batches. Best yield at the optimal stop: {best.name}, {100 * best.yield_B_at_opt:.1f} %.\n\n"
+            + table + "\n" + figure)
+
+
+def optimal_stop(ctx: Context) -> str:
+    from twin_core.analysis import Economics, economic_stop, summarize
+    from twin_core.analysis import optimal_stop as opt_stop
+    from twin_core.model import coefficients, rate_constants
+    from twin_core.offline.plots import pyplot
+    from twin_core.recipe import DEFAULT_RECIPE, Recipe
+    from twin_core.simulation import Twin
+
+    plt = pyplot()
+    p = ModelParams()
+    rows = []
+    for T_C in (60.0, 70.0, 80.0):
+        k1, k2 = rate_constants(C0 + T_C, coefficients(p))
+        t_star = math.log(k2 / k1) / (k2 - k1)
+        c_max = p.charge.c_A0_mol_per_m3 * (k1 / k2) ** (k2 / (k2 - k1))
+        tr = Twin(p).simulate(Recipe.isothermal(C0 + T_C, 2 * t_star), dt_out_s=60.0)
+        t_opt, c_opt = opt_stop(tr)
+        err_t, err_c = abs(t_opt - t_star) / t_star, abs(c_opt - c_max) / c_max
+        rows.append([f"{T_C:.0f} °C", t_star / 3600, t_opt / 3600, err_t, c_max, c_opt, err_c])
+        ctx.check(f"t_star_{T_C:.0f}", f"optimal stop at {T_C:.0f} °C vs analytic t*: relative error", err_t, "<=", 1e-6)
+        ctx.check(f"c_max_{T_C:.0f}", f"c_B at the stop at {T_C:.0f} °C vs analytic c_B,max: relative error", err_c,
+                  "<=", 1e-6)
+    tr = Twin(p).simulate(DEFAULT_RECIPE, dt_out_s=60.0)
+    s = summarize(tr, p)
+    econ = Economics()
+    es = economic_stop(tr, p, econ)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(tr.t_s / 3600, tr.c_B / 1000, label="c_B, default recipe")
+    ax.plot(tr.t_s / 3600, tr.c_C / 1000, label="c_C (impurity)")
+    ax.axvline(s.t_stop_opt_s / 3600, color="tab:green", ls="--", label=f"optimal stop {s.t_stop_opt_s / 3600:.2f} h")
+    ax.axvline(es.t_stop_s / 3600, color="tab:red", ls=":", label=f"economic stop {es.t_stop_s / 3600:.2f} h "
+               f"({es.limited_by})")
+    ax.set(xlabel="time [h]", ylabel="concentration [mol/L]", title=f"Stops of the default recipe ({DEFAULT_RECIPE.name})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    figure = ctx.figure("optimal_stop", fig, "optimal (maximum c_B) and economic stop of the default recipe")
+    return ("The optimal stop is the time of maximum c_B, refined between samples (`twin_core.analysis.optimal_stop`); "
+            "checked against the analytic isothermal optimum t* = ln(k2/k1)/(k2 − k1):\n\n"
+            + md_table(["T", "t* analytic [h]", "t_opt twin [h]", "rel. error", "c_B,max analytic [mol/m3]",
+                        "c_B at t_opt [mol/m3]", "rel. error"], rows)
+            + f"\nDefault recipe: optimal stop {s.t_stop_opt_s / 3600:.2f} h at a yield of {100 * s.yield_B_at_opt:.1f} %; "
+            f"economic stop (value {econ.value_B_per_mol:g}/mol, {econ.cost_per_h:g}/h, spec "
+            f"{100 * econ.impurity_spec_fraction:.0f} mol% C) {es.t_stop_s / 3600:.2f} h, yield {100 * es.yield_B:.1f} %, "
+            f"C {100 * es.impurity_fraction:.1f} %, limited by {es.limited_by}.\n\n" + figure)
+
+
+def optimise(ctx: Context) -> str:
+    from twin_core.offline.optimize import OptimizerConfig, optimize_recipe
+    from twin_core.offline.plots import pyplot
+    from twin_core.simulation import Twin
+
+    plt = pyplot()
+    p = ModelParams()
+    cfg = OptimizerConfig(n_segments=2, max_iter=15, grid_step_K=5.0) if ctx.quick else OptimizerConfig()
+    res = optimize_recipe(p, cfg)
+    rows = []
+    for c in (res.best_reactor_isothermal, res.best_constant_jacket, res.optimised):
+        rows.append([c.label, c.recipe.end_time_s / 3600, 100 * c.yield_B, 100 * c.impurity_fraction, c.profit,
+                     c.T_peak_K - C0, f"{c.T_jacket_range_K[0] - C0:.1f}…{c.T_jacket_range_K[1] - C0:.1f}",
+                     "yes" if c.feasible else "NO: " + "; ".join(c.violations)])
+    gain = 100 * res.gain
+    ctx.check("gain", "optimised recipe minus the best constant jacket (same bounds, T_max, spec): yield gain",
+              gain, ">=", 0.0, "points")
+    ctx.check("feasible", "optimised recipe meets every constraint on re-simulation (1 = yes)",
+              float(res.optimised.feasible), ">=", 1.0)
+    ctx.check("impurity", "optimised recipe: impurity at discharge vs the spec", 100 * res.optimised.impurity_fraction,
+              "<=", 100 * cfg.impurity_spec_fraction + 1e-6, "mol %")
+    ctx.check("T_max", "optimised recipe: peak reactor temperature vs T_max", res.optimised.T_peak_K - C0, "<=",
+              cfg.T_max_K - C0, "°C")
+    twin = Twin(p)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for c, col in zip((res.best_constant_jacket, res.optimised), ("tab:blue", "tab:red"), strict=True):
+        tr = twin.simulate(c.recipe, dt_out_s=30.0)
+        a1.plot(tr.t_s / 3600, tr.c_B / 1000, color=col, label=c.label)
+        a2.plot(tr.t_s / 3600, tr.T_K - C0, color=col, label=f"{c.label}: reactor")
+        a2.plot(tr.t_s / 3600, tr.T_jacket_K - C0, "--", color=col, label=f"{c.label}: jacket")
+    a2.axhline(cfg.T_max_K - C0, color="k", lw=0.8, ls=":", label="T_max")
+    a1.set(ylabel="c_B [mol/L]", title="product B")
+    a2.set(xlabel="time [h]", ylabel="temperature [°C]", title="reactor and jacket temperature")
+    a1.legend(fontsize=8)
+    a2.legend(fontsize=7)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    fig.suptitle(f"Optimised jacket programme ({cfg.n_segments} segments) vs the best constant jacket")
+    figure = ctx.figure("optimised_recipe", fig, "optimised recipe against the best constant-jacket recipe")
+    prog = ", ".join(f"({t / 3600:.2f} h, {T - C0:.1f} °C)" for t, T in zip(res.optimised.recipe.times_s,
+                                                                          res.optimised.recipe.temps_K, strict=True))
+    return (f"`twin optimize` (`twin_core/offline/optimize.py`): {cfg.n_segments} piecewise-linear jacket segments"
+            f"{' (--quick: 2 segments, 15 SLSQP iterations, 5 K grid)' if ctx.quick else ''}, objective "
+            f"{cfg.objective}; constraints: C ≤ {100 * cfg.impurity_spec_fraction:.0f} mol %, T ≤ {cfg.T_max_K - C0:.0f} °C, "
+            f"jacket {cfg.T_jacket_min_K - C0:.0f}…{cfg.T_jacket_max_K - C0:.0f} °C, ramps ≤ {60 * cfg.ramp_max_K_per_s:.1f} "
+            f"K/min. SLSQP: {res.message} ({res.iterations} iterations, {res.simulations} simulations). The fair "
+            "baseline is the best constant jacket under the same bounds; the reactor-isothermal line is an idealisation.\n\n"
+            + md_table(["recipe", "t_end [h]", "yield B [%]", "C end [%]", "profit", "T peak [°C]", "T_j range [°C]", "ok"],
+                       rows)
+            + f"\nGain over the best constant jacket: {gain:+.2f} points of yield. Optimised programme: {prog}.\n\n" + figure)
+
+
+def design_space(ctx: Context) -> str:
+    ds = ctx.need("twin_core.offline.designspace", "the design space (twin designspace, issue 14)")
+    quick_run = getattr(ds, "report_run", None) or getattr(ds, "quick_run", None)
+    if quick_run is None:
+        raise Unavailable("twin_core.offline.designspace has no report entry point (report_run/quick_run) yet")
+    return str(quick_run(ctx))
