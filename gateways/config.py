@@ -63,6 +63,10 @@ class RuntimeConfig:
     lost; mirror_port 0: a free port; opcua_endpoint "" or mirror_port -1: that server off;
     checkpoint_scans: every reactor's twin is checkpointed to ``data_dir``/checkpoint.sqlite every this
     many scans (0: no checkpoints; see gateways.recovery).
+    Security (docs/security.md): opcua_allow_none also offers SecurityPolicy None, opcua_allow_anonymous
+    accepts anonymous read-only sessions (both off: the server warns when one is on); mirror_tls_port
+    serves the mirror also as Modbus/TCP Security (TLS, client certificates from the trust list; -1 off,
+    0 a free port; 802 is the registered port).
     """
 
     plant: str = spec("plant", kind="str")
@@ -76,6 +80,9 @@ class RuntimeConfig:
     reconnect_max_s: float = spec(5.0, unit="s", gt=0.0, le=600.0)
     plc_timeout_s: float = spec(2.0, unit="s", gt=0.0, le=60.0)
     checkpoint_scans: int = spec(10, kind="int", ge=0, le=100000)
+    opcua_allow_none: bool = spec(False, kind="bool")
+    opcua_allow_anonymous: bool = spec(False, kind="bool")
+    mirror_tls_port: int = spec(-1, kind="int", ge=-1, le=65535)
     reactors: tuple = spec(kind=tuple, default_factory=lambda: (ReactorConfig(),))
 
     def __post_init__(self) -> None:
