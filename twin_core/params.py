@@ -9,13 +9,14 @@ Arrhenius constants are written around a reference temperature T_ref_K:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from twin_core.errors import ParameterError
-from twin_core.validate import T_MAX_K, T_MIN_K, from_mapping, load_toml, spec, validated  # noqa: F401  (re-exported: part of this module's API)
+from twin_core.validate import T_MAX_K, T_MIN_K, from_mapping, load_toml, number, spec, validated  # noqa: F401  (re-exported: part of this module's API)
 
 R_J_PER_MOL_K = 8.314462618
 """Molar gas constant [J/(mol*K)]."""
@@ -65,13 +66,57 @@ class Charge:
                 float(self.c_C0_mol_per_m3), float(self.T0_K))
 
 
+SCALES = ("log", "linear")
+
+
+@validated("covariance")
+class ParameterCovariance:
+    """What an estimate (``twin fit``) knows of its parameters: the estimate of each named parameter
+    on its scale (``log``: ln of the value; ``linear``: the value in its SI unit) and the covariance
+    matrix of those scaled estimates; a design space samples from it. Names are ModelParams fields
+    (``k1_ref_per_s`` ...) or ``fouling_loss_per_batch`` (UA = UA_clean (1 - loss)^n after n batches).
+    """
+
+    names: tuple[str, ...] = spec((), kind=tuple)
+    scales: tuple[str, ...] = spec((), kind=tuple)
+    estimate: tuple[float, ...] = spec((), kind=tuple)
+    matrix: tuple[tuple[float, ...], ...] = spec((), kind=tuple)
+    dof: int = spec(0, kind="int", ge=0)
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        object.__setattr__(self, "matrix", tuple(tuple(row) if isinstance(row, (list, tuple)) else row
+                                                 for row in self.matrix))
+        for name in ("scales", "estimate", "matrix"):
+            if len(getattr(self, name)) != n:
+                raise ParameterError(f"covariance.{name}", getattr(self, name), f"needs {n} entries, one per name")
+        for i, sc in enumerate(self.scales):
+            if sc not in SCALES:
+                raise ParameterError(f"covariance.scales[{i}]", sc, f"must be one of {SCALES}")
+        for i, v in enumerate(self.estimate):
+            number(f"covariance.estimate[{i}]", v)
+        for i, row in enumerate(self.matrix):
+            if not isinstance(row, tuple) or len(row) != n:
+                raise ParameterError(f"covariance.matrix[{i}]", row, f"must be a row of {n} numbers")
+            for j, v in enumerate(row):
+                number(f"covariance.matrix[{i}][{j}]", v)
+        for i in range(n):
+            if self.matrix[i][i] < 0.0:
+                raise ParameterError(f"covariance.matrix[{i}][{i}]", self.matrix[i][i], "a variance must be >= 0")
+            for j in range(i):
+                if abs(self.matrix[i][j] - self.matrix[j][i]) > 1e-9 * math.sqrt(
+                        abs(self.matrix[i][i] * self.matrix[j][j])) + 1e-300:
+                    raise ParameterError(f"covariance.matrix[{i}][{j}]", self.matrix[i][j], "the matrix must be symmetric")
+
+
 @validated()
 class ModelParams:
-    """All parameters of the mechanistic model."""
+    """All parameters of the mechanistic model (``covariance``: optional, what an estimate knows of them)."""
 
     kinetics: Kinetics = spec(kind=Kinetics, default_factory=Kinetics)
     reactor: Reactor = spec(kind=Reactor, default_factory=Reactor)
     charge: Charge = spec(kind=Charge, default_factory=Charge)
+    covariance: ParameterCovariance | None = spec(None, kind=ParameterCovariance, optional=True)
 
     def replace(self, **changes: float) -> ModelParams:
         """Copy with changed leaf values given as ``section__field=value`` or unique ``field=value``."""
@@ -80,7 +125,8 @@ class ModelParams:
             section, name = _locate(key)
             sections.setdefault(section, {})[name] = value
         return ModelParams(**{s: dataclasses.replace(getattr(self, s), **kv) for s, kv in sections.items()},
-                           **{s: getattr(self, s) for s in ("kinetics", "reactor", "charge") if s not in sections})
+                           **{s: getattr(self, s) for s in ("kinetics", "reactor", "charge") if s not in sections},
+                           covariance=self.covariance)
 
     def flat(self) -> dict[str, float]:
         """Every leaf parameter as ``{field_name: value}`` (field names are unique across sections)."""
