@@ -132,3 +132,19 @@ def test_in_domain_is_reported_at_the_end_of_the_step(corr: OnnxCorrection, tmp_
     s = twin.step(twin.initial_state(), 0.0, 60.0, C0 + 62.0)
     assert s.in_domain == corr.log_factors(60.0, s.x)[2]
     assert (s.f1, s.f2) == tuple(math.exp(g) for g in corr.log_factors(60.0, s.x)[:2])
+
+
+def test_vectorised_log_factors_equal_the_scalar_path(corr: OnnxCorrection) -> None:
+    rng = np.random.default_rng(8)
+    W = 300
+    # inside, near and far outside the domain (T 250-420 K, concentrations up to 1600 mol/m3)
+    x = np.vstack([rng.uniform(0, 1600, W), rng.uniform(0, 1100, W), rng.uniform(0, 700, W), rng.uniform(250, 420, W)])
+    t = rng.uniform(0, 3e4, W)
+    g1, g2, ok = corr.log_factors_batch(t, x)
+    want = [corr.log_factors(float(t[i]), tuple(x[:, i])) for i in range(W)]
+    np.testing.assert_allclose(g1, [w[0] for w in want], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(g2, [w[1] for w in want], rtol=1e-12, atol=1e-15)
+    assert ok.tolist() == [w[2] for w in want]
+    assert 0 < ok.sum() < W  # both cases present
+    with pytest.raises(ParameterError):
+        corr.log_factors_batch(t, x[:3])

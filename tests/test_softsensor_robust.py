@@ -178,7 +178,7 @@ def test_projection_is_the_closest_feasible_point_in_the_covariance_metric():
     for _ in range(20):
         L = rng.standard_normal((N_STATES, N_STATES))
         P = L @ L.T + 0.1 * np.eye(N_STATES)
-        x0 = np.array([50.0, -3.0, -0.5, 340.0, 1.0, 1.2, 0.05]) + rng.standard_normal(N_STATES)
+        x0 = np.array([50.0, -3.0, -0.5, 340.0, 1.0, 1.2, 0.05, 1.0, -3.5]) + rng.standard_normal(N_STATES)
         xp = s._ekf.project(x0.copy(), P)
         ref = _qp_reference(x0, P, lo, hi)
         Pinv = np.linalg.inv(P)
@@ -186,5 +186,5 @@ def test_projection_is_the_closest_feasible_point_in_the_covariance_metric():
         assert (xp - x0) @ Pinv @ (xp - x0) <= (ref - x0) @ Pinv @ (ref - x0) * (1 + 1e-7) + 1e-10
         assert np.allclose(xp, ref, atol=1e-4)
     # Feasible points are left alone.
-    x = np.array([50.0, 3.0, 0.5, 340.0, 1.0, 1.2, 0.9])
+    x = np.array([50.0, 3.0, 0.5, 340.0, 1.0, 1.2, 0.9, 1.0, 0.0])
     assert s._ekf.project(x, np.eye(N_STATES)) is x

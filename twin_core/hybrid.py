@@ -71,11 +71,13 @@ def log_factor_function(correction: CorrectionModel) -> LogFactors:
         return correction.log_factors
     factors = correction.factors
     log = math.log
-    nan = math.nan
+    nan, ninf = math.nan, -math.inf
 
     def from_factors(t_s: float, x: Sequence[float]) -> tuple[float, float, bool]:
+        # A trial stage far outside the physical range (rejected by the error control) may give a
+        # factor <= 0: its log is -inf (a zero rate), not an exception out of the integrator.
         f1, f2, ok = factors(t_s, x, nan)
-        return log(f1), log(f2), ok
+        return (log(f1) if f1 > 0.0 else ninf), (log(f2) if f2 > 0.0 else ninf), ok
 
     return from_factors
 

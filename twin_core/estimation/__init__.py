@@ -27,6 +27,8 @@ from twin_core.estimation.state import (
     IC,
     IK1,
     IK2,
+    IL1,
+    IL2,
     IT,
     IUA,
     N_STATES,
@@ -38,7 +40,7 @@ from twin_core.estimation.state import (
 )
 
 __all__ = [
-    "CHECKPOINT_VERSION", "Checkpoint", "Cusum", "Estimate", "Forecast", "IA", "IB", "IC", "IK1", "IK2", "IT",
+    "CHECKPOINT_VERSION", "Checkpoint", "Cusum", "Estimate", "Forecast", "IA", "IB", "IC", "IK1", "IK2", "IL1", "IL2", "IT",
     "IUA", "LabResult", "ModelHealth", "N_STATES", "NisWindow", "SENSOR_FAULTS", "STATE_NAMES", "STATE_UNITS",
     "SoftSensor", "SoftSensorAlarm", "SoftSensorConfig", "StuckDetector", "Z95",
     "chi2_bounds_mean", "chi2_cdf", "chi2_quantile", "forecast_from", "normal_quantile",

@@ -2,7 +2,8 @@
 format version, as plain data (floats, ints, bools, strings, lists, dicts: JSON-ready).
 
 Version history: 1 kept the scan accumulators, the base posterior and each record as unnamed
-lists; 2 (this one) names every value. A checkpoint of another version is refused (ParameterError
+lists; 2 named every value; 3 (this one) adds the trust weights lambda_1, lambda_2 to the state
+(x and P are 9 long / 9 x 9). A checkpoint of another version is refused (ParameterError
 naming the versions): the FMU and the runtime store them, and a silently misread one would
 continue a batch from a wrong state.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, fields
 
 from twin_core.errors import ParameterError
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Checkpoint:
     t_scan: float                # time of the last scan accepted [s]
     n_scans: int
     x: list                      # posterior state (STATE_NAMES order)
-    P: list                      # its covariance, row-major 7 x 7
+    P: list                      # its covariance, row-major 9 x 9
     h: float                     # integrator's proposed next step [s]
     u: float                     # jacket temperature held over the last step [K] (NaN before the first)
     in_domain: bool              # the learned correction was inside its domain over the last step

@@ -35,6 +35,7 @@ class SoftSensorConfig:
     T_process_std_K_per_sqrt_s: float = spec(0.001, unit="K/s0.5", ge=0.0)  # energy-balance model error (random walk on T)
     UA_factor_walk_per_sqrt_s: float = spec(2e-4, unit="1/s0.5", ge=0.0)    # random walk of the UA factor
     k_factor_walk_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor
+    trust_walk_per_sqrt_s: float = spec(1e-4, unit="1/s0.5", ge=0.0)        # random walk of lambda_1 and lambda_2 (nearly constant in a batch)
     out_of_domain_noise_factor: float = spec(6.0, ge=1.0)          # rate noise and k-factor walk x this while the correction is faded out
     # -- initial uncertainty (start of the batch)
     c_A0_rel_std: float = spec(0.005, gt=0.0)                      # the charge is weighed (plant records it to ~0.3 %)
@@ -43,6 +44,9 @@ class SoftSensorConfig:
     UA_factor0_std: float = spec(0.2, gt=0.0)
     k1_factor0_std: float = spec(0.1, gt=0.0)
     k2_factor0_std: float = spec(0.15, gt=0.0)
+    trust0_std: float = spec(0.5, gt=0.0)                          # prior std of lambda_1, lambda_2 around their prior mean (1)
+    trust_min: float = spec(-3.0)                                  # feasible range of the trust weights
+    trust_max: float = spec(4.0)
     factor_min: float = spec(0.1, gt=0.0)                          # feasible box of the three factors
     factor_max: float = spec(10.0)
     # -- robustness
@@ -70,6 +74,8 @@ class SoftSensorConfig:
         """Checks across fields (each field's own rule has been checked before)."""
         if not self.factor_max > self.factor_min:
             raise ParameterError("softsensor.factor_max", self.factor_max, "must be > factor_min")
+        if not self.trust_max > 1.0 > self.trust_min:
+            raise ParameterError("softsensor.trust_max", self.trust_max, "the trust range must contain 1 strictly (and trust_min < 1)")
         if not self.T_sensor_max_K > self.T_sensor_min_K:
             raise ParameterError("softsensor.T_sensor_max_K", self.T_sensor_max_K, "must be > T_sensor_min_K")
         if self.max_step_s < self.filter_interval_s:

@@ -71,12 +71,14 @@ class SoftSensor:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, t0_s: float = 0.0, x0: Sequence[float] | None = None,
-              factors0: Sequence[float] = (1.0, 1.0, 1.0), T_measured_K: float | None = None) -> Estimate:
+              factors0: Sequence[float] = (1.0, 1.0, 1.0), T_measured_K: float | None = None,
+              trust0: Sequence[float] = (1.0, 1.0)) -> Estimate:
         """Start (or restart) the estimator at time t0_s [s] of the batch.
 
         x0 = (c_A, c_B, c_C [mol/m3], T [K]) is the prior guess (default: the charge of the
         parameters); factors0 the prior (UA, k1, k2) factors; a measured T_measured_K [K] replaces
-        the guessed temperature (with the sensor's noise as its uncertainty).
+        the guessed temperature (with the sensor's noise as its uncertainty); trust0 the prior mean
+        of the trust weights (lambda_1, lambda_2) on the learned correction (std ``trust0_std``).
         """
         cfg = self.config
         t0 = _num("t0_s", t0_s)
@@ -92,15 +94,20 @@ class SoftSensor:
         for i, v in enumerate(factors0):
             if not cfg.factor_min <= _num(f"factors0[{i}]", v) <= cfg.factor_max:
                 raise ParameterError(f"factors0[{i}]", v, f"must be within [{cfg.factor_min}, {cfg.factor_max}]")
+        if len(trust0) != 2:
+            raise ParameterError("trust0", trust0, "must be (lambda_1, lambda_2)")
+        for i, v in enumerate(trust0):
+            if not cfg.trust_min <= _num(f"trust0[{i}]", v) <= cfg.trust_max:
+                raise ParameterError(f"trust0[{i}]", v, f"must be within [{cfg.trust_min}, {cfg.trust_max}]")
         T_std = cfg.T0_std_K
         if T_measured_K is not None:
             x4[3] = self._check_T("T_measured", T_measured_K)
             T_std = math.hypot(cfg.T_noise_std_K, cfg.T_floor_std_K)
-        self._x = np.array([*map(float, x4), *map(float, factors0)])
+        self._x = np.array([*map(float, x4), *map(float, factors0), *map(float, trust0)])
         c_total = x4[0] + x4[1] + x4[2]
         self._P = np.diag(np.array([cfg.c_A0_rel_std * max(c_total, 1.0), cfg.c_BC0_std_mol_per_m3,
                                     cfg.c_BC0_std_mol_per_m3, T_std, cfg.UA_factor0_std,
-                                    cfg.k1_factor0_std, cfg.k2_factor0_std]) ** 2)
+                                    cfg.k1_factor0_std, cfg.k2_factor0_std, cfg.trust0_std, cfg.trust0_std]) ** 2)
         self._h = 0.0
         # Rate factors used by the extrapolation until the first step (then those of each step).
         self._ekf.held.f1, self._ekf.held.f2 = float(factors0[1]), float(factors0[2])
@@ -239,12 +246,12 @@ class SoftSensor:
         self._next_boundary = self._t0 + k * cfg.filter_interval_s
 
     def _estimate(self, t: float) -> Estimate:
-        a, b, c, d, fUA, fk1, fk2 = self._xl
+        a, b, c, d, fUA, fk1, fk2, l1, l2 = self._xl
         dx = self._dx
         dt = t - self._t_filter
         x0, x1, x2 = a + dx[0] * dt, b + dx[1] * dt, c + dx[2] * dt
         xs = (x0 if x0 > 0.0 else 0.0, x1 if x1 > 0.0 else 0.0, x2 if x2 > 0.0 else 0.0, d + dx[3] * dt,
-              fUA, fk1, fk2)
+              fUA, fk1, fk2, l1, l2)
         health = self._health
         alarms = health.alarms
         return Estimate(t, xs, self._std, self._innov, health.nis, self._nis_mean, health.level(self._in_domain),

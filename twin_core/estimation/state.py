@@ -1,11 +1,14 @@
 """Layout of the soft sensor's state and what it publishes: the augmented state vector (indices,
 names, units), one scan's :class:`Estimate` and an accepted :class:`LabResult`.
 
-State (n = 7), SI units:
-    x = (c_A, c_B, c_C [mol/m3], T [K], UA_factor, k1_factor, k2_factor [1])
+State (n = 9), SI units:
+    x = (c_A, c_B, c_C [mol/m3], T [K], UA_factor, k1_factor, k2_factor, lambda_1, lambda_2 [1])
 The three factors are random-walk biases: UA_factor scales the heat-transfer coefficient (the
 plant's jacket fouls), k1_factor and k2_factor scale the two reaction rates on top of the learned
-correction (raw-material activity, catalyst, what the correction missed).
+correction (raw-material activity, catalyst, what the correction missed). lambda_1, lambda_2 are
+the trust weights on the learned correction (twin_core.hybrid: r_i = k_i_factor r_i,phys
+exp(lambda_i g_i)): prior 1 (the correction as trained), pulled toward 0 (physics) or beyond by
+the lab assays when the correction does not fit the plant.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from typing import NamedTuple
 from twin_core.estimation.forecast import Forecast
 from twin_core.estimation.health import SoftSensorAlarm
 
-N_STATES = 7
-IA, IB, IC, IT, IUA, IK1, IK2 = range(N_STATES)
-STATE_NAMES = ("c_A", "c_B", "c_C", "T", "UA_factor", "k1_factor", "k2_factor")
-STATE_UNITS = ("mol/m3", "mol/m3", "mol/m3", "K", "1", "1", "1")
-# The model's Jacobian columns (twin_core.model.JACOBIAN_VARIABLES) are in this order
-# (tests/test_estimation_jacobian.py checks it).
+N_STATES = 9
+IA, IB, IC, IT, IUA, IK1, IK2, IL1, IL2 = range(N_STATES)
+STATE_NAMES = ("c_A", "c_B", "c_C", "T", "UA_factor", "k1_factor", "k2_factor", "lambda_1", "lambda_2")
+STATE_UNITS = ("mol/m3", "mol/m3", "mol/m3", "K", "1", "1", "1", "1", "1")
+# The model's Jacobian columns (twin_core.model.JACOBIAN_VARIABLES) are the first seven, in this
+# order (tests/test_estimation_jacobian.py checks it); the two trust weights follow.
 Z95 = 1.959963984540054
 """Two-sided 95 % quantile of the standard normal distribution."""
 
@@ -74,10 +77,21 @@ class Estimate(NamedTuple):
     def k2_factor(self) -> float:
         return self.x[IK2]
 
+    @property
+    def lambda_1(self) -> float:
+        """Trust weight on the correction of r1 [1] (1: as trained, 0: physics)."""
+        return self.x[IL1]
+
+    @property
+    def lambda_2(self) -> float:
+        """Trust weight on the correction of r2 [1]."""
+        return self.x[IL2]
+
     def interval95(self, i: int) -> tuple[float, float]:
-        """95 % interval of state i (concentrations and factors clipped at 0)."""
+        """95 % interval of state i (concentrations and factors clipped at 0; T and the trust
+        weights, which may be negative, not)."""
         lo, hi = self.x[i] - Z95 * self.std[i], self.x[i] + Z95 * self.std[i]
-        return (max(0.0, lo) if i != IT else lo), hi
+        return (max(0.0, lo) if i not in (IT, IL1, IL2) else lo), hi
 
     def as_dict(self) -> dict[str, float]:
         """Flat mapping name -> value, with ``<name>_std`` (what a host publishes)."""

@@ -54,6 +54,12 @@ TWIN_SIGNALS: tuple[Signal, ...] = (
     # -- FMU: hybrid correction, soft-sensor estimator and forecast (docs/fmu.md)
     Signal("correction_on", "1", "parameter", "Apply the learned ONNX rate correction (hybrid twin); false: physics only",
            start=1.0, type="Boolean"),
+    Signal("lambda_1", "1", "parameter",
+           "Trust weight on the learned correction of r1: r1 = r1,phys exp(lambda_1 g1) (1: as trained, 0: physics); "
+           "the estimator's prior mean", -3.0, 4.0, 1.0, 1.0),
+    Signal("lambda_2", "1", "parameter",
+           "Trust weight on the learned correction of r2: r2 = r2,phys exp(lambda_2 g2) (1: as trained, 0: physics); "
+           "the estimator's prior mean", -3.0, 4.0, 1.0, 1.0),
     Signal("estimator_on", "1", "parameter",
            "Run the soft-sensor estimator on T_measured and the lab assays; false: open-loop twin",
            start=0.0, type="Boolean"),
@@ -90,6 +96,12 @@ TWIN_SIGNALS: tuple[Signal, ...] = (
     Signal("c_C_std", "mol/m3", "output", "Standard deviation of the estimate of c_C (0 with the estimator off)",
            0.0, C_HI, 10.0),
     Signal("T_std", "K", "output", "Standard deviation of the estimate of T (0 with the estimator off)", 0.0, 100.0, 0.1),
+    Signal("lambda_1_est", "1", "output",
+           "Estimated trust weight on the correction of r1 (= lambda_1 with the estimator off)", -3.0, 4.0, 1.0),
+    Signal("lambda_2_est", "1", "output",
+           "Estimated trust weight on the correction of r2 (= lambda_2 with the estimator off)", -3.0, 4.0, 1.0),
+    Signal("lambda_1_std", "1", "output", "Standard deviation of lambda_1_est (0 with the estimator off)", 0.0, 10.0, 1.0),
+    Signal("lambda_2_std", "1", "output", "Standard deviation of lambda_2_est (0 with the estimator off)", 0.0, 10.0, 1.0),
     Signal("t_stop_opt", "s", "output",
            "Forecast time in batch of the maximum of c_B (optimal stop), jacket temperature held", 0.0, 1e7, 3600.0),
     Signal("yield_B_forecast", "1", "output", "Forecast yield of B at t_stop_opt", 0.0, 1.0, 1.0),
