@@ -91,6 +91,42 @@ class FmuRunner:
             self._fmu.reset()
             self._started = False
 
+    @property
+    def can_serialize(self) -> bool:
+        """The FMU declares canGetAndSetFMUstate and canSerializeFMUstate (crash recovery restores it exactly)."""
+        cs = self.md.coSimulation
+        return bool(cs.canGetAndSetFMUstate and cs.canSerializeFMUstate)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def serialize_state(self) -> bytes:
+        """The running FMU's whole state as bytes (fmi2GetFMUstate + fmi2SerializeFMUstate)."""
+        if not self._started:
+            raise FmuError("serialize_state: the FMU has not been started")
+        try:
+            state = self._fmu.getFMUstate()
+            try:
+                return bytes(self._fmu.serializeFMUstate(state))
+            finally:
+                self._fmu.freeFMUstate(state)
+        except FMICallException as exc:
+            raise FmuError(f"serializeFMUstate refused: {exc}") from exc
+
+    def restore_state(self, blob: bytes) -> None:
+        """Continue from a state of :meth:`serialize_state` (this build's: the FMU refuses others)."""
+        self.instantiate()
+        try:
+            state = self._fmu.deSerializeFMUstate(blob)
+            try:
+                self._fmu.setFMUstate(state)
+            finally:
+                self._fmu.freeFMUstate(state)
+        except FMICallException as exc:
+            raise FmuError(f"restoring a serialized state ({len(blob)} bytes) refused: {exc}") from exc
+        self._started = True
+
     def step(self, t_s: float, dt_s: float, inputs: dict[str, float]) -> dict[str, float]:
         """Set inputs (their values at t + dt), advance from t_s by dt_s, return every output."""
         self._set(inputs)

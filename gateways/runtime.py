@@ -16,6 +16,13 @@ PLC link lost: the next scans retry with capped exponential backoff; meanwhile e
 published Bad_CommunicationError and the twin runs open loop (the FMU's T_measured_valid off) on the
 last jacket reading, its estimates Uncertain, ``twin_mode`` OPEN_LOOP, an event says so. When the
 link returns the twin catches up with the plant's clock (one step to the PLC's batch time).
+
+Crash recovery (gateways.recovery): every ``checkpoint_scans`` scans each reactor's FMU state, its last
+PLC scan and its lab queue are checkpointed to ``data_dir``/checkpoint.sqlite (WAL, one transaction per
+write, off the event loop). At start a valid checkpoint is restored: the first scan catches up with the
+PLC like a restored link, an event states the downtime and the published values carry one Bad entry at
+the restart. A rejected checkpoint (corrupt, truncated, another FMU build or format) is reported and
+the twin starts afresh from the batch's charge; a failing write is flagged in ``checkpoint_state``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ from gateways.config import ReactorConfig, RuntimeConfig
 from gateways.fmu_runner import FmuError, FmuRunner
 from gateways.model import EventKind, Publisher, RequestRefused, TwinEvent, Value
 from gateways.plc_client import AsyncPlcClient, PlcRequestError
+from gateways.recovery import (
+    CHECKPOINT_FILE,
+    CheckpointRejected,
+    CheckpointState,
+    CheckpointStore,
+    CheckpointWriteError,
+    ReactorCheckpoint,
+)
 from twin_core.clock import PlantClock
 from twin_core.errors import ParameterError, TwinError
 from twin_core.recipe import Recipe
@@ -106,7 +121,13 @@ class ReactorRuntime:
         self._impurity_announced = False
         self._alarms_seen = 0
         self._stop = asyncio.Event()
-        self.checkpoint_state = 1  # gateways.recovery.CheckpointState: none yet
+        self.checkpoint_state = CheckpointState.NONE_YET
+        self.restored: ReactorCheckpoint | None = None  # the checkpoint restored at start
+        self.rejected: str = ""                          # why the stored checkpoint was not restored
+        self._announce_restore = False
+        self._scans_to_checkpoint = 0
+        self.on_checkpoint: Callable[[ReactorRuntime], None] | None = None
+        """Called after every ``checkpoint_scans``-th scan (the runtime queues a checkpoint)."""
         self.steps: list[dict] | None = None
         """With ``record_steps()``: every FMU start ({"t0", "params"}) and step ({"t", "dt", "inputs",
         "outputs"}), in order."""
@@ -136,6 +157,9 @@ class ReactorRuntime:
         """Scan until stopped: connect (with backoff), read, step, publish, wait for the next scan."""
         if self.fmu is None:
             self.open()
+        if self._announce_restore:
+            self._announce_restore = False
+            await self._announce_recovery()
         backoff = self.rt.reconnect_min_s
         while not self._stop.is_set():
             t_wall = time.perf_counter()
@@ -153,6 +177,7 @@ class ReactorRuntime:
                 log.exception("%s: scan at plant time %s s failed; the next scan goes on", self.name,
                               m.get("plant_time"))
             self.scan_wall_s.append(time.perf_counter() - t_wall)
+            self._maybe_checkpoint()
             clock = self._clock
             assert clock is not None  # set by the first reading
             await self._sleep(clock.wall_seconds_until(m["plant_time"] + self.rt.scan_s))
@@ -189,6 +214,104 @@ class ReactorRuntime:
     @property
     def _where(self) -> str:
         return f"{self.cfg.plc_host}:{self.cfg.plc_port} unit {self.cfg.plc_unit_id}"
+
+    # -- crash recovery -----------------------------------------------------------------------------
+    def _maybe_checkpoint(self) -> None:
+        if self.on_checkpoint is None or self.rt.checkpoint_scans <= 0:
+            return
+        self._scans_to_checkpoint -= 1
+        if self._scans_to_checkpoint <= 0:
+            self._scans_to_checkpoint = self.rt.checkpoint_scans
+            self.on_checkpoint(self)
+
+    def checkpoint(self) -> ReactorCheckpoint:
+        """This reactor's state now: the FMU's serialized state, the last PLC scan, the lab queue.
+
+        Taken between two scans (on the event loop): the FMU state, ``t_twin`` and the lab
+        bookkeeping always belong together."""
+        fmu = self.fmu
+        blob = None
+        if fmu is not None and fmu.started and self.mode is not TwinMode.WAITING and fmu.can_serialize:
+            blob = fmu.serialize_state()
+        runtime = {"mode": int(self.mode) if blob is not None else int(TwinMode.WAITING),
+                   "lab_seq": self._lab_seq, "last_sample_time": self._last_sample_time,
+                   "lims": [[e.sample_time_s, e.c_B, e.c_C] for e in self.lims],
+                   "tuning": dict(self.tuning), "counters": dict(self.counters), "m": dict(self.m),
+                   "settings": dict(self.settings), "out": dict(self.out), "last_health": self._last_health,
+                   "stop_announced": self._stop_announced, "impurity_announced": self._impurity_announced,
+                   "alarms_seen": self._alarms_seen}
+        assert fmu is not None  # opened before the first scan
+        return ReactorCheckpoint(self.name, fmu.guid, float(self.m.get("plant_time", math.nan)),
+                                 self.twin_batch if blob is not None else -1,
+                                 self.t_twin if blob is not None else math.nan, runtime, blob)
+
+    def restore(self, cp: ReactorCheckpoint) -> None:
+        """Continue from ``cp`` (before the first scan); CheckpointRejected if the FMU refuses its state
+        (the reactor is then as if freshly started)."""
+        fmu = self.fmu
+        assert fmu is not None  # open() first
+        rt = cp.runtime
+        try:
+            lims = deque(LabEntry(float(a), float(b), float(c)) for a, b, c in rt["lims"])
+            fields = dict(m={k: float(v) for k, v in rt["m"].items()},
+                          settings={k: float(v) for k, v in rt["settings"].items()},
+                          out={k: float(v) for k, v in rt["out"].items()},
+                          tuning={k: float(v) for k, v in rt["tuning"].items()},
+                          counters={k: int(rt["counters"].get(k, 0)) for k in self.counters},
+                          mode=TwinMode(int(rt["mode"])), lab_seq=int(rt["lab_seq"]),
+                          last_sample_time=float(rt["last_sample_time"]), last_health=int(rt["last_health"]),
+                          stop=bool(rt["stop_announced"]), impurity=bool(rt["impurity_announced"]),
+                          alarms=int(rt["alarms_seen"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointRejected(f"reactor {self.name}", f"runtime state incomplete: {exc!r}") from exc
+        if cp.fmu_state is not None:
+            try:
+                fmu.restore_state(cp.fmu_state)
+            except FmuError as exc:
+                fmu.close()  # an instance that refused a state is not trusted with the next batch
+                self.fmu = None
+                self.open()
+                raise CheckpointRejected(f"reactor {self.name}", f"the FMU refused the state: {exc}") from exc
+        self.m, self.settings, self.out, self.tuning = fields["m"], fields["settings"], fields["out"], fields["tuning"]
+        self.counters.update(fields["counters"])
+        self.lims = lims
+        if cp.fmu_state is not None:
+            self.mode, self.twin_batch, self.t_twin = fields["mode"], cp.batch_id, cp.batch_time_s
+        self._lab_seq, self._last_sample_time = fields["lab_seq"], fields["last_sample_time"]
+        self._last_health, self._alarms_seen = fields["last_health"], fields["alarms"]
+        self._stop_announced, self._impurity_announced = fields["stop"], fields["impurity"]
+        self.restored = cp
+        self._announce_restore = True
+
+    def reject_checkpoint(self, reason: str) -> None:
+        """The stored checkpoint was not restored (``reason``): the twin starts from the batch's charge."""
+        self.rejected = reason
+        self.checkpoint_state = CheckpointState.REJECTED
+        self._announce_restore = True
+
+    async def _announce_recovery(self) -> None:
+        cp = self.restored
+        if cp is None:
+            log.error("%s: checkpoint rejected: %s; the twin restarts from the batch's charge", self.name, self.rejected)
+            await self._event(EventKind.CHECKPOINT_REJECTED, f"checkpoint rejected ({self.rejected}); the twin "
+                              "restarts from the batch's charge")
+            return
+        now = datetime.now(UTC)
+        where = (f"batch {cp.batch_id} at {cp.batch_time_s / 3600:.2f} h" if cp.fmu_state is not None
+                 else "no batch tracked")
+        msg = (f"runtime restarted: twin restored from the checkpoint of plant time {cp.plant_time_s:.0f} s "
+               f"({where}), saved {cp.saved_utc}; no values from then until {now.isoformat(timespec='seconds')} "
+               "(downtime); catching up with the PLC")
+        # One Bad entry at the restart marks the gap in every trend (history) and on every display.
+        snap = dict(self.snapshot())
+        for name in (*_PLC_NAMES, *_SETTINGS, *_TWIN_OUT, "time_to_stop"):
+            snap[name] = Value(math.nan, Quality.BAD_WAITING, now)
+        for p in self.publishers:
+            try:
+                await p.publish(self.name, snap)
+            except Exception:  # a server's failure must not stop the scans of the plant
+                log.exception("%s: %s could not publish", self.name, type(p).__name__)
+        await self._event(EventKind.TWIN_RESTORED, msg)
 
     # -- one scan -----------------------------------------------------------------------------------
     async def _scan(self, m: dict[str, float]) -> None:
@@ -378,7 +501,7 @@ class ReactorRuntime:
         status = {"plc_link": float(self.link), "twin_mode": float(self.mode), "estimate_quality": float(twin_q),
                   **{k: float(v) for k, v in self.counters.items()},
                   "last_scan_plant_time": m.get("plant_time", math.nan),
-                  "checkpoint_state": float(self.checkpoint_state)}
+                  "checkpoint_state": float(int(self.checkpoint_state))}
         for name, v in status.items():
             snap[name] = Value(v, Quality.GOOD, ts)
         snap["time_to_stop"] = Value(to_stop, twin_q, ts)
@@ -462,6 +585,8 @@ class ReactorRuntime:
             return f"{self.name}: {self.link.name.lower()}, no reading yet"
         phase = Phase(int(m["phase"])).name.lower()
         link = "" if self.link is LinkState.UP else " LINK DOWN"
+        if self.checkpoint_state in (CheckpointState.FAILING, CheckpointState.REJECTED):
+            link += f" CHECKPOINT {self.checkpoint_state.name}"
         if not out or self.mode is TwinMode.WAITING:
             return f"{self.name}: {phase:<9} T {m['T_reactor'] - 273.15:5.1f} C  twin waiting{link}"
         to_stop = max(0.0, out["t_stop_opt"] - m["batch_time"]) / 3600.0
@@ -475,17 +600,32 @@ class Runtime:
     """Every reactor of a configuration in one event loop, with the servers that publish them.
 
     publishers: the OPC UA server and the mirror (built by :func:`build_publishers`), or any other
-    Publisher (tests). ``await start()`` loads the FMUs and starts one scan task per reactor;
-    ``await stop()`` ends them and frees the FMUs.
+    Publisher (tests). ``await start()`` loads the FMUs, restores their checkpoints and starts one scan
+    task per reactor; ``await stop()`` ends them, writes a last checkpoint and frees the FMUs.
+    checkpoints: the checkpoint store (default ``data_dir``/checkpoint.sqlite when ``checkpoint_scans``
+    > 0, else none).
     """
 
-    def __init__(self, cfg: RuntimeConfig, publishers: Sequence[Publisher] = ()) -> None:
+    def __init__(self, cfg: RuntimeConfig, publishers: Sequence[Publisher] = (), *,
+                 checkpoints: CheckpointStore | None = None) -> None:
         self.cfg = cfg
         self.publishers = list(publishers)
         self.reactors = {r.name: ReactorRuntime(r, cfg, self.publishers) for r in cfg.reactors}
+        if checkpoints is None and cfg.checkpoint_scans > 0:
+            checkpoints = CheckpointStore(Path(cfg.data_dir) / CHECKPOINT_FILE)
+        self.checkpoints = checkpoints
+        self.checkpoint_error = ""  # the last write's error ("" while they succeed)
+        self.checkpoints_written = 0
+        self._pending: dict[str, ReactorCheckpoint] = {}
+        self._wake = asyncio.Event()
         for i, r in enumerate(self.reactors.values()):
             r._settings_offset = i % SETTINGS_EVERY
+            if checkpoints is not None and cfg.checkpoint_scans > 0:
+                r._scans_to_checkpoint = 1 + i % cfg.checkpoint_scans  # spread over the scans
+                r.on_checkpoint = self._offer
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def add_publisher(self, publisher: Publisher) -> None:
         """Publish to ``publisher`` too (a server built after the runtime, from its reactors)."""
@@ -496,6 +636,9 @@ class Runtime:
     async def start(self) -> None:
         for r in self.reactors.values():
             r.open()
+        if self.checkpoints is not None:
+            await self._restore()
+            self._writer = asyncio.create_task(self._write_loop(), name="checkpoint-writer")
         self._tasks = [asyncio.create_task(r.run(), name=f"scan-{r.name}") for r in self.reactors.values()]
 
     async def stop(self) -> None:
@@ -506,8 +649,89 @@ class Runtime:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, TwinError):
                 await t
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+            for r in self.reactors.values():  # a clean stop resumes from where it stopped
+                if r.m and r.fmu is not None:
+                    self._offer(r)
+            await self.flush_checkpoints()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         for r in self.reactors.values():
             r.close()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    async def _restore(self) -> None:
+        store = self.checkpoints
+        assert store is not None
+        try:
+            await asyncio.to_thread(store.open)
+        except CheckpointWriteError as exc:
+            self._write_failed(list(self.reactors.values()), str(exc))
+            return
+        for problem in store.problems:  # the whole file was unreadable (moved aside)
+            for r in self.reactors.values():
+                r.reject_checkpoint(problem.reason)
+        if store.problems:
+            return
+        for r in self.reactors.values():
+            assert r.fmu is not None
+            try:
+                cp = await asyncio.to_thread(store.load, r.name, r.fmu.guid)
+                if cp is not None:
+                    r.restore(cp)
+                    log.info("%s: restored the checkpoint of plant time %.0f s", r.name, cp.plant_time_s)
+            except CheckpointRejected as exc:
+                r.reject_checkpoint(exc.reason)
+
+    def _offer(self, r: ReactorRuntime) -> None:
+        try:
+            self._pending[r.name] = r.checkpoint()
+        except FmuError as exc:
+            log.error("%s: no checkpoint: %s", r.name, exc)
+            return
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush_checkpoints()
+
+    async def flush_checkpoints(self) -> None:
+        """Write every queued checkpoint now, in one transaction (in a worker thread)."""
+        store = self.checkpoints
+        batch, self._pending = list(self._pending.values()), {}
+        if store is None or not batch:
+            return
+        reactors = [self.reactors[c.reactor] for c in batch]
+        try:
+            await asyncio.to_thread(lambda: store.open().save(batch))
+        except CheckpointWriteError as exc:
+            self._write_failed(reactors, str(exc))
+            return
+        self.checkpoints_written += len(batch)
+        if self.checkpoint_error:
+            log.warning("checkpoints are written again to %s", store.path)
+            self.checkpoint_error = ""
+        for r in reactors:
+            r.checkpoint_state = CheckpointState.WRITTEN
+
+    def _write_failed(self, reactors: list[ReactorRuntime], error: str) -> None:
+        if not self.checkpoint_error:
+            log.error("crash recovery is off until this is fixed: %s (live values are still served)", error)
+        self.checkpoint_error = error
+        for r in reactors:
+            if r.checkpoint_state is not CheckpointState.FAILING:
+                r.checkpoint_state = CheckpointState.FAILING
+                task = asyncio.get_running_loop().create_task(
+                    r._event(EventKind.CHECKPOINT_FAILED, f"checkpoint not written: {error}; live values are still "
+                             "served, crash recovery is off until this is fixed"))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def __aenter__(self) -> Runtime:
         await self.start()
