@@ -772,6 +772,7 @@ async def serve(cfg: RuntimeConfig, stop: asyncio.Event, *, status_stream=None, 
     once everything listens (the CLI prints the endpoints)."""
     from gateways.modbus_mirror import ModbusMirror
     from gateways.opcua_server import TwinIdentity, TwinOpcUaServer
+    from gateways.security import ServerSecurity
 
     # pymodbus logs every unanswered request at ERROR with a dump of the frames; the runtime reports
     # a lost link itself (a warning and an event), once.
@@ -785,7 +786,7 @@ async def serve(cfg: RuntimeConfig, stop: asyncio.Event, *, status_stream=None, 
         if cfg.opcua_endpoint:
             twins = {n: TwinIdentity(r.fmu.guid, correction_version(r.fmu))  # type: ignore[union-attr]
                      for n, r in rt.reactors.items()}
-            opcua = TwinOpcUaServer(cfg.opcua_endpoint, cfg.plant, rt.reactors,
+            opcua = TwinOpcUaServer(cfg.opcua_endpoint, cfg.plant, rt.reactors, security=ServerSecurity.from_config(cfg),
                                     history_db=Path(cfg.data_dir) / "history.sqlite", twins=twins)
             await stack.enter_async_context(opcua)
             rt.add_publisher(opcua)
