@@ -21,7 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 HOST_C = Path(__file__).resolve().parent / "test_fmu_host.c"
 
-KINDS = ("physics", "hybrid", "variant")
+KINDS = ("physics", "hybrid", "variant", "native_physics", "native_hybrid")
+NATIVE_IDENTIFIER = "BatchReactorTwinNative"
 VARIANT_IDENTIFIER = "BatchReactorTwinVariant"
 VARIANT_START = {"k1_ref": 3.0e-4, "T0": 303.15}
 
@@ -92,6 +93,13 @@ class FmuBuilds:
 
             name = f"{VARIANT_IDENTIFIER}.fmu" if kind == "variant" else "BatchReactorTwin.fmu"
             out = self.folder / kind / name
+            if kind.startswith("native_"):
+                from fmu.native_build import build_native_fmu
+
+                corr = self.correction() if kind == "native_hybrid" else None
+                self._fmus[kind] = build_native_fmu(BuildOptions(out=self.folder / kind / f"{NATIVE_IDENTIFIER}.fmu",
+                                                                 correction=corr, model_identifier=NATIVE_IDENTIFIER))
+                return self._fmus[kind]
             if kind == "physics":
                 opts = BuildOptions(out=out, correction=None)
             elif kind == "hybrid":
@@ -119,6 +127,14 @@ class FmuBuilds:
             self._models[kind] = (md.coSimulation.modelIdentifier, md.guid,
                                   {v.name: v.valueReference for v in md.modelVariables})
         return self._models[kind]
+
+    def win_host(self) -> Path:
+        """The C test host cross-compiled with mingw-w64 (a static Windows executable for Wine)."""
+        exe = self.folder / "fmi2_host.exe"
+        if not exe.exists():
+            subprocess.run(["x86_64-w64-mingw32-gcc", "-O2", "-Wall", f"-I{fmi_headers()}", str(HOST_C), "-o",
+                            str(exe), "-static", "-lpthread"], check=True, capture_output=True, text=True)
+        return exe
 
     def host(self) -> Path:
         """The C test host, compiled with the system C compiler against FMPy's FMI 2.0 headers."""

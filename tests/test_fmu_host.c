@@ -21,9 +21,32 @@
  *                       of it in lockstep with the first, same inputs (rows tagged 1)
  *
  * Time is handled as FMPy does: next = start + (n+1)*dt, h = next - time.
+ *
+ * Portable to Windows: compiled with mingw-w64 (x86_64-w64-mingw32-gcc ... -static) it loads
+ * binaries/win64/<id>.dll and runs under Wine (tests/test_native_fmu.py).
  */
 #define _GNU_SOURCE
+#ifdef _WIN32
+#include <stdio.h>
+#include <windows.h>
+#define RTLD_NOW 0
+#define RTLD_LOCAL 0
+#define dlopen(path, flags) ((void *)LoadLibraryA(path))
+#define dlsym(lib, name) ((void *)GetProcAddress((HMODULE)(lib), name))
+#define dlclose(lib) (FreeLibrary((HMODULE)(lib)) ? 0 : 1)
+static const char *dlerror(void)
+{
+    static char buf[64];
+    snprintf(buf, sizeof buf, "Windows error %lu", (unsigned long)GetLastError());
+    return buf;
+}
+#define BT_PLATFORM "win64"
+#define BT_LIB_EXT ".dll"
+#else
 #include <dlfcn.h>
+#define BT_PLATFORM "linux64"
+#define BT_LIB_EXT ".so"
+#endif
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -107,7 +130,7 @@ static void load(int i)
 {
     char path[4096];
     Api *a = &apis[i];
-    snprintf(path, sizeof path, "%s/binaries/linux64/%s.so", g_dirs[i], g_mis[i]);
+    snprintf(path, sizeof path, "%s/binaries/" BT_PLATFORM "/%s" BT_LIB_EXT, g_dirs[i], g_mis[i]);
     a->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (a->lib == NULL) die("dlopen %s: %s", path, dlerror());
 #define api (*a)
@@ -141,13 +164,20 @@ static double u_of(int k, double t) { return t >= g_ts ? g_u1 + 5.0 * k : g_u0; 
 
 static long rss_kb(void)
 {
+#ifdef _WIN32
+    return 0; /* not measured on Windows */
+#endif
     FILE *f = fopen("/proc/self/statm", "r");
     long pages = 0, resident = 0;
     if (f) {
         if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
         fclose(f);
     }
+#ifdef _SC_PAGESIZE
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
+#else
+    return resident * 4;
+#endif
 }
 
 static double now_ns(void)
