@@ -82,8 +82,9 @@ action and has the outcome ``refused``."""
 
 OUTCOMES = ("success", "failure", "refused")
 
-CRITICAL_METHODS = ("StartBatch", "Abort", "EnterLabResult")
-"""Methods whose call needs a reason (the lab entry is ``EnterLabResult``)."""
+CRITICAL_METHODS = ("StartBatch", "Abort", "EnterLabResult", "SetTwinParameter")
+"""Methods whose call needs a reason (the lab entry is ``EnterLabResult``; ``SetTwinParameter`` is how a
+client changes the twin's parameters, recorded as a ``write`` of the Twin node it changes)."""
 
 CRITICAL_WRITE_FOLDERS = ("Twin",)
 """Folders whose writes need a reason: the twin's parameters and tuning."""
@@ -177,7 +178,7 @@ def parse_since(text: str | datetime) -> str:
 
 
 def requires_reason(action: str, target: str) -> bool:
-    """Whether ``action`` on ``target`` is critical: a call of StartBatch, Abort or EnterLabResult
+    """Whether ``action`` on ``target`` is critical: a call of StartBatch, Abort, EnterLabResult or SetTwinParameter
     (``<plant>.<reactor>.<Method>``) or a write into a reactor's Twin folder
     (``<plant>.<reactor>.Twin.<signal>``)."""
     parts = target.split(".")

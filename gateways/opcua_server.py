@@ -22,8 +22,16 @@ validated against the signal table before they reach :meth:`ReactorControl.write
 (:class:`_ValidatingAttributeService`). Events (:data:`EVENT_TYPE_NAMES`) are emitted by the
 reactor object and by the Server object, and historized per reactor.
 
-Security (issue 11) is off for now: SecurityPolicy None, anonymous access, bound to the endpoint's host
-(loopback by default); the server says so in the log when it starts.
+Security (gateways.security, docs/security.md): SignAndEncrypt endpoints (Basic256Sha256,
+Aes256_Sha256_RsaPss, Aes128_Sha256_RsaOaep) with the server certificate generated on first start,
+client certificates checked against the trust list, user-name logins; SecurityPolicy None and anonymous
+(read-only) sessions only when the configuration turns them on. Roles are enforced per node (writes)
+and per method (calls): a refusal answers BadUserAccessDenied. Every client write, method call, login
+and refusal is appended to the audit trail (gateways.audit) with the user, role, certificate thumbprint,
+node, old and new value, outcome and reason. The critical methods -- StartBatch, Abort, EnterLabResult
+and SetTwinParameter (the only way to change a Twin-folder value) -- take a last argument ``Reason``
+(String): the meaning of the electronic signature, stored with the record; without a non-blank one the
+call is refused (BadUserAccessDenied) and that is audited.
 """
 
 from __future__ import annotations
@@ -50,7 +58,10 @@ from asyncua.server.event_generator import EventGenerator
 from asyncua.server.history_sql import HistorySQLite
 from asyncua.ua.ua_binary import variant_to_binary
 
+from gateways.audit import CRITICAL_METHODS, CRITICAL_WRITE_FOLDERS, value_text
 from gateways.model import EventKind, ReactorControl, RequestRefused, Snapshot, TwinEvent
+from gateways.security import ServerSecurity, SessionGuard, TwinServer, TwinUser, current_user
+from gateways.users import MINIMUM_ROLE, action_for_method, action_for_write, permits
 from twin_core.recipe import Recipe, recipe_from_mapping
 from twin_core.signals.runtime import FOLDERS, PUBLISHED, PUBLISHED_BY_NAME, Published, Quality
 from twin_core.signals.table import DISPLAY_UNITS
@@ -426,14 +437,17 @@ _ADMIN = User(role=UserRole.Admin)  # asyncua's default for its own internal ses
 
 class _ValidatingAttributeService(AttributeService):
     """The Write service with the twin's checks in front: a write of the Value of one of our signal
-    nodes goes to ``handler`` (which validates it, forwards it and answers its status code); every
-    other write takes asyncua's own path."""
+    nodes goes to ``handler`` (which checks the session's role, validates the value, forwards it, audits
+    it and answers its status code); every other write takes asyncua's own path, and a client's is
+    audited by ``audit_other``."""
 
     def __init__(self, aspace: Any, targets: Mapping[ua.NodeId, _SignalNode],
-                 handler: Callable[[_SignalNode, ua.WriteValue], Awaitable[ua.StatusCode]]) -> None:
+                 handler: Callable[[_SignalNode, ua.WriteValue, User], Awaitable[ua.StatusCode]],
+                 audit_other: Callable[[TwinUser, ua.WriteValue, ua.StatusCode], Awaitable[None]]) -> None:
         super().__init__(aspace)
         self._targets = targets
         self._handler = handler
+        self._audit_other = audit_other
 
     async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
         results: list[ua.StatusCode | None] = []
@@ -441,7 +455,7 @@ class _ValidatingAttributeService(AttributeService):
         for i, wv in enumerate(params.NodesToWrite):
             target = self._targets.get(wv.NodeId)
             if target is not None and wv.AttributeId == ua.AttributeIds.Value:
-                results.append(await self._handler(target, wv))
+                results.append(await self._handler(target, wv, user))
             else:
                 results.append(None)
                 others.append(i)
@@ -450,6 +464,8 @@ class _ValidatingAttributeService(AttributeService):
                                        user=user)
             for i, status in zip(others, rest):
                 results[i] = status
+                if isinstance(user, TwinUser):
+                    await self._audit_other(user, params.NodesToWrite[i], status)
         return [r if r is not None else ua.StatusCode(ua.StatusCodes.BadInternalError) for r in results]
 
 
@@ -461,12 +477,16 @@ class TwinOpcUaServer:
     ``plant``: the name of the plant object under Objects; ``reactors``: each reactor's name and the
     runtime's control of it; ``history_db``: the SQLite file of the history (None: in memory, lost at
     stop); ``build_info``: ServerStatus/BuildInfo; ``twins``: each reactor's FMU GUID and correction
-    version. The constructor does no I/O: ``await start()`` / ``await stop()``, or ``async with``.
+    version; ``security``: endpoints, certificates, users and the audit trail (gateways.security; required:
+    there is no insecure default). The constructor does no I/O: ``await start()`` / ``await stop()``, or
+    ``async with``.
     """
 
     def __init__(self, endpoint: str, plant: str, reactors: Mapping[str, ReactorControl], *,
-                 history_db: Path | None = None, build_info: BuildInfo | None = None,
+                 security: ServerSecurity, history_db: Path | None = None, build_info: BuildInfo | None = None,
                  twins: Mapping[str, TwinIdentity] | None = None) -> None:
+        if not isinstance(security, ServerSecurity):
+            raise TypeError(f"security: expected ServerSecurity, got {type(security).__name__}")
         url = urlparse(endpoint)
         if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
             raise ValueError(f"endpoint {endpoint!r}: expected opc.tcp://host:port/path")
@@ -480,6 +500,8 @@ class TwinOpcUaServer:
             raise ValueError(f"twins given for unknown reactors: {sorted(unknown)}")
         self._twins = {name: (twins or {}).get(name, TwinIdentity()) for name in self._controls}
         self._history_db = history_db
+        self._security = security
+        self._guard: SessionGuard | None = None
         self._build_info = build_info  # None: the installed package's version, read at start
         for pub in PUBLISHED:  # fail here, not mid-start, on a unit without a code or a bad scale
             _scale(pub)
@@ -506,6 +528,16 @@ class TwinOpcUaServer:
         return self._ns
 
     @property
+    def application_uri(self) -> str:
+        """The server's application URI (also in its certificate): ``urn:batch-reactor-twin:<plant>``."""
+        return f"{PRODUCT_URI}:{self._plant}"
+
+    @property
+    def certificate_path(self) -> Path:
+        """The server's certificate (DER), generated on first start (a client may pin it)."""
+        return self._security.pki.cert_path
+
+    @property
     def endpoint_url(self) -> str:
         """The endpoint clients connect to: the given one, with the port actually bound after start."""
         return self._bound_url or self._endpoint
@@ -522,7 +554,8 @@ class TwinOpcUaServer:
         if self._server is not None:
             raise RuntimeError("the OPC UA server is already started")
         self._written.clear()  # a new address space: every value is written once again
-        server = Server()
+        guard = SessionGuard(self._security, self.application_uri)
+        server = TwinServer(guard)
         server.set_endpoint(self._endpoint)
         server.set_server_name(f"Batch reactor twin, plant {self._plant}")
         server.product_uri = PRODUCT_URI
@@ -530,17 +563,18 @@ class TwinOpcUaServer:
             self._build_info = BuildInfo(product_version=await asyncio.to_thread(_package_version),
                                          build_date=datetime.now(UTC))
         server.manufacturer_name = self._build_info.manufacturer
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
         server.allow_remote_admin(False)
         if self._history_db is not None:
             await asyncio.to_thread(self._history_db.parent.mkdir, parents=True, exist_ok=True)
         self._history = TwinHistory(self._history_db if self._history_db is not None else ":memory:")
         server.iserver.history_manager.set_storage(self._history)
         self._server = server
+        self._guard = guard
         try:
+            await guard.start()
             await server.init()
-            await server.set_application_uri(f"{PRODUCT_URI}:{self._plant}")
+            await server.set_application_uri(self.application_uri)
+            await server.configure()
             self._ns = await server.register_namespace(NAMESPACE_URI)
             bi = self._build_info
             await server.set_build_info(PRODUCT_URI, bi.manufacturer, bi.product_name, bi.product_version,
@@ -551,21 +585,27 @@ class TwinOpcUaServer:
             for reactor in self._controls:
                 await self._add_reactor(plant, reactor)
             server.iserver.attribute_service = _ValidatingAttributeService(
-                server.iserver.aspace, self._by_nodeid, self._client_write)
-            log.warning("OPC UA security is off (issue 11): SecurityPolicy None and anonymous access on %s",
-                        self._endpoint)
+                server.iserver.aspace, self._by_nodeid, self._client_write, self._audit_other_write)
             await server.start()
         except BaseException:
             await self._close_after_failed_start()
             raise
         self._bound_url = self._actual_url()
+        await guard.record(user="server", role="local", action="config_change", target=f"{self._plant}.opcua",
+                           outcome="success", new_value=self._security.summary(),
+                           detail=f"OPC UA server started on {self._bound_url}")
         log.info("OPC UA server of plant %s (%s) listening on %s", self._plant, ", ".join(self._controls),
                  self._bound_url)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            await server.stop()  # stops the history (flushes what is queued)
+        guard, self._guard = self._guard, None
+        try:
+            if server is not None:
+                await server.stop()  # stops the history (flushes what is queued)
+        finally:
+            if guard is not None:
+                await guard.stop()
 
     async def __aenter__(self) -> TwinOpcUaServer:
         await self.start()
@@ -580,6 +620,9 @@ class TwinOpcUaServer:
         self._server = None
         if self._history is not None:
             await self._history.stop()
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            await guard.stop()
 
     def _actual_url(self) -> str:
         assert self._server is not None and self._server.bserver is not None
@@ -658,6 +701,9 @@ class TwinOpcUaServer:
 
         async def add(name: str, description: str, args: Sequence[_MethodArg],
                       call: Callable[..., Awaitable[ua.CallMethodResult]]) -> None:
+            if name in CRITICAL_METHODS:
+                args = (*args, _REASON_ARG)
+                description += ". Critical: the last argument Reason (the meaning of the signature) must not be blank"
             method = await obj.add_method(ua.NodeId(f"{prefix}.{name}", ns), ua.QualifiedName(name, ns), call,
                                           [_argument(a) for a in args], [_argument(_RESULT_ARG)])
             await self._describe(method.nodeid, description)
@@ -683,6 +729,13 @@ class TwinOpcUaServer:
         await add("EnterLabResult", "A lab result from outside the PLC (LIMS); late results allowed. "
                   f"SampleTime in {units[0]} of batch time, c_B and c_C in {units[1]}", _LAB_ARGS, enter_lab_result)
 
+        async def set_twin_parameter(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
+            return await self._set_twin_parameter(reactor, args)
+
+        await add("SetTwinParameter", "Change a value of the Twin folder (" + ", ".join(_TWIN_PARAMETERS)
+                  + "): Name, Value in the node's unit (a Boolean as 0 or 1); direct writes of these nodes are "
+                  "refused", _SET_TWIN_ARGS, set_twin_parameter)
+
     def _command_method(self, reactor: str, name: str, command: str) -> Callable[..., Awaitable[ua.CallMethodResult]]:
         control = self._controls[reactor]
 
@@ -705,36 +758,93 @@ class TwinOpcUaServer:
         except (ValueError, TypeError) as exc:  # ParameterError, ParameterTypeError: name the field
             raise _BadArgument(f"recipe: {exc}") from None
 
+    # -- the audit trail -----------------------------------------------------------------------------
+    async def _audit(self, user: TwinUser | None, action: str, target: str, outcome: str, *, old: object = None,
+                     new: object = None, reason: str = "", detail: str = "") -> None:
+        guard = self._guard
+        if guard is None:
+            return
+        await guard.record(user=(user.name or "anonymous") if user is not None else "<internal>",
+                           role=str(user.twin_role) if user is not None else "local",
+                           cert_thumbprint=user.cert_thumbprint if user is not None else "", action=action,
+                           target=target, outcome=outcome, old_value=_audit_text(old), new_value=_audit_text(new),
+                           reason=reason, detail=detail)
+
+    @staticmethod
+    def _refusal_of_role(user: TwinUser, action: str, what: str) -> str:
+        needed = MINIMUM_ROLE[action]  # type: ignore[index]
+        who = "an anonymous session" if user.anonymous else f"role {user.twin_role}"
+        return f"{who} may not {what} ({action} needs {needed} or above)"
+
     async def _call(self, reactor: str, name: str, args: Sequence[ua.Variant], spec: Sequence[_MethodArg],
-                    action: Callable[..., Awaitable[None]], refused: int = ua.StatusCodes.BadInvalidState
+                    action: Callable[..., Awaitable[Any]], refused: int = ua.StatusCodes.BadInvalidState,
+                    target_of: Callable[[Sequence[Any]], str] | None = None, audit_action: str = "method"
                     ) -> ua.CallMethodResult:
-        """Check ``args`` against ``spec`` (count and types), run ``action(*values)``, translate."""
-        if len(args) < len(spec):
-            return _method_result(ua.StatusCodes.BadArgumentsMissing,
-                                  f"{name}: {len(spec)} argument(s) expected, {len(args)} given")
-        if len(args) > len(spec):
-            return _method_result(ua.StatusCodes.BadTooManyArguments,
-                                  f"{name}: {len(spec)} argument(s) expected, {len(args)} given")
-        mismatched = [i for i, (a, s) in enumerate(zip(args, spec)) if not _is_scalar_of(a, s.vtype)]
+        """Check the caller's role, ``args`` against ``spec`` (count and types; the critical methods'
+        last argument Reason must not be blank), run ``action(*values)`` and translate; every call, refused
+        or not, is audited. ``action`` may return (old value, new value) for the audit record."""
+        user = current_user()
+        critical = name in CRITICAL_METHODS
+        full_spec = (*spec, _REASON_ARG) if critical else tuple(spec)
+        target = f"{self._plant}.{reactor}.{name}"
+        asked = ", ".join(_arg_text(a) for a in args[:len(spec)])
+
+        async def done(code: int, message: str, outcome: str, argument_results: Sequence[int] = (), reason: str = "",
+                       old: object = None, new: object = None) -> ua.CallMethodResult:
+            await self._audit(user, audit_action, target, outcome, old=old, new=asked if new is None else new,
+                              reason=reason, detail=f"{name}: {ua.StatusCode(code).name}: {message}")
+            return _method_result(code, message, argument_results)
+
+        if user is None:
+            return await done(ua.StatusCodes.BadUserAccessDenied, f"{name}: not a client session", "refused")
+        needed = action_for_method(name)
+        if not permits(user.twin_role, needed):
+            log.info("%s.%s refused for %s: %s", reactor, name, user.name, user.twin_role)
+            return await done(ua.StatusCodes.BadUserAccessDenied,
+                              self._refusal_of_role(user, needed, f"call {name}"), "refused")
+        if len(args) < len(full_spec):
+            return await done(ua.StatusCodes.BadArgumentsMissing,
+                              f"{name}: {len(full_spec)} argument(s) expected ({', '.join(a.name for a in full_spec)}), "
+                              f"{len(args)} given", "refused")
+        if len(args) > len(full_spec):
+            return await done(ua.StatusCodes.BadTooManyArguments,
+                              f"{name}: {len(full_spec)} argument(s) expected, {len(args)} given", "refused")
+        mismatched = [i for i, (a, s) in enumerate(zip(args, full_spec)) if not _is_scalar_of(a, s.vtype)]
         if mismatched:
-            return _method_result(
+            return await done(
                 ua.StatusCodes.BadInvalidArgument,
-                f"{name}: " + "; ".join(f"{spec[i].name} must be a {spec[i].vtype.name}" for i in mismatched),
-                [ua.StatusCodes.BadTypeMismatch if i in mismatched else ua.StatusCodes.Good
-                 for i in range(len(spec))])
+                f"{name}: " + "; ".join(f"{full_spec[i].name} must be a {full_spec[i].vtype.name}" for i in mismatched),
+                "refused", [ua.StatusCodes.BadTypeMismatch if i in mismatched else ua.StatusCodes.Good
+                            for i in range(len(full_spec))])
+        values = [a.Value for a in args]
+        reason = ""
+        if critical:
+            reason = values.pop().strip()
+            if target_of is not None:
+                target = target_of(values)
+            if not reason:
+                return await done(ua.StatusCodes.BadUserAccessDenied,
+                                  f"{name} is a critical action: a non-blank Reason (the meaning of the signature) "
+                                  "is required", "refused")
+        elif target_of is not None:
+            target = target_of(values)
         try:
-            await action(*(a.Value for a in args))
+            changed = await action(*values)
         except _BadArgument as exc:
             log.info("%s.%s refused: %s", reactor, name, exc.reason)
-            return _method_result(ua.StatusCodes.BadInvalidArgument, exc.reason, exc.argument_results)
+            return await done(ua.StatusCodes.BadInvalidArgument, exc.reason, "refused", exc.argument_results,
+                              reason=reason)
+        except _WriteRefused as exc:
+            return await done(exc.code, exc.reason, "refused", reason=reason, old=exc.old)
         except RequestRefused as exc:
             log.info("%s.%s refused: %s", reactor, name, exc.reason)
-            return _method_result(refused, exc.reason)
+            return await done(refused, exc.reason, "failure", reason=reason)
         except OSError as exc:  # the runtime could not reach the PLC
             log.warning("%s.%s failed: %s", reactor, name, exc)
-            return _method_result(ua.StatusCodes.BadCommunicationError, str(exc))
-        log.info("%s.%s done", reactor, name)
-        return _method_result(ua.StatusCodes.Good, "done")
+            return await done(ua.StatusCodes.BadCommunicationError, str(exc), "failure", reason=reason)
+        log.info("%s.%s done by %s", reactor, name, user.name)
+        old, new = changed if isinstance(changed, tuple) else (None, None)
+        return await done(ua.StatusCodes.Good, "done", "success", reason=reason, old=old, new=new)
 
     async def _enter_lab_result(self, reactor: str, args: Sequence[ua.Variant]) -> ua.CallMethodResult:
         control = self._controls[reactor]
@@ -748,12 +858,44 @@ class TwinOpcUaServer:
                     "; ".join(f"{_LAB_ARGS[i].name}={values[i]!r} outside "
                               f"[{eu_range(pubs[i]).Low}, {eu_range(pubs[i]).High}] {pubs[i].operator_unit}"
                               for i in bad),
-                    [ua.StatusCodes.BadOutOfRange if i in bad else ua.StatusCodes.Good for i in range(3)])
+                    [ua.StatusCodes.BadOutOfRange if i in bad else ua.StatusCodes.Good for i in range(3)] + [
+                        ua.StatusCodes.Good])
             t, c_B, c_C = (_clamp(p, x) for p, x in zip(pubs, si))
             await control.enter_lab_result(t, c_B, c_C)
 
         return await self._call(reactor, "EnterLabResult", args, _LAB_ARGS, run,
                                 refused=ua.StatusCodes.BadInvalidArgument)
+
+    async def _set_twin_parameter(self, reactor: str, args: Sequence[ua.Variant]) -> ua.CallMethodResult:
+        nodes = self._nodes[reactor]
+
+        def target_of(values: Sequence[Any]) -> str:
+            name = values[0]
+            return (f"{self._plant}.{reactor}.Twin.{name}" if name in _TWIN_PARAMETERS
+                    else f"{self._plant}.{reactor}.SetTwinParameter")
+
+        async def run(name: str, value: float) -> tuple[object, object]:
+            if name not in _TWIN_PARAMETERS:
+                raise _BadArgument(f"Name {name!r}: not a Twin parameter (one of {', '.join(_TWIN_PARAMETERS)})",
+                                   [ua.StatusCodes.BadInvalidArgument, ua.StatusCodes.Good, ua.StatusCodes.Good])
+            node = nodes[name]
+            if node.vtype is ua.VariantType.Boolean:
+                if value not in (0.0, 1.0):
+                    raise _BadArgument(f"{name} is a Boolean: Value must be 0 or 1, not {value!r}",
+                                       [ua.StatusCodes.Good, ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good])
+                variant = ua.Variant(bool(value), ua.VariantType.Boolean)
+            else:
+                variant = ua.Variant(float(value), node.vtype)
+            old = self._current_value(node)
+            code, why = await self._apply_write(node, variant)
+            if code in _RUNTIME_FAILURES:
+                raise RequestRefused(name, why)
+            if code != ua.StatusCodes.Good:
+                raise _WriteRefused(code, f"{name} = {value!r}: {ua.StatusCode(code).name}: {why}", old)
+            return old, variant.Value
+
+        return await self._call(reactor, "SetTwinParameter", args, _SET_TWIN_ARGS, run,
+                                refused=ua.StatusCodes.BadInvalidState, target_of=target_of, audit_action="write")
 
     async def _add_event_sources(self, obj: Node, reactor: str) -> None:
         server = self._require_started()
@@ -826,14 +968,64 @@ class TwinOpcUaServer:
                                                ua.DataValue(ua.Variant(text, ua.VariantType.String)))
 
     # -- client writes -----------------------------------------------------------------------------
-    async def _client_write(self, node: _SignalNode, wv: ua.WriteValue) -> ua.StatusCode:
-        """A client's write of a signal's value: checked against the signal table, converted to SI,
-        forwarded to the runtime; the node changes only when the runtime accepted it."""
+    def _current_value(self, node: _SignalNode) -> object:
+        """The node's value as served now (None when it has none)."""
+        server = self._require_started()
+        dv = server.iserver.aspace.read_attribute_value(node.nodeid, ua.AttributeIds.Value)
+        return dv.Value.Value if dv is not None and dv.Value is not None else None
+
+    async def _client_write(self, node: _SignalNode, wv: ua.WriteValue, user: User) -> ua.StatusCode:
+        """A client's write of a signal's value: the session's role checked, the value checked against the
+        signal table, converted to SI and forwarded to the runtime; the node changes only when the runtime
+        accepted it. Twin-folder values are changed only by SetTwinParameter (it carries a reason). Every
+        client write is audited."""
+        if not isinstance(user, TwinUser):  # the server's own internal session
+            return ua.StatusCode((await self._apply_write(node, wv.Value.Value if wv.Value else None, wv))[0])
+        pub = node.pub
+        target = f"{self._plant}.{node.reactor}.{pub.folder}.{pub.name}"
+        asked = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
+        old = self._current_value(node)
+
+        async def refuse(code: int, detail: str) -> ua.StatusCode:
+            log.info("write %s = %r by %s refused: %s", target, asked, user.name, detail)
+            await self._audit(user, "write", target, "refused", old=old, new=asked,
+                              detail=f"{ua.StatusCode(code).name}: {detail}")
+            return ua.StatusCode(code)
+
+        if not pub.writable:
+            return await refuse(ua.StatusCodes.BadNotWritable, f"{pub.folder} values are not writable")
+        action = action_for_write(pub.folder)
+        if not permits(user.twin_role, action):
+            return await refuse(ua.StatusCodes.BadUserAccessDenied,
+                                self._refusal_of_role(user, action, f"write {pub.folder} values"))
+        if pub.folder in CRITICAL_WRITE_FOLDERS:
+            return await refuse(ua.StatusCodes.BadUserAccessDenied,
+                                f"{pub.folder} values are changed with {self._plant}.{node.reactor}.SetTwinParameter"
+                                "(Name, Value, Reason): a direct write carries no reason")
+        code, why = await self._apply_write(node, wv.Value.Value if wv.Value else None, wv)
+        if code != ua.StatusCodes.Good:
+            outcome = "failure" if code in _RUNTIME_FAILURES else "refused"
+            await self._audit(user, "write", target, outcome, old=old, new=asked,
+                              detail=f"{ua.StatusCode(code).name}: {why}")
+            return ua.StatusCode(code)
+        await self._audit(user, "write", target, "success", old=old, new=asked)
+        return ua.StatusCode(code)
+
+    async def _audit_other_write(self, user: TwinUser, wv: ua.WriteValue, status: ua.StatusCode) -> None:
+        await self._audit(user, "write", f"{wv.NodeId.to_string()} attribute {wv.AttributeId}",
+                          "success" if status.is_good() else "refused",
+                          new=_arg_text(wv.Value.Value) if wv.Value is not None else None, detail=status.name)
+
+    async def _apply_write(self, node: _SignalNode, variant: ua.Variant | None,
+                           wv: ua.WriteValue | None = None) -> tuple[int, str]:
+        """Validate ``variant`` for ``node``, forward it to the runtime in SI units and show it; the status
+        code (Good, or why not) and the refusal's text."""
+        if wv is None:
+            wv = ua.WriteValue(NodeId=node.nodeid, AttributeId=ua.AttributeIds.Value, Value=ua.DataValue(variant))
         code = _check_write(node, wv)
         if code != ua.StatusCodes.Good:
             log.info("write %s.%s refused: %s", node.reactor, node.pub.name, ua.StatusCode(code).name)
-            return ua.StatusCode(code)
-        variant = wv.Value.Value
+            return code, "the value does not fit the signal (type, range)"
         assert variant is not None
         si = _clamp(node.pub, to_si(node.pub, float(variant.Value)))
         try:
@@ -841,10 +1033,10 @@ class TwinOpcUaServer:
         except RequestRefused as exc:
             log.warning("write %s.%s = %r refused by the runtime: %s", node.reactor, node.pub.name,
                         variant.Value, exc.reason)
-            return ua.StatusCode(ua.StatusCodes.BadInvalidState)
+            return ua.StatusCodes.BadInvalidState, exc.reason
         except OSError as exc:
             log.warning("write %s.%s = %r failed: %s", node.reactor, node.pub.name, variant.Value, exc)
-            return ua.StatusCode(ua.StatusCodes.BadCommunicationError)
+            return ua.StatusCodes.BadCommunicationError, str(exc)
         now = datetime.now(UTC)
         source_time = self._last_source_time.get(node.reactor, now)
         server = self._require_started()
@@ -853,7 +1045,38 @@ class TwinOpcUaServer:
             ua.DataValue(ua.Variant(variant.Value, node.vtype), StatusCode=ua.StatusCode(ua.StatusCodes.Good),
                          SourceTimestamp=source_time, ServerTimestamp=now))
         log.info("write %s.%s = %r (%r SI) accepted", node.reactor, node.pub.name, variant.Value, si)
-        return ua.StatusCode(ua.StatusCodes.Good)
+        return ua.StatusCodes.Good, ""
+
+
+_RUNTIME_FAILURES = (ua.StatusCodes.BadInvalidState, ua.StatusCodes.BadCommunicationError)
+"""Write results that mean the request was valid and allowed but the runtime or the PLC refused it."""
+
+
+class _WriteRefused(Exception):
+    """SetTwinParameter's write was refused (code: the write's status code)."""
+
+    def __init__(self, code: int, reason: str, old: object) -> None:
+        self.code, self.reason, self.old = code, reason, old
+        super().__init__(reason)
+
+
+def _audit_text(value: object) -> str:
+    """A value as the audit trail stores it (scalars as gateways.audit.value_text; anything else repr)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value_text(value)
+    return repr(value)
+
+
+def _arg_text(v: object) -> str:
+    value = v.Value if isinstance(v, ua.Variant) else v
+    return _audit_text(value)
+
+
+_REASON_ARG = _MethodArg("Reason", ua.VariantType.String,
+                         "Why (the meaning of the electronic signature, stored in the audit trail); must not be blank")
+_TWIN_PARAMETERS = tuple(p.name for p in PUBLISHED if p.folder == "Twin" and p.writable)
+_SET_TWIN_ARGS = (_MethodArg("Name", ua.VariantType.String, "The Twin value: " + ", ".join(_TWIN_PARAMETERS)),
+                  _MethodArg("Value", ua.VariantType.Double, "The new value in the node's unit (a Boolean: 0 or 1)"))
 
 
 class _BadArgument(ValueError):

@@ -116,7 +116,8 @@ MINIMUM_ROLE: dict[Action, Role] = {
 
 _METHOD_ACTIONS = {"StartBatch": Action.BATCH_METHOD, "Hold": Action.BATCH_METHOD, "Resume": Action.BATCH_METHOD,
                    "Abort": Action.BATCH_METHOD, "AcknowledgeAlarms": Action.ALARM_ACK,
-                   "EnterLabResult": Action.LAB_ENTRY, "ResetTwin": Action.TWIN_TUNING}
+                   "EnterLabResult": Action.LAB_ENTRY, "ResetTwin": Action.TWIN_TUNING,
+                   "SetTwinParameter": Action.TWIN_PARAMETERS}
 _WRITE_ACTIONS = {"Recipe": Action.RECIPE_WRITE, "Twin": Action.TWIN_PARAMETERS}
 
 

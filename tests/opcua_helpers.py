@@ -1,7 +1,9 @@
 """Helpers for tests of the OPC UA server: a ReactorControl that records calls and can refuse, a server
 running in its own thread and event loop (so sync tests, and synchronous clients such as the `opcua`
-package, can talk to it), and small asyncua client functions (one Read request for many attributes,
-a method call that returns the whole CallMethodResult, a write that returns the status code)."""
+package, can talk to it), its security (a data folder with one user per role, cheap scrypt parameters,
+client certificates), and small asyncua client functions (a configured client, one Read request for
+many attributes, a method call that returns the whole CallMethodResult, a write that returns the status
+code)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,65 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicy, SecurityPolicyBasic256Sha256
 
+from gateways.certs import Pki, TrustList, generate_client_certificate
 from gateways.model import RequestRefused
 from gateways.opcua_server import NAMESPACE_URI, BuildInfo, TwinIdentity, TwinOpcUaServer
+from gateways.security import ServerSecurity
+from gateways.users import TEST_ONLY_KDF, LoginThrottle, UserStore
 from twin_core.recipe import Recipe
+
+USERS = {"vic": ("viewer", "viewer-pass-1"), "olga": ("operator", "operator-pass-1"),
+         "emil": ("engineer", "engineer-pass-1"), "ada": ("admin", "admin-pass-1")}
+"""One user per role: name -> (role, password)."""
+ADMIN = "ada"
+
+
+def make_security(data_dir: Path, *, allow_none: bool = True, allow_anonymous: bool = False,
+                  throttle: LoginThrottle | None = None) -> ServerSecurity:
+    """A server data folder with every user of :data:`USERS` (cheap scrypt: tests only)."""
+    store = UserStore(Path(data_dir) / "users.json", kdf=TEST_ONLY_KDF)
+    for name, (role, password) in USERS.items():
+        if store.get(name) is None:
+            store.add(name, role, password)
+    return ServerSecurity(Path(data_dir), allow_none=allow_none, allow_anonymous=allow_anonymous,
+                          throttle=throttle if throttle is not None else LoginThrottle(max_failures=1000))
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """A client certificate made for a test: its files and the application URI it was made for."""
+
+    cert: Path
+    key: Path
+    application_uri: str
+
+
+def make_client_cert(folder: Path, name: str, *, trust_in: Path | None = None) -> ClientCert:
+    """A self-signed client certificate; put on the trust list of the server whose data folder is
+    ``trust_in`` when given."""
+    uri = f"urn:test:{name}"
+    cert, key = generate_client_certificate(folder, uri, name)
+    if trust_in is not None:
+        TrustList(Pki(trust_in)).trust(cert)
+    return ClientCert(cert, key, uri)
+
+
+async def make_client(url: str, user: str | None = ADMIN, password: str | None = None, *,
+                      cert: ClientCert | None = None, policy: type[SecurityPolicy] = SecurityPolicyBasic256Sha256,
+                      timeout_s: float = 10.0) -> Client:
+    """An asyncua client (not connected): SignAndEncrypt with ``policy`` when ``cert`` is given, else
+    SecurityPolicy None; logged in as ``user`` (password from :data:`USERS` unless given; None:
+    anonymous)."""
+    client = Client(url, timeout=timeout_s)
+    if cert is not None:
+        client.application_uri = cert.application_uri
+        await client.set_security(policy, str(cert.cert), str(cert.key))
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password if password is not None else USERS[user][1])
+    return client
 
 T = TypeVar("T")
 
@@ -56,10 +113,12 @@ class ServerThread:
     """A TwinOpcUaServer started in a daemon thread with its own event loop; :meth:`run` runs a
     coroutine there (e.g. ``server.publish``) and returns its result. Use as a context manager."""
 
-    def __init__(self, endpoint: str, plant: str, reactors: Mapping[str, Any], *, history_db: Path | None = None,
-                 build_info: BuildInfo | None = None, twins: Mapping[str, TwinIdentity] | None = None) -> None:
-        self.server = TwinOpcUaServer(endpoint, plant, reactors, history_db=history_db, build_info=build_info,
-                                      twins=twins)
+    def __init__(self, endpoint: str, plant: str, reactors: Mapping[str, Any], *, security: ServerSecurity,
+                 history_db: Path | None = None, build_info: BuildInfo | None = None,
+                 twins: Mapping[str, TwinIdentity] | None = None) -> None:
+        self.security = security
+        self.server = TwinOpcUaServer(endpoint, plant, reactors, security=security, history_db=history_db,
+                                      build_info=build_info, twins=twins)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="opcua-server", daemon=True)
 

@@ -1,7 +1,9 @@
 """The OPC UA server against real clients on a loopback socket: the address space generated from
 PUBLISHED (units, ranges, types, descriptions), values and status codes after publish(), methods and
 writes reaching a recording ReactorControl (refusals as Bad statuses), events, HistoryRead, and a
-client that is not asyncua (the `opcua` package) reading the same values.
+client that is not asyncua (the `opcua` package) reading the same values. The clients log in as the
+admin over SecurityPolicy None (turned on for this module); roles, certificates, reasons and the audit
+trail are tested in tests/test_security.py.
 
 One server per module (two reactors, SQLite history in a temporary folder); the runtime that really
 feeds it is tested end to end elsewhere."""
@@ -17,10 +19,14 @@ import pytest
 from asyncua import Client, ua
 from conftest import free_port
 from opcua_helpers import (
+    ADMIN,
+    USERS,
     DataChanges,
     RecordingControl,
     ServerThread,
     call_full,
+    make_client,
+    make_security,
     namespace_index,
     read_many,
     signal_node_id,
@@ -37,6 +43,7 @@ from gateways.opcua_server import (
     TwinOpcUaServer,
     unece_unit_id,
 )
+from gateways.security import ServerSecurity
 from twin_core.recipe import recipe_from_mapping
 from twin_core.signals.runtime import PUBLISHED, PUBLISHED_BY_NAME, Quality
 from twin_core.signals.table import DISPLAY_UNITS
@@ -61,6 +68,16 @@ EXPECTED_UNITS = {
 EXPECTED_VTYPE = {"Real": ua.VariantType.Double, "Boolean": ua.VariantType.Boolean}
 
 
+UNUSED_SECURITY = ServerSecurity("never-created")  # for constructors that must fail before any I/O
+
+
+def test_security_is_required_and_checked() -> None:
+    with pytest.raises(TypeError, match="security"):
+        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", PLANT, {"R1": RecordingControl()})  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="ServerSecurity"):
+        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", PLANT, {"R1": RecordingControl()}, security="var")  # type: ignore[arg-type]
+
+
 def operator(name: str, si: float) -> float:
     """The operator-unit value, computed from DISPLAY_UNITS directly (not through the server's code)."""
     pub = PUBLISHED_BY_NAME[name]
@@ -78,9 +95,9 @@ def controls() -> dict[str, RecordingControl]:
 
 @pytest.fixture(scope="module")
 def served(controls: dict[str, RecordingControl], tmp_path_factory: pytest.TempPathFactory):
-    db = tmp_path_factory.mktemp("opcua") / "history.sqlite"
-    with ServerThread(f"opc.tcp://127.0.0.1:{free_port()}/batch-twin/", PLANT, controls, history_db=db,
-                      build_info=BUILD, twins=TWINS) as st:
+    data = tmp_path_factory.mktemp("opcua")
+    with ServerThread(f"opc.tcp://127.0.0.1:{free_port()}/batch-twin/", PLANT, controls, history_db=data / "history.sqlite",
+                      build_info=BUILD, twins=TWINS, security=make_security(data)) as st:
         yield st
 
 
@@ -93,10 +110,10 @@ def control(controls: dict[str, RecordingControl]) -> RecordingControl:
 
 
 def client_run(served: ServerThread, scenario) -> object:
-    """Run ``scenario(client, ns)`` with a connected asyncua client."""
+    """Run ``scenario(client, ns)`` with a connected asyncua client (logged in as the admin)."""
 
     async def main() -> object:
-        async with Client(served.url, timeout=10) as client:
+        async with await make_client(served.url) as client:
             return await scenario(client, await namespace_index(client))
 
     return asyncio.run(main())
@@ -127,7 +144,7 @@ def test_uncertainties_and_tuning_sigmas_are_never_offset_converted() -> None:
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:4840/x", "opc.tcp://127.0.0.1/x", "opc.tcp://:4840/"])
 def test_bad_endpoint_refused_without_io(endpoint: str) -> None:
     with pytest.raises(ValueError, match="endpoint"):
-        TwinOpcUaServer(endpoint, PLANT, {"R1": RecordingControl()})
+        TwinOpcUaServer(endpoint, PLANT, {"R1": RecordingControl()}, security=UNUSED_SECURITY)
 
 
 def test_build_info_and_twin_identity_check_their_types() -> None:
@@ -138,13 +155,14 @@ def test_build_info_and_twin_identity_check_their_types() -> None:
     with pytest.raises(TypeError, match="TwinIdentity.fmu_guid"):
         TwinIdentity(fmu_guid=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown reactors"):
-        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", PLANT, {"R1": RecordingControl()}, twins={"R9": TwinIdentity()})
+        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", PLANT, {"R1": RecordingControl()}, twins={"R9": TwinIdentity()},
+                        security=UNUSED_SECURITY)
 
 
 @pytest.mark.parametrize("plant, reactor", [("Plant A", "R1"), ("P", "R.1"), ("P", "")])
 def test_bad_names_refused(plant: str, reactor: str) -> None:
     with pytest.raises(ValueError):
-        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", plant, {reactor: RecordingControl()})
+        TwinOpcUaServer("opc.tcp://127.0.0.1:4840/", plant, {reactor: RecordingControl()}, security=UNUSED_SECURITY)
 
 
 # -- the address space ---------------------------------------------------------------------------------
@@ -384,30 +402,30 @@ def S(text: str) -> ua.Variant:
     return ua.Variant(text, ua.VariantType.String)
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("Hold", ("command", ("hold",))),
-    ("Resume", ("command", ("resume",))),
-    ("Abort", ("command", ("abort",))),
-    ("AcknowledgeAlarms", ("command", ("ack_alarms",))),
-    ("ResetTwin", ("reset_twin", ())),
+@pytest.mark.parametrize("method, args, expected", [
+    ("Hold", (), ("command", ("hold",))),
+    ("Resume", (), ("command", ("resume",))),
+    ("Abort", ("agitator fault",), ("command", ("abort",))),
+    ("AcknowledgeAlarms", (), ("command", ("ack_alarms",))),
+    ("ResetTwin", (), ("reset_twin", ())),
 ])
 def test_commands_reach_the_controller(served: ServerThread, control: RecordingControl, method: str,
-                                       expected: tuple) -> None:
-    result = call(served, method)
+                                       args: tuple, expected: tuple) -> None:
+    result = call(served, method, *(S(a) for a in args))
     assert result.StatusCode.is_good()
     assert [v.Value for v in result.OutputArguments] == ["done"]
     assert control.calls == [expected]
 
 
 def test_start_batch_parses_the_recipe(served: ServerThread, control: RecordingControl) -> None:
-    result = call(served, "StartBatch", S(RECIPE_TOML))
+    result = call(served, "StartBatch", S(RECIPE_TOML), S("campaign 12, batch 3"))
     assert result.StatusCode.is_good(), result
     assert control.calls == [("start_batch", (recipe_from_mapping(tomllib.loads(RECIPE_TOML), "x"),))]
 
 
 def test_enter_lab_result_in_operator_units_reaches_the_controller_in_si(served: ServerThread,
                                                                           control: RecordingControl) -> None:
-    result = call(served, "EnterLabResult", D(2.5), D(0.8), D(0.125))
+    result = call(served, "EnterLabResult", D(2.5), D(0.8), D(0.125), S("LIMS sample 4711"))
     assert result.StatusCode.is_good(), result
     (method, (t_s, c_B, c_C)), = control.calls
     assert method == "enter_lab_result"
@@ -418,9 +436,9 @@ def test_enter_lab_result_in_operator_units_reaches_the_controller_in_si(served:
 @pytest.mark.parametrize("method, key, args, code", [
     ("Hold", "hold", (), ua.StatusCodes.BadInvalidState),
     ("AcknowledgeAlarms", "ack_alarms", (), ua.StatusCodes.BadInvalidState),
-    ("StartBatch", "start_batch", (RECIPE_TOML,), ua.StatusCodes.BadInvalidState),
+    ("StartBatch", "start_batch", (RECIPE_TOML, "why"), ua.StatusCodes.BadInvalidState),
     ("ResetTwin", "reset_twin", (), ua.StatusCodes.BadInvalidState),
-    ("EnterLabResult", "enter_lab_result", (1.0, 0.5, 0.1), ua.StatusCodes.BadInvalidArgument),
+    ("EnterLabResult", "enter_lab_result", (1.0, 0.5, 0.1, "why"), ua.StatusCodes.BadInvalidArgument),
 ])
 def test_refusals_come_back_as_bad_status_with_the_reason(served: ServerThread, control: RecordingControl,
                                                           method: str, key: str, args: tuple, code: int) -> None:
@@ -432,27 +450,37 @@ def test_refusals_come_back_as_bad_status_with_the_reason(served: ServerThread, 
     assert control.calls == []
 
 
+R = S("a reason")
+G, TM, OR = ua.StatusCodes.Good, ua.StatusCodes.BadTypeMismatch, ua.StatusCodes.BadOutOfRange
+
+
 @pytest.mark.parametrize("method, args, code, per_argument, says", [
-    ("StartBatch", (D(1.0),), ua.StatusCodes.BadInvalidArgument, [ua.StatusCodes.BadTypeMismatch], "String"),
-    ("StartBatch", (S("name = [unclosed"),), ua.StatusCodes.BadInvalidArgument, [], "not TOML"),
-    ("StartBatch", (S('end_time_s = 100\nT_start_K = 300\nbogus = 1'),), ua.StatusCodes.BadInvalidArgument, [],
+    ("StartBatch", (D(1.0), R), ua.StatusCodes.BadInvalidArgument, [TM, G], "String"),
+    ("StartBatch", (S("name = [unclosed"), R), ua.StatusCodes.BadInvalidArgument, [], "not TOML"),
+    ("StartBatch", (S('end_time_s = 100\nT_start_K = 300\nbogus = 1'), R), ua.StatusCodes.BadInvalidArgument, [],
      "recipe.bogus"),
-    ("StartBatch", (S('end_time_s = -5\npoints = [[0, 300]]'),), ua.StatusCodes.BadInvalidArgument, [],
+    ("StartBatch", (S('end_time_s = -5\npoints = [[0, 300]]'), R), ua.StatusCodes.BadInvalidArgument, [],
      "recipe.end_time_s"),
-    ("StartBatch", (), ua.StatusCodes.BadArgumentsMissing, [], "1 argument"),
+    ("StartBatch", (), ua.StatusCodes.BadArgumentsMissing, [], "2 argument(s) expected (Recipe, Reason)"),
+    ("StartBatch", (S(RECIPE_TOML),), ua.StatusCodes.BadArgumentsMissing, [], "(Recipe, Reason)"),
+    ("StartBatch", (S(RECIPE_TOML), D(1.0)), ua.StatusCodes.BadInvalidArgument, [G, TM], "Reason must be a String"),
     ("Hold", (D(1.0),), ua.StatusCodes.BadTooManyArguments, [], "0 argument"),
-    ("EnterLabResult", (D(1.0), D(0.5)), ua.StatusCodes.BadArgumentsMissing, [], "3 argument"),
-    ("EnterLabResult", (D(1.0), D(0.5), D(0.1), D(0.1)), ua.StatusCodes.BadTooManyArguments, [], "3 argument"),
-    ("EnterLabResult", (D(1.0), ua.Variant(0.5, ua.VariantType.Float), D(0.1)), ua.StatusCodes.BadInvalidArgument,
-     [ua.StatusCodes.Good, ua.StatusCodes.BadTypeMismatch, ua.StatusCodes.Good], "c_B must be a Double"),
-    ("EnterLabResult", (S("1.0"), D(0.5), D(0.1)), ua.StatusCodes.BadInvalidArgument,
-     [ua.StatusCodes.BadTypeMismatch, ua.StatusCodes.Good, ua.StatusCodes.Good], "SampleTime"),
-    ("EnterLabResult", (D(1.0), D(-0.5), D(0.1)), ua.StatusCodes.BadInvalidArgument,
-     [ua.StatusCodes.Good, ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good], "c_B=-0.5 outside"),
-    ("EnterLabResult", (D(math.nan), D(0.5), D(25.0)), ua.StatusCodes.BadInvalidArgument,
-     [ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good, ua.StatusCodes.BadOutOfRange], "SampleTime=nan"),
-    ("EnterLabResult", (D(math.inf), D(0.5), D(0.1)), ua.StatusCodes.BadInvalidArgument,
-     [ua.StatusCodes.BadOutOfRange, ua.StatusCodes.Good, ua.StatusCodes.Good], "SampleTime=inf"),
+    ("Abort", (), ua.StatusCodes.BadArgumentsMissing, [], "(Reason)"),
+    ("EnterLabResult", (D(1.0), D(0.5), R), ua.StatusCodes.BadArgumentsMissing, [], "4 argument"),
+    ("EnterLabResult", (D(1.0), D(0.5), D(0.1), R, R), ua.StatusCodes.BadTooManyArguments, [], "4 argument"),
+    ("EnterLabResult", (D(1.0), ua.Variant(0.5, ua.VariantType.Float), D(0.1), R), ua.StatusCodes.BadInvalidArgument,
+     [G, TM, G, G], "c_B must be a Double"),
+    ("EnterLabResult", (S("1.0"), D(0.5), D(0.1), R), ua.StatusCodes.BadInvalidArgument, [TM, G, G, G], "SampleTime"),
+    ("EnterLabResult", (D(1.0), D(-0.5), D(0.1), R), ua.StatusCodes.BadInvalidArgument, [G, OR, G, G],
+     "c_B=-0.5 outside"),
+    ("EnterLabResult", (D(math.nan), D(0.5), D(25.0), R), ua.StatusCodes.BadInvalidArgument, [OR, G, OR, G],
+     "SampleTime=nan"),
+    ("EnterLabResult", (D(math.inf), D(0.5), D(0.1), R), ua.StatusCodes.BadInvalidArgument, [OR, G, G, G],
+     "SampleTime=inf"),
+    ("SetTwinParameter", (S("sigma_lab"), D(-1.0), R), ua.StatusCodes.BadOutOfRange, [], "BadOutOfRange"),
+    ("SetTwinParameter", (S("T_trip"), D(100.0), R), ua.StatusCodes.BadInvalidArgument, [ua.StatusCodes.BadInvalidArgument, G, G], "not a Twin parameter"),
+    ("SetTwinParameter", (S("correction_on"), D(0.5), R), ua.StatusCodes.BadInvalidArgument, [G, OR, G],
+     "must be 0 or 1"),
 ])
 def test_bad_method_arguments_are_refused_before_the_controller(served: ServerThread, control: RecordingControl,
                                                                 method: str, args: tuple, code: int,
@@ -473,7 +501,8 @@ def test_methods_declare_their_arguments_with_units(served: ServerThread) -> Non
 
     args = client_run(served, scenario)
     assert [(a.Name, a.DataType) for a in args] == [(n, ua.NodeId(ua.ObjectIds.Double))
-                                                    for n in ("SampleTime", "c_B", "c_C")]
+                                                    for n in ("SampleTime", "c_B", "c_C")] + [
+        ("Reason", ua.NodeId(ua.ObjectIds.String))]
     assert "[h]" in args[0].Description.Text and "[mol/L]" in args[1].Description.Text
 
 
@@ -519,8 +548,8 @@ def published_settings(served: ServerThread) -> datetime:
     ("recipe_n_points", D(5.0), ua.StatusCodes.BadTypeMismatch),
     ("recipe_mode", ua.Variant(1, ua.VariantType.UInt32), ua.StatusCodes.BadOutOfRange),
     ("recipe_end_time", D(48.5), ua.StatusCodes.BadOutOfRange),  # h: 172800 s = 48 h
-    ("sigma_rate_rel", D(-0.1), ua.StatusCodes.BadOutOfRange),
-    ("correction_on", ua.Variant(1, ua.VariantType.UInt32), ua.StatusCodes.BadTypeMismatch),
+    ("sigma_rate_rel", D(0.1), ua.StatusCodes.BadUserAccessDenied),  # Twin values: SetTwinParameter only
+    ("correction_on", ua.Variant(True, ua.VariantType.Boolean), ua.StatusCodes.BadUserAccessDenied),
     ("c_B", D(100.0), ua.StatusCodes.BadNotWritable),
     ("T_reactor", D(50.0), ua.StatusCodes.BadNotWritable),
     ("phase", ua.Variant(3, ua.VariantType.UInt32), ua.StatusCodes.BadNotWritable),
@@ -544,10 +573,6 @@ def test_bad_writes_are_refused_and_the_value_stays(served: ServerThread, contro
     ("recipe_end_time", D(2.0), 7200.0),
     ("recipe_T_3", D(80.0), 353.15),
     ("recipe_n_points", ua.Variant(4, ua.VariantType.UInt32), 4.0),
-    ("correction_on", ua.Variant(False, ua.VariantType.Boolean), 0.0),
-    ("sigma_lab", D(operator("sigma_lab", 2.5)), 2.5),  # in whatever unit the table serves it
-    ("t_batch_end", D(operator("t_batch_end", 30000.0)), 30000.0),
-    ("forecast_interval", D(operator("forecast_interval", 600.0)), 600.0),
 ])
 def test_valid_write_goes_to_the_controller_in_si(served: ServerThread, control: RecordingControl,
                                                   published_settings: datetime, name: str, variant: ua.Variant,
@@ -560,6 +585,25 @@ def test_valid_write_goes_to_the_controller_in_si(served: ServerThread, control:
     assert sig.min <= value <= sig.max
     after = _read_dv(served, name)
     assert after.StatusCode.is_good() and after.Value.Value == variant.Value
+
+
+@pytest.mark.parametrize("name, value, si", [
+    ("correction_on", 0.0, 0.0),
+    ("correction_on", 1.0, 1.0),
+    ("sigma_lab", operator("sigma_lab", 2.5), 2.5),  # in whatever unit the table serves it
+    ("t_batch_end", operator("t_batch_end", 30000.0), 30000.0),
+    ("forecast_interval", operator("forecast_interval", 600.0), 600.0),
+])
+def test_set_twin_parameter_goes_to_the_controller_in_si(served: ServerThread, control: RecordingControl,
+                                                         published_settings: datetime, name: str, value: float,
+                                                         si: float) -> None:
+    result = call(served, "SetTwinParameter", S(name), D(value), S("retuned after calibration"))
+    assert result.StatusCode.is_good(), result
+    (method, (written, got)), = control.calls
+    assert (method, written) == ("write", name)
+    assert got == pytest.approx(si, rel=1e-12)
+    after = _read_dv(served, name)
+    assert after.StatusCode.is_good() and after.Value.Value == (bool(value) if name == "correction_on" else value)
 
 
 def test_write_refused_by_the_runtime_leaves_the_value(served: ServerThread, control: RecordingControl,
@@ -682,6 +726,8 @@ def test_the_opcua_package_reads_the_same_values_and_browses_the_tree(served: Se
     reference = client_run(served, with_asyncua)
 
     old = opcua.Client(served.url, timeout=10)
+    old.set_user(ADMIN)
+    old.set_password(USERS[ADMIN][1])
     old.connect()
     try:
         ns = old.get_namespace_index(NAMESPACE_URI)
@@ -726,13 +772,15 @@ def test_history_outlives_the_server(tmp_path) -> None:
     port 0: the port actually bound is the one advertised)."""
     db = tmp_path / "history.sqlite"
     t0 = datetime(2027, 5, 1, 6, 0, tzinfo=UTC)
+    security = make_security(tmp_path)
     with ServerThread(f"opc.tcp://127.0.0.1:{free_port()}/batch-twin/", PLANT, {"R1": RecordingControl()},
-                      history_db=db) as first:
+                      history_db=db, security=security) as first:
         for i in range(5):
             first.run(first.server.publish("R1", {"c_B": Value(100.0 * i, Quality.GOOD, t0 + timedelta(seconds=i))}))
         first.run(first.server.event("R1", TwinEvent(EventKind.BATCH_ENDED, "batch 7 ended", t0 + timedelta(hours=1))))
 
-    with ServerThread("opc.tcp://127.0.0.1:0/batch-twin/", PLANT, {"R1": RecordingControl()}, history_db=db) as again:
+    with ServerThread("opc.tcp://127.0.0.1:0/batch-twin/", PLANT, {"R1": RecordingControl()}, history_db=db,
+                      security=security) as again:
         assert not again.url.startswith("opc.tcp://127.0.0.1:0/")
         from importlib.metadata import version
 
@@ -753,7 +801,7 @@ def test_history_outlives_the_server(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_port_in_use_fails_start_and_leaves_nothing_running() -> None:
+def test_a_port_in_use_fails_start_and_leaves_nothing_running(tmp_path) -> None:
     import socket
     import threading
 
@@ -762,7 +810,8 @@ def test_a_port_in_use_fails_start_and_leaves_nothing_running() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = TwinOpcUaServer(f"opc.tcp://127.0.0.1:{port}/batch-twin/", PLANT, {"R1": RecordingControl()})
+        server = TwinOpcUaServer(f"opc.tcp://127.0.0.1:{port}/batch-twin/", PLANT, {"R1": RecordingControl()},
+                                 security=make_security(tmp_path))
 
         async def main() -> None:
             with pytest.raises(OSError):
@@ -775,7 +824,7 @@ def test_a_port_in_use_fails_start_and_leaves_nothing_running() -> None:
     assert set(threading.enumerate()) <= threads_before  # the history's SQLite thread is gone too
 
 
-def test_an_unchanged_value_is_not_written_again_but_a_status_change_is() -> None:
+def test_an_unchanged_value_is_not_written_again_but_a_status_change_is(tmp_path) -> None:
     """publish() skips a value whose number and quality did not change (its source timestamp stays the
     time it last changed); a new quality, even with the same number, is written."""
     import asyncio
@@ -785,7 +834,8 @@ def test_an_unchanged_value_is_not_written_again_but_a_status_change_is() -> Non
     from twin_core.signals.runtime import Quality
 
     async def main() -> list[tuple[str, datetime]]:
-        server = TwinOpcUaServer("opc.tcp://127.0.0.1:0/batch-twin/", "plant", {"R1": RecordingControl()})
+        server = TwinOpcUaServer("opc.tcp://127.0.0.1:0/batch-twin/", "plant", {"R1": RecordingControl()},
+                                 security=make_security(tmp_path))
         await server.start()
         try:
             nid = server.node_id("R1", "T_reactor")
