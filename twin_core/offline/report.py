@@ -243,7 +243,7 @@ def _sections() -> list[tuple[str, str, SectionFn]]:
         ("fmu", "The FMUs", report_deploy.fmus),
         ("opcua", "OPC UA address space and security conformance", report_deploy.opcua),
         ("performance", "Performance", report_deploy.performance),
-        ("traceability", "Traceability: README claims → evidence", report_deploy.traceability),
+        ("traceability", "Traceability: README claims and their evidence", report_deploy.traceability),
     ]
 
 
@@ -325,9 +325,10 @@ def md_table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 def anchor(title: str) -> str:
-    """The anchor the ``toc`` extension of ``markdown`` (and GitHub) gives a heading."""
-    a = re.sub(r"[^\w\- ]", "", title.lower()).strip()
-    return re.sub(r"[\s]+", "-", a)
+    """The anchor GitHub gives a heading (the HTML rendering uses the same): lower case, inline code
+    marks and punctuation dropped, each space a hyphen."""
+    a = re.sub(r"[^\w\- ]", "", title.strip().lower().replace("`", ""))
+    return a.replace(" ", "-")
 
 
 def render_markdown(rep: Report) -> str:
@@ -368,7 +369,8 @@ def render_html(md_text: str, base: Path) -> str:
     """The report as one HTML file, figures inline (data URIs)."""
     import markdown
 
-    body = markdown.markdown(md_text, extensions=["tables", "toc", "fenced_code"])
+    body = markdown.markdown(md_text, extensions=["tables", "toc", "fenced_code"],
+                             extension_configs={"toc": {"slugify": lambda value, sep: anchor(value)}})
 
     def inline(m: re.Match[str]) -> str:
         data = base64.b64encode((base / m.group(2)).read_bytes()).decode("ascii")
