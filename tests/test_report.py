@@ -21,7 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _summary_rows(md: str) -> list[list[str]]:
     """The rows of the report's summary table (verdict, section, check, measured, limit, ...)."""
     part = md.split("## Summary of checks", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in part.splitlines() if ln.startswith("| ")]
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", ln.strip()[1:-1])] for ln in part.splitlines() if ln.startswith("| ")]
     return [r for r in rows if r[0] in ("PASS", "FAIL")]
 
 

@@ -199,6 +199,10 @@ def figure_problems(fig: Any) -> list[str]:
     axes = [ax for ax in fig.get_axes() if ax.get_visible() and ax.axison]
     legends = len(fig.legends)
     for i, ax in enumerate(axes):
+        if getattr(ax, "_colorbar", None) is not None:  # a colour bar: its label carries the unit
+            if not (UNIT_IN_LABEL.search(ax.get_ylabel()) or UNIT_IN_LABEL.search(ax.get_xlabel())):
+                problems.append(f"axes {i}: colour bar without a label with a unit")
+            continue
         if not (ax.get_title() or suptitle):
             problems.append(f"axes {i} has no title")
         for which, label in (("x", ax.get_xlabel()), ("y", ax.get_ylabel())):
@@ -318,7 +322,9 @@ def fmt(v: float, digits: int = 3) -> str:
 
 def md_table(head: list[str], rows: list[list[Any]]) -> str:
     """A markdown table (cells formatted with str, floats with :func:`fmt`)."""
-    cell = lambda v: fmt(v) if isinstance(v, float) else str(v)  # noqa: E731
+    def cell(v: Any) -> str:
+        return (fmt(v) if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
