@@ -787,6 +787,8 @@ class TwinOpcUaServer:
         critical = name in CRITICAL_METHODS
         full_spec = (*spec, _REASON_ARG) if critical else tuple(spec)
         target = f"{self._plant}.{reactor}.{name}"
+        if target_of is not None:
+            target = target_of([getattr(a, "Value", None) for a in args])
         asked = ", ".join(_arg_text(a) for a in args[:len(spec)])
 
         async def done(code: int, message: str, outcome: str, argument_results: Sequence[int] = (), reason: str = "",
@@ -820,14 +822,10 @@ class TwinOpcUaServer:
         reason = ""
         if critical:
             reason = values.pop().strip()
-            if target_of is not None:
-                target = target_of(values)
             if not reason:
                 return await done(ua.StatusCodes.BadUserAccessDenied,
                                   f"{name} is a critical action: a non-blank Reason (the meaning of the signature) "
                                   "is required", "refused")
-        elif target_of is not None:
-            target = target_of(values)
         try:
             changed = await action(*values)
         except _BadArgument as exc:
@@ -870,8 +868,8 @@ class TwinOpcUaServer:
         nodes = self._nodes[reactor]
 
         def target_of(values: Sequence[Any]) -> str:
-            name = values[0]
-            return (f"{self._plant}.{reactor}.Twin.{name}" if name in _TWIN_PARAMETERS
+            name = values[0] if values else None
+            return (f"{self._plant}.{reactor}.Twin.{name}" if isinstance(name, str) and name in _TWIN_PARAMETERS
                     else f"{self._plant}.{reactor}.SetTwinParameter")
 
         async def run(name: str, value: float) -> tuple[object, object]:

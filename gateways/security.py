@@ -49,7 +49,7 @@ from asyncua.ua.ua_binary import struct_from_binary
 
 from gateways.audit import AsyncAuditTrail, AuditError, AuditTrail
 from gateways.certs import CertificateChecker, CertificateRejected, Pki, TrustList, thumbprint
-from gateways.users import Authenticator, LoginThrottle, Role, UserStore
+from gateways.users import DEFAULT_KDF, Authenticator, LoginThrottle, Role, ScryptParams, UserStore
 from twin_core.errors import ParameterError, ParameterTypeError
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ class ServerSecurity:
     data_dir: holds ``pki/`` (the server certificate, the trust list), ``users.json`` and ``audit.sqlite``
     unless users_file / audit_file say otherwise; allow_none: also offer SecurityPolicy None;
     allow_anonymous: accept anonymous sessions (read-only); hosts: extra DNS names or addresses of the
-    server for its certificate; throttle: the failed-login rule (default gateways.users.LoginThrottle()).
+    server for its certificate; throttle: the failed-login rule (default gateways.users.LoginThrottle());
+    kdf: scrypt parameters of the dummy hash an unknown user costs (default DEFAULT_KDF, as new users';
+    tests whose users have TEST_ONLY_KDF hashes pass that).
     """
 
     data_dir: Path
@@ -89,6 +91,7 @@ class ServerSecurity:
     audit_file: Path | None = None
     hosts: tuple[str, ...] = ()
     throttle: LoginThrottle | None = field(default=None, compare=False)
+    kdf: ScryptParams = DEFAULT_KDF
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_dir, str | Path):
@@ -197,7 +200,7 @@ class SessionGuard:
         self.application_uri = application_uri
         self.trust = TrustList(security.pki)
         self.checker = CertificateChecker(self.trust, on_reject=self._certificate_rejected)
-        self.authenticator = Authenticator(UserStore(security.users_path), security.throttle)
+        self.authenticator = Authenticator(UserStore(security.users_path, kdf=security.kdf), security.throttle)
         self.audit = AsyncAuditTrail(AuditTrail(security.audit_path))
         self._login_thread: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[None]] = set()

@@ -1,4 +1,5 @@
-"""Security sub-commands of ``twin``: users (add, list, disable) and audit (verify, show, export).
+"""Security sub-commands of ``twin``: users (add, list, disable), audit (verify, show, export) and certs
+(show, list, trust, revoke: the server certificate and the client trust list, gateways.certs).
 
 Files default under the runtime's ``data_dir`` (``var/users.json``, ``var/audit.sqlite``; ``--config``
 takes data_dir from a runtime TOML) and are overridden with ``--users FILE`` / ``--audit FILE``. Every user
@@ -59,21 +60,23 @@ def _read_password(args: argparse.Namespace) -> str:
     return first
 
 
-def _audited_change(args: argparse.Namespace, target: str, change, describe) -> object:  # noqa: ANN001
+def _audited_change(args: argparse.Namespace, target: str, change, describe,  # noqa: ANN001
+                    action: str = "user_change") -> object:
     """Run ``change()`` and append its record (success, or the refusal and why, then re-raise)."""
     from gateways.audit import AuditTrail
     from twin_core.errors import TwinError
 
     # Opened first: a change that could not be audited is not made.
     with AuditTrail(_audit_path(args)) as trail:
-        common = {"user": _os_user(), "role": LOCAL_ROLE, "action": "user_change", "target": target,
+        common = {"user": _os_user(), "role": LOCAL_ROLE, "action": action, "target": target,
                   "reason": args.reason}
         try:
             before, after = change()
         except TwinError as exc:
             trail.append(**common, outcome="refused", new_value=describe(args), detail=str(exc))
             raise
-        trail.append(**common, outcome="success", old_value=before, new_value=after, detail=f"twin users {args.users_cmd}")
+        command = f"twin users {args.users_cmd}" if action == "user_change" else f"twin certs {args.certs_cmd}"
+        trail.append(**common, outcome="success", old_value=before, new_value=after, detail=command)
     return after
 
 
@@ -171,6 +174,74 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pki(args: argparse.Namespace):  # noqa: ANN202
+    from gateways.certs import Pki
+
+    return Pki(_data_dir(args))
+
+
+def cmd_certs_show(args: argparse.Namespace) -> int:
+    from gateways.certs import CertificateError, CertInfo, load_certificate_file
+
+    pki = _pki(args)
+    if not pki.cert_path.exists():
+        raise CertificateError(f"{pki.cert_path}: no server certificate yet (the OPC UA server generates it at its "
+                               "first start)")
+    info = CertInfo.of(load_certificate_file(pki.cert_path), "server", pki.cert_path)
+    print(f"server certificate {info.path}\n  subject          {info.subject}\n  application URI  "
+          f"{info.application_uri}\n  thumbprint       {info.thumbprint} (SHA-1)\n  valid            "
+          f"{info.not_before:%Y-%m-%d %H:%M}Z to {info.not_after:%Y-%m-%d %H:%M}Z\n  key              {pki.key_path}")
+    return 0
+
+
+def cmd_certs_list(args: argparse.Namespace) -> int:
+    from gateways.certs import TrustList
+
+    pki = _pki(args)
+    infos = TrustList(pki).list()
+    if not infos:
+        print(f"no client certificates in {pki.trusted} or {pki.revoked}")
+        return 0
+    print(f"{'thumbprint (SHA-1)':<40}  {'state':<7}  {'expires':<10}  subject  application URI")
+    for info in infos:
+        print(info.line())
+    return 0
+
+
+def cmd_certs_trust(args: argparse.Namespace) -> int:
+    from gateways.certs import CertificateError, TrustList, load_certificate_file, thumbprint
+
+    trust = TrustList(_pki(args))
+    try:
+        tp = thumbprint(load_certificate_file(args.path))
+    except CertificateError:
+        tp = ""
+
+    def change() -> tuple[str, str]:
+        info = trust.trust(args.path)
+        return "", f"trusted {info.subject} ({info.application_uri})"
+
+    _audited_change(args, f"certificate:{tp or args.path}", change, lambda a: f"trust {a.path}",
+                    action="certificate_change")
+    print(f"trusted {tp} from {args.path} (copied to {trust.pki.trusted})")
+    return 0
+
+
+def cmd_certs_revoke(args: argparse.Namespace) -> int:
+    from gateways.certs import TrustList
+
+    trust = TrustList(_pki(args))
+    tp = args.thumbprint.strip().lower().replace(":", "")
+
+    def change() -> tuple[str, str]:
+        info = trust.revoke(args.thumbprint)
+        return "trusted", f"revoked {info.subject} ({info.application_uri})"
+
+    _audited_change(args, f"certificate:{tp}", change, lambda a: "revoked", action="certificate_change")
+    print(f"revoked {tp}: the servers refuse it from the client's next connection on")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from gateways.users import Role
 
@@ -206,3 +277,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = asub.add_parser("export", parents=[files], help="write every record, every field, to CSV")
     e.add_argument("out")
     e.set_defaults(func=cmd_audit_export)
+
+    c = sub.add_parser("certs", help="the server certificate and the client trust list: show, list, trust, revoke "
+                                     "(changes are audited)")
+    csub = c.add_subparsers(dest="certs_cmd", metavar="ACTION", required=True)
+    sh = csub.add_parser("show", parents=[files], help="the server's certificate: subject, URI, thumbprint, validity")
+    sh.set_defaults(func=cmd_certs_show)
+    cl = csub.add_parser("list", parents=[files], help="trusted and revoked client certificates")
+    cl.set_defaults(func=cmd_certs_list)
+    ct = csub.add_parser("trust", parents=[files], help="put a client certificate (PEM or DER file) on the trust list")
+    ct.add_argument("path")
+    ct.add_argument("--reason", default="", help="why (stored in the audit record)")
+    ct.set_defaults(func=cmd_certs_trust)
+    cr = csub.add_parser("revoke", parents=[files], help="take a certificate off the trust list, for good")
+    cr.add_argument("thumbprint", help="its SHA-1 thumbprint, as twin certs list prints it")
+    cr.add_argument("--reason", default="", help="why (stored in the audit record)")
+    cr.set_defaults(func=cmd_certs_revoke)

@@ -39,7 +39,8 @@ def make_security(data_dir: Path, *, allow_none: bool = True, allow_anonymous: b
         if store.get(name) is None:
             store.add(name, role, password)
     return ServerSecurity(Path(data_dir), allow_none=allow_none, allow_anonymous=allow_anonymous,
-                          throttle=throttle if throttle is not None else LoginThrottle(max_failures=1000))
+                          throttle=throttle if throttle is not None else LoginThrottle(max_failures=1000),
+                          kdf=TEST_ONLY_KDF)
 
 
 @dataclass(frozen=True)
