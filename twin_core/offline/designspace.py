@@ -453,8 +453,8 @@ class DesignSpaceResult:
     p_impurity, p_T_peak with the Wilson 95 % interval of p_all, the means of the CQAs, and the
     nominal batch's CQAs and pass flag). ``par``: proven acceptable range of each factor through the
     set point (the other factors held there), None when the set point is outside the design space.
-    ``robust``: the grid point farthest (in grid steps) from any point below the probability, the
-    highest probability breaking ties.
+    ``robust``: the grid point farthest (in grid steps) from any point below the probability and
+    from the outside of the grid, the highest probability breaking ties.
     """
 
     config: DesignSpaceConfig
@@ -515,7 +515,8 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+    # the bounds are exactly 0 and 1 at k = 0 and k = n (rounding would leave 1 - 1e-16)
+    return (0.0 if k == 0 else max(0.0, c - h), 1.0 if k == n else min(1.0, c + h))
 
 
 def _par(p: np.ndarray, axes: list[np.ndarray], idx: tuple[int, ...], thr: float) -> list[tuple[float, float] | None]:
@@ -534,17 +535,21 @@ def _par(p: np.ndarray, axes: list[np.ndarray], idx: tuple[int, ...], thr: float
 
 
 def _robust(p: np.ndarray, thr: float) -> tuple[tuple[int, ...], float]:
-    """Grid index farthest (Euclidean, in grid steps) from every point below thr; ties: highest p."""
+    """Grid index farthest (Euclidean, in grid steps) from every point below thr and from the
+    outside of the grid (unexplored, so not known to pass); ties: the highest p."""
     idx = np.indices(p.shape).reshape(p.ndim, -1).T
-    bad = idx[p.ravel() < thr]
-    best, best_key = tuple(idx[int(np.argmax(p.ravel()))]), (-1.0, -1.0)
+    flat = p.ravel()
+    bad = idx[flat < thr]
+    shape = np.array(p.shape)
+    best, best_key = tuple(int(v) for v in idx[int(np.argmax(flat))]), (-1.0, -1.0)
     for i, ix in enumerate(idx):
-        if p.ravel()[i] < thr:
+        if flat[i] < thr:
             continue
+        outside = float(np.min(np.minimum(ix + 1, shape - ix)))
         dist = float(np.min(np.sqrt(((bad - ix) ** 2).sum(axis=1)))) if len(bad) else math.inf
-        key = (dist, float(p.ravel()[i]))
+        key = (min(dist, outside), float(flat[i]))
         if key > best_key:
-            best, best_key = tuple(ix), key
+            best, best_key = tuple(int(v) for v in ix), key
     return best, best_key[0]
 
 
