@@ -22,6 +22,27 @@ C0 = 273.15
 NATIVE_FMU = ROOT / "dist" / "BatchReactorTwinNative.fmu"
 
 
+def native_fmu(ctx: Context) -> tuple[Path | None, str]:
+    """The native FMU to report on and where it came from: dist/ when built there, else a fresh
+    ``twin build-fmu --native`` of the shipped correction into a temporary folder (None: not in this build)."""
+    def make() -> tuple[Path | None, str]:
+        if NATIVE_FMU.is_file():
+            return NATIVE_FMU, "dist/"
+        try:
+            nb = ctx.need("fmu.native_build", "the native FMU (twin build-fmu --native, issue 13)")
+        except Unavailable as exc:
+            return None, str(exc)
+        from fmu.build import BuildOptions
+
+        tmp = tempfile.TemporaryDirectory(prefix="twin_report_native_")
+        ctx.cache["native_tmp"] = tmp  # lives as long as the report
+        corr = ctx.correction_path if ctx.correction_path.is_file() else None
+        out = nb.build_native_fmu(BuildOptions(out=Path(tmp.name) / NATIVE_FMU.name, correction=corr,
+                                               model_identifier=nb.NATIVE_MODEL_NAME))
+        return out, f"built now by `twin build-fmu --native` from `{ctx.correction_path.name}`"
+    return ctx.cached("native_fmu", make)
+
+
 # -- identity ------------------------------------------------------------------------------------------
 def git_revision() -> tuple[str, str]:
     """(commit, state of the working tree) of the repository, or ('unknown', why)."""
@@ -70,13 +91,14 @@ def identity(ctx: Context) -> str:
                   float(meta.get("twin.training_data_sha256") == data_sha), ">=", 1.0)
     except Unavailable as exc:
         rows.append(["correction", f"not available: {exc}"])
-    for label, path in (("Python FMU", ctx.fmu_path), ("native FMU", NATIVE_FMU)):
-        if path.is_file():
+    nat, origin = native_fmu(ctx)
+    for label, path, where in (("Python FMU", ctx.fmu_path, "as given"), ("native FMU", nat, origin)):
+        if path is not None and path.is_file():
             i = fmu_identity(path)
-            rows.append([label, f"`{path.name}` GUID `{i['guid']}`, version {i['version']}, model identifier "
-                         f"{i['identifier']}, binaries: {i['platforms']}; {i['tool']}"])
+            rows.append([label, f"`{path.name}` ({where}) GUID `{i['guid']}`, version {i['version']}, model "
+                         f"identifier {i['identifier']}, binaries: {i['platforms']}; {i['tool']}"])
         else:
-            rows.append([label, f"not in this build (`{path.name}` absent)"])
+            rows.append([label, f"not in this build ({where})"])
     rows.append(["machine", machine()])
     rows.append(["report", f"{'quick' if ctx.quick else 'full'} run"])
     return md_table(["what", "identity"], rows)
@@ -158,7 +180,8 @@ def fmus(ctx: Context) -> str:
         corr = ctx.correction()
     except Unavailable:
         corr = None
-    candidates = [("Python FMU", ctx.fmu_path)] + ([("native FMU", NATIVE_FMU)] if NATIVE_FMU.is_file() else [])
+    nat, origin = native_fmu(ctx)
+    candidates = [("Python FMU", ctx.fmu_path)] + ([("native FMU", nat)] if nat is not None else [])
     vrows = []
     for label, path in candidates:
         problems = validate_fmu(str(path))
@@ -210,9 +233,16 @@ def fmus(ctx: Context) -> str:
     out += ["", f"**Communication-step independence** ({stop / 3600:g} h at a 70 °C jacket; c_B at the end):", "",
             md_table(["FMU", "mode", *[f"c_B, {dt:g} s steps [mol/m3]" for dt in steps], "max relative difference"],
                      srows)]
-    if not NATIVE_FMU.is_file():
-        out.append("The native FMU (`twin build-fmu --native`, issue 13) is not in this build: only the Python FMU "
-                   "was run.")
+    if not ctx.quick:
+        counts, last, secs = run_tests(FMU_HOST_TESTS, False)
+        out += ["", "**Other hosts and platforms**, from the FMU test files run now (a plain C host in an empty "
+                "environment, the win64 binary in a mingw-w64 C host under Wine, the FMU compiled from its own "
+                f"`sources/`, libcosim, state round trips; {secs:.0f} s):", "",
+                tests_table(ctx, "host_tests", "FMU host", counts), f"pytest: {last}"]
+    if nat is None:
+        out.append(f"The native FMU is not in this build ({origin}): only the Python FMU was run.")
+    else:
+        out.append(f"Native FMU: {origin}.")
     return "\n".join(out) + "\n"
 
 
@@ -220,6 +250,7 @@ def fmus(ctx: Context) -> str:
 OPCUA_TESTS_FULL = ("tests/test_opcua_server.py", "tests/test_runtime_opcua.py", "tests/test_security*.py",
                     "tests/test_audit.py", "tests/test_users.py")
 OPCUA_TESTS_QUICK = ("tests/test_audit.py", "tests/test_users.py")
+FMU_HOST_TESTS = ("tests/test_fmu_c_host.py", "tests/test_fmu_cosim.py", "tests/test_native*.py")
 
 
 def _junit_counts(path: Path) -> dict[str, dict[str, int]]:
@@ -238,36 +269,48 @@ def _junit_counts(path: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def opcua(ctx: Context) -> str:
-    ctx.need("asyncua", "asyncua")
-    ctx.need("gateways.opcua_server", "the OPC UA server (gateways)")
+def run_tests(patterns: tuple[str, ...], fast_only: bool) -> tuple[dict[str, dict[str, int]], str, float]:
+    """Run the test files matching ``patterns`` with pytest now; per-file counts, pytest's last line, seconds."""
     files = []
-    for pattern in (OPCUA_TESTS_QUICK if ctx.quick else OPCUA_TESTS_FULL):
+    for pattern in patterns:
         files += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern))
+    if not files:
+        raise Unavailable(f"no test files match {patterns}")
     with tempfile.TemporaryDirectory(prefix="twin_report_") as tmp:
         xml = Path(tmp) / "junit.xml"
         t0 = time.perf_counter()
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
                 "-o", "junit_family=xunit2", *files]
-        if ctx.quick:
+        if fast_only:
             args += ["-m", "not slow"]
         proc = run(args, timeout=1800)
         secs = time.perf_counter() - t0
         if not xml.is_file():
             raise RuntimeError(f"pytest wrote no report: {proc.stdout[-500:]} {proc.stderr[-500:]}")
         counts = _junit_counts(xml)
-    rows = [[f"`{f}`", d["passed"], d["failed"], d["skipped"]] for f, d in sorted(counts.items())]
+    summary = [ln for ln in proc.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
+    return counts, (summary[-1].strip() if summary else proc.stdout.strip()[-200:]), secs
+
+
+def tests_table(ctx: Context, key: str, what: str, counts: dict[str, dict[str, int]]) -> str:
     failed = sum(d["failed"] for d in counts.values())
     total = sum(sum(d.values()) for d in counts.values())
-    ctx.check("tests_failed", f"OPC UA / security / audit tests failing ({total} run)", failed, "<=", 0, "tests")
-    ctx.check("tests_ran", "OPC UA / security / audit tests run", total, ">=", 1, "tests")
-    summary = [ln for ln in proc.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
+    ctx.check(f"{key}_failed", f"{what} tests failing ({total} run)", failed, "<=", 0, "tests")
+    ctx.check(f"{key}_ran", f"{what} tests run", total, ">=", 1, "tests")
+    return md_table(["test file", "passed", "failed", "skipped"],
+                    [[f"`{f}`", d["passed"], d["failed"], d["skipped"]] for f, d in sorted(counts.items())])
+
+
+def opcua(ctx: Context) -> str:
+    ctx.need("asyncua", "asyncua")
+    ctx.need("gateways.opcua_server", "the OPC UA server (gateways)")
+    counts, last, secs = run_tests(OPCUA_TESTS_QUICK if ctx.quick else OPCUA_TESTS_FULL, ctx.quick)
     return ("The conformance evidence is the test suite of the OPC UA server (address space generated from the signal "
             "table, AnalogItemType with EURange and engineering units, methods, events, history, validated writes), "
-            "the security matrix, the audit trail and the users/roles, run now with pytest "
-            f"({'--quick: the audit and user tests, fast lane only' if ctx.quick else 'every file'}; {secs:.0f} s):\n\n"
-            + md_table(["test file", "passed", "failed", "skipped"], rows)
-            + f"\npytest: {summary[-1].strip() if summary else proc.stdout.strip()[-200:]}\n\n"
+            "the security matrix (policies, certificates, users and roles, reasons), the audit trail and the users, "
+            f"run now with pytest ({'--quick: the audit and user tests, fast lane only' if ctx.quick else 'every file'}; "
+            f"{secs:.0f} s):\n\n" + tests_table(ctx, "tests", "OPC UA / security / audit", counts)
+            + f"\npytest: {last}\n\n"
             "What the tests cover is documented in [docs/opcua.md](../docs/opcua.md) and "
             "[docs/security.md](../docs/security.md).\n")
 
