@@ -76,10 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_signals)
 
     # The offline tools live in their own modules; importing them here keeps one entry point per package.
-    from twin_core.offline import designspace, optimize, report, sensitivity, study
+    from twin_core.offline import designspace, fit, optimize, report, sensitivity, study
 
     optimize.register(sub)
     study.register(sub)
     sensitivity.register(sub)
     report.register(sub)
     designspace.register(sub)
+    fit.register(sub)
