@@ -432,6 +432,9 @@ def machine() -> str:
 
 # -- the command ---------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    # The soft-sensor section injects sensor faults on purpose: its health warnings are results, not news.
+    if not args.verbose:
+        logging.getLogger("twin_core.estimation").setLevel(logging.ERROR)
     out = Path(args.out)
     ctx = Context(out, quick=args.quick, correction=args.correction, fmu=args.fmu, data=args.data)
     rep = build_report(ctx, only=args.only, progress=not args.no_progress)

@@ -194,6 +194,9 @@ def softsensor(ctx: Context) -> str:
     hold = ctx.holdout()
     fractions = (0.25, 0.5, 0.75) if ctx.quick else tuple(np.round(np.arange(0.1, 0.91, 0.1), 2))
     base = ModelParams()
+    from twin_core.estimation import STATE_NAMES
+
+    lam_idx = [STATE_NAMES.index(n) for n in ("lambda_1", "lambda_2") if n in STATE_NAMES]
     rows, first = [], None
     fc_err: dict[float, list[float]] = {f: [] for f in fractions}
     cover_all = []
@@ -207,8 +210,9 @@ def softsensor(ctx: Context) -> str:
         y = true_final_yield(b)
         for f in fractions:
             fc_err[f].append(100 * (res.forecasts[f * b.t_end_s].yield_end - y))
+        lam = ([f"{res.x[-1, j]:.2f} ± {res.std[-1, j]:.2f}" for j in lam_idx] if lam_idx else [])
         rows.append([b.batch_id, b.recipe_id, c_B_rmse_percent(res.x[:, IB], truth[:, 1]), 100 * float(np.mean(cover)),
-                     fc_err[0.5][-1], len(b.labs), int(np.bitwise_or.reduce(res.alarms))])
+                     fc_err[0.5][-1], len(b.labs), int(np.bitwise_or.reduce(res.alarms)), *lam])
     rmse = np.array([r[2] for r in rows])
     coverage = float(np.mean(np.concatenate(cover_all)))
     fc50 = float(np.mean(np.abs(fc_err[0.5])))
@@ -275,7 +279,8 @@ def softsensor(ctx: Context) -> str:
         "row by row (`twin_core.offline.softsensor_replay.replay`: measured T and T_j every minute, lab assays on the "
         "row where they arrived, 30–45 min after sampling); scored against the plant's hidden truth.", "",
         md_table(["batch", "recipe", "c_B RMSE [% of c_B,max]", "95 % coverage of c_B [%]",
-                  "yield forecast error at 50 % [points]", "lab results", "alarm bits raised"], rows),
+                  "yield forecast error at 50 % [points]", "lab results", "alarm bits raised",
+                  *(["trust λ1 at the end (± 1 sd)", "trust λ2 at the end (± 1 sd)"] if lam_idx else [])], rows),
         f"Coverage over all rows {100 * coverage:.1f} %; forecast at 50 %: mean |error| {fc50:.2f} points.", "",
         "**Sensor faults injected at 40 % of the batch** (detected / injected, delay from fault to alarm):", "",
         md_table(["fault", "alarm", "detected", "mean delay [min]", "worst delay [min]"], frows),
