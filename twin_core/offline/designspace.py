@@ -4,7 +4,9 @@ At each point of a grid of process parameters (jacket plateau temperature, batch
 rate, nominal charge), N batches are simulated with what is uncertain drawn at random:
 
 - the **fitted kinetics** (``twin fit``): k1_ref, k2_ref, E1, E2, UA_clean and the fouling loss per
-  batch drawn jointly from the estimate's covariance (``[covariance]`` of the ``--params`` TOML);
+  batch drawn jointly from the estimate's covariance (``[covariance]`` of the ``--params`` TOML),
+  multiplied by ``covariance_inflation`` (1 by default; > 1 where the fit's intervals are known to be
+  optimistic, as under model mismatch);
 - the **plant's charge variation**: c_A0 = nominal (1 + N(0, rsd)), T0 = T_start + N(0, sd), the raw
   material's activity exp(N(0, rsd)) on k1 (draws clipped at +-clip_sigma, as the plant does), and
   the fouling state: n batches since cleaning, uniform on 0..n_max, UA = UA_clean (1 - loss)^n;
@@ -114,6 +116,7 @@ class Variation:
     trust_sd_1: float = spec(0.0, ge=0.0)
     trust_sd_2: float = spec(0.0, ge=0.0)
     parameter_uncertainty: bool = spec(True, kind="bool")
+    covariance_inflation: float = spec(1.0, gt=0.0, le=1e6)
 
 
 @validated("designspace")
@@ -273,7 +276,7 @@ def batch_inputs(study: Study, factor_values: np.ndarray, Z: np.ndarray | None) 
     loss = np.full(B, v.fouling_loss_per_batch)
     if cov is not None and cov.names:
         est = np.array(cov.estimate)
-        M = np.array(cov.matrix)
+        M = np.array(cov.matrix) * v.covariance_inflation
         if v.parameter_uncertainty and not nominal:
             L = np.linalg.cholesky(M + 1e-300 * np.eye(len(est))) if np.all(np.linalg.eigvalsh(M) > 0) else _psd_root(M)
             theta = est[None, :] + Z[:, :len(est)] @ L.T
