@@ -25,13 +25,25 @@ simulated PLC's (pipelined requests all answered, connection cap, idle timeout).
 
 Each ``publish`` rewrites one reactor's image in one go on the event loop (no await in between), so a
 read never sees half of one scan and half of another.
+
+**Modbus/TCP Security** (:class:`TlsMirror`, config ``mirror_tls_port``): the same registers, also served
+over TLS 1.2+ with client certificates by pymodbus's TLS server (``ModbusTlsServer``; the framing is
+pymodbus's here), read-only like the plain mirror (writes answer 01, unknown unit ids 0x0B: the same
+handler answers). The server presents the instance's certificate (gateways.certs, the OPC UA server's);
+a client must present a certificate of the trust list (``twin certs trust``): OpenSSL refuses any other
+in the handshake. The trust list is read when the mirror starts; a certificate revoked afterwards
+(``twin certs revoke``) is refused at its next connection (checked after the handshake, the connection
+closed before any request is answered).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import ssl
+import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateways.modbus_tcp import (
     DEFAULT_IDLE_TIMEOUT_S,
@@ -49,7 +61,8 @@ from twin_core.errors import ParameterError
 from twin_core.signals.modbus import RegisterEntry
 from twin_core.signals.runtime import MIRROR_MAP, Quality
 
-__all__ = ["DEFAULT_MIRROR_PORT", "MIRROR_FUNCTION_CODES", "ModbusMirror"]
+__all__ = ["DEFAULT_MIRROR_PORT", "MIRROR_FUNCTION_CODES", "ModbusMirror", "TlsMirror", "mirror_tls_context",
+           "tls_mirror_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +173,151 @@ class ModbusMirror:
             log.info("mirror: request FC 0x%02X to unit id %d, which serves no reactor", fc, unit)
             return exception_pdu(fc, ExcCodes.GATEWAY_NO_RESPONSE)
         return answer(pdu, image.handlers, "mirror")
+
+
+# -- Modbus/TCP Security ------------------------------------------------------------------------------
+def mirror_tls_context(cert_pem: Path, key_pem: Path, trusted_pem: Path | None) -> ssl.SSLContext:
+    """The server side of Modbus/TCP Security: TLS 1.2 or later, the server's certificate and key (PEM),
+    a client certificate required and verified against ``trusted_pem`` (a PEM bundle; None or empty:
+    no client can connect)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_pem), str(key_pem))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if trusted_pem is not None and trusted_pem.stat().st_size > 0:
+        ctx.load_verify_locations(cafile=str(trusted_pem))
+    else:
+        log.warning("TLS mirror: the trust list is empty: no client certificate will be accepted")
+    return ctx
+
+
+def _mirror_context_class():  # noqa: ANN202 -- built lazily: pymodbus's server module is heavy to import
+    from pymodbus.datastore import ModbusServerContext
+
+    class _MirrorContext(ModbusServerContext):
+        """pymodbus's datastore interface in front of the mirror's own request handler, so both servers
+        answer every request alike (read-only, same exception codes)."""
+
+        def __init__(self, mirror: ModbusMirror) -> None:  # noqa: D107 -- no super().__init__: no blocks
+            self.mirror = mirror
+            self.old_simulator = True  # pymodbus then calls async_getValues/async_setValues as they are
+            self.simdevices = []
+
+        async def async_getValues(self, device_id: int, func_code: int, address: int,  # noqa: N802
+                                  count: int = 1) -> list[int] | ExcCodes:
+            response = self.mirror._handle(device_id, struct.pack(">BHH", func_code, address, count))
+            if response[0] & 0x80:
+                return ExcCodes(response[1])
+            n = response[1] // 2
+            return list(struct.unpack(f">{n}H", response[2:2 + 2 * n]))
+
+        async def async_setValues(self, device_id: int, func_code: int, address: int,  # noqa: N802
+                                  values: Sequence[int] | Sequence[bool]) -> ExcCodes:
+            self.mirror.requests += 1
+            if device_id not in self.mirror._images:
+                return ExcCodes.GATEWAY_NO_RESPONSE
+            return ExcCodes.ILLEGAL_FUNCTION  # read-only
+
+        def device_ids(self) -> list[int]:
+            return list(self.mirror._images)
+
+    return _MirrorContext
+
+
+class TlsMirror:
+    """The mirror's registers over Modbus/TCP Security (pymodbus's TLS server; see the module docstring).
+
+    mirror: the (plain) ModbusMirror whose images are served; host, port: where to listen (0: a free
+    port, :attr:`port` after start; 802 is the registered mbaps port); pki: the instance's certificates
+    (gateways.certs.Pki); application_uri: the server's (its certificate is generated for it on first
+    start, shared with the OPC UA server). No I/O in the constructor; ``await start()`` / ``stop()``.
+    """
+
+    def __init__(self, mirror: ModbusMirror, host: str, port: int, *, pki: object, application_uri: str) -> None:
+        from gateways.modbus_tcp import check_port
+
+        check_port(port, "mirror_tls_port")
+        self.mirror = mirror
+        self.host = host
+        self._port = port
+        self.pki = pki
+        self.application_uri = application_uri
+        self._server = None
+        self.refused = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self._port}"
+
+    async def start(self) -> None:
+        import asyncio
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from pymodbus.server import ModbusTlsServer
+        from pymodbus.server.requesthandler import ServerRequestHandler
+
+        from gateways.certs import TrustList, ensure_server_certificate, thumbprint
+
+        pki = self.pki
+        cert_der, key_pem, _ = await asyncio.to_thread(ensure_server_certificate, pki, self.application_uri,
+                                                       [self.host])
+        cert_pem = pki.own / "cert.pem"  # type: ignore[attr-defined]
+        cert_pem.write_bytes(x509.load_der_x509_certificate(cert_der.read_bytes()).public_bytes(
+            serialization.Encoding.PEM))
+        trust = TrustList(pki)  # type: ignore[arg-type]
+        ctx = mirror_tls_context(cert_pem, key_pem, await asyncio.to_thread(trust.ssl_cafile))
+        owner = self
+
+        class _Handler(ServerRequestHandler):
+            def callback_connected(self) -> None:
+                super().callback_connected()
+                sslobj = self.transport.get_extra_info("ssl_object") if self.transport else None
+                der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+                tp = thumbprint(der) if der else ""
+                if not der or tp in trust.revoked_thumbprints():
+                    owner.refused += 1
+                    log.warning("TLS mirror: client certificate %s refused (%s)", tp or "-",
+                                "revoked" if der else "none presented")
+                    self.transport.close()
+
+        class _Server(ModbusTlsServer):
+            def callback_new_connection(self) -> ServerRequestHandler:
+                return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+        server = _Server(_mirror_context_class()(self.mirror), address=(self.host, self._port), sslctx=ctx)
+        await server.serve_forever(background=True)
+        self._server = server
+        sockets = getattr(server.transport, "sockets", None)
+        if sockets:
+            self._port = sockets[0].getsockname()[1]
+        log.info("Modbus/TCP Security (TLS) mirror listening on %s, client certificates from %s", self.endpoint,
+                 pki.trusted)  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()
+
+    async def __aenter__(self) -> TlsMirror:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def tls_mirror_from_config(mirror: ModbusMirror, cfg: object) -> TlsMirror | None:
+    """The TLS mirror the runtime configuration asks for (``mirror_tls_port`` >= 0), else None; it serves
+    ``mirror``'s images with the instance's certificate under ``data_dir``/pki."""
+    from gateways.certs import Pki
+
+    port = cfg.mirror_tls_port  # type: ignore[attr-defined]
+    if port < 0:
+        return None
+    return TlsMirror(mirror, cfg.mirror_host, port, pki=Pki(cfg.data_dir),  # type: ignore[attr-defined]
+                     application_uri=f"urn:batch-reactor-twin:{cfg.plant}")  # type: ignore[attr-defined]
