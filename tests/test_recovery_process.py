@@ -172,10 +172,10 @@ def test_sigkill_mid_batch_resumes_within_the_estimators_uncertainty(dist_artifa
             a.stop()
             b.stop()
     log_b = b.log.read_text()
-    print(f"uninterrupted c_B {fa['c_B']:.5f} mol/L; killed+resumed {fb['c_B']:.5f} +- {1.96 * fb['c_B_std']:.5f} "
-          f"(95 %); checkpoint at batch time {cp.batch_time_s:.0f} s; events: {restored}")
     # B continued its batch from the checkpoint instead of starting it afresh from the charge
     restored = [e for e in events if "twin restored from the checkpoint" in e]
+    print(f"uninterrupted c_B {fa['c_B']:.5f} mol/L; killed+resumed {fb['c_B']:.5f} +- {1.96 * fb['c_B_std']:.5f} "
+          f"(95 %); checkpoint at batch time {cp.batch_time_s:.0f} s; events: {restored}")
     assert len(restored) == 1 and "downtime" in restored[0], events
     assert sum("batch 1 started" in e for e in events) == 1, events
     assert "CheckpointRejected" not in log_b and "Traceback" not in log_b, log_b[-3000:]
