@@ -646,7 +646,7 @@ def plot_map(result: DesignSpaceResult, path: str | Path) -> Path:
                                mec="black", label="most robust set point")[0])
         ax.set_xlabel(FACTORS[names[1]][0])
         ax.set_ylabel(FACTORS[names[0]][0])
-        ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.85)
+        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.85)
     else:
         x = axes[0]
         ax.plot(x, p.ravel(), "o-", label="P(all CQAs in spec)")
