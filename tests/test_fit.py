@@ -74,7 +74,7 @@ def test_intervals_cover_the_truth_about_95_percent_of_the_time() -> None:
     fewer than 102 (85 %) would be a 4-sigma shortfall of a correct interval."""
     hits = total = 0
     for seed in range(1, 21):
-        res = fit(synthetic_batches(seed, n=5, hours=6.0))
+        res = fit(synthetic_batches(seed, n=4, hours=5.0))
         for i, name in enumerate(NAMES):
             lo, hi = res.ci95[i]
             hits += lo <= TRUE[name] <= hi
@@ -84,7 +84,7 @@ def test_intervals_cover_the_truth_about_95_percent_of_the_time() -> None:
 
 
 def test_fouling_not_identifiable_without_a_spread_of_cleaning_states() -> None:
-    bs = synthetic_batches(seed=3, n=2, hours=3.0)
+    bs = synthetic_batches(seed=3, n=2, hours=2.0)
     same = [Batch(**{**b.__dict__, "batches_since_cleaning": 0}) for b in bs]
     with pytest.raises(ParameterError, match="not identifiable"):
         fit(same)
@@ -95,3 +95,19 @@ def test_fouling_not_identifiable_without_a_spread_of_cleaning_states() -> None:
 def test_no_batches_is_refused() -> None:
     with pytest.raises(ParameterError):
         fit([])
+
+
+@pytest.mark.slow
+def test_command_on_the_plant_data_set(tmp_path, capsys) -> None:
+    from twin_core.offline.cli import main
+
+    out = tmp_path / "fit.toml"
+    assert main(["fit", "--max-batches", "3", "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    text = capsys.readouterr().out
+    assert "95 % interval" in text and "correlation" in text
+    p = load_params(out)
+    assert p.covariance is not None and p.covariance.dof > 500
+    assert 1e-4 < p.kinetics.k1_ref_per_s < 4e-4 and 1000 < p.reactor.UA_W_per_K < 2000
+    for name in ("fit_residuals.png", "fit_parity.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000
+    assert main(["fit", "--data", str(tmp_path / "none.csv")]) == 2

@@ -711,47 +711,34 @@ def quick_config(n_mc: int = 100, num: int = 5, **changes: Any) -> DesignSpaceCo
 
 
 # -- the vectorised correction ---------------------------------------------------------------------------
-RAW_FEATURES = ("t_s", "c_A_mol_per_m3", "c_B_mol_per_m3", "c_C_mol_per_m3", "T_K")
-"""Order of the raw vector (t_s, c_A, c_B, c_C, T) of a correction's features (ml_onnx.features;
-tests/test_designspace.py checks it against FEATURES)."""
-
-
 class VectorisedCorrection:
     """A correction's faded log-factors for a whole working set at once (twin_core.batch_sim.BatchCorrection).
 
-    Wraps a loaded correction with ``domain`` (feature_names, lower, upper, ramp) and
-    ``predict_log_factors(X)`` (the raw model on feature rows: ml_onnx.runtime.OnnxCorrection) and
-    applies its guard to arrays: each feature clipped to [lower, upper], E the largest excess in ramp
-    widths; E == 0: the model's output; 0 < E < 1: times 1 - E^2 (3 - 2E); E >= 1 (or a non-finite
-    feature of a trial stage, which the step's error then rejects): 0. One onnxruntime call per stage
-    on the rows with E < 1, the same arithmetic as ``OnnxCorrection.log_factors`` row by row.
+    Delegates to the correction's own vectorised guard, ``log_factors_batch(t_s, x)``
+    (ml_onnx.runtime.OnnxCorrection: clip, excess, smoothstep fade, one onnxruntime run on all rows),
+    or, for a correction without one, to its scalar ``log_factors`` row by row. Rows whose stage state
+    is not finite (a trial step that overflowed: the step's error rejects it) get g = 0 instead of
+    stopping the whole working set.
     """
 
     def __init__(self, correction: Any) -> None:
-        d = correction.domain
         self.inner = correction
-        self._spec = [(RAW_FEATURES.index(n), lo, hi, 1.0 / rw)
-                      for n, lo, hi, rw in zip(d.feature_names, d.lower, d.upper, d.ramp)]
+        self._batch = getattr(correction, "log_factors_batch", None)
 
     def log_factors(self, t_s: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw = (np.broadcast_to(t_s, x[0].shape), x[0], x[1], x[2], x[3])
         W = x.shape[1]
-        cols = np.empty((W, len(self._spec)))
-        E = np.zeros(W)
-        with np.errstate(invalid="ignore"):
-            for j, (idx, lo, hi, inv) in enumerate(self._spec):
-                v = raw[idx]
-                e = np.where(v < lo, (lo - v) * inv, np.where(v > hi, (v - hi) * inv, 0.0))
-                E = np.where(np.isfinite(v), np.maximum(E, e), np.inf)
-                cols[:, j] = np.clip(v, lo, hi)
+        t = np.broadcast_to(np.asarray(t_s, dtype=float), (W,))
+        ok = np.isfinite(x).all(axis=0) & np.isfinite(t)
         g1, g2 = np.zeros(W), np.zeros(W)
-        run = np.nonzero(E < 1.0)[0]
-        if len(run):
-            out = self.inner.predict_log_factors(cols[run])
-            e = E[run]
-            w = np.where(e == 0.0, 1.0, 1.0 - e * e * (3.0 - 2.0 * e))
-            g1[run] = np.where(e == 0.0, out[:, 0], w * out[:, 0])
-            g2[run] = np.where(e == 0.0, out[:, 1], w * out[:, 1])
+        rows = np.nonzero(ok)[0]
+        if not len(rows):
+            return g1, g2
+        if self._batch is not None:
+            a, b, _ = self._batch(t[rows], x[:, rows])
+            g1[rows], g2[rows] = a, b
+        else:
+            for i in rows:
+                g1[i], g2[i], _ = self.inner.log_factors(float(t[i]), tuple(float(v) for v in x[:, i]))
         return g1, g2
 
 
