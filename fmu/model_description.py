@@ -124,18 +124,18 @@ def finalize(root: Element, variables: tuple[FmiVariable, ...], *, starts: dict[
             t.set("unit", sig.unit)
             if sig.display_unit:
                 t.set("displayUnit", sig.display_unit)
-            if math.isfinite(sig.min):
-                t.set("min", _num(sig.min))
-            if math.isfinite(sig.max):
-                t.set("max", _num(sig.max))
+            if math.isfinite(var.min):
+                t.set("min", _num(var.min))
+            if math.isfinite(var.max):
+                t.set("max", _num(var.max))
             t.set("nominal", _num(sig.nominal))
             if "start" in t.attrib:
                 t.set("start", _num(starts[name]))
         elif var.type == "Integer":
-            if math.isfinite(sig.min):
-                t.set("min", str(int(sig.min)))
-            if math.isfinite(sig.max):
-                t.set("max", str(int(sig.max)))
+            if math.isfinite(var.min):
+                t.set("min", str(int(var.min)))
+            if math.isfinite(var.max):
+                t.set("max", str(int(var.max)))
 
     structure = root.find("ModelStructure")
     if structure is None:

@@ -110,8 +110,8 @@ def native_header(guid: str, build_id: str, starts: dict[str, float], domain: ob
     lines.append("};")
     kinds = "".join(v.type[0] for v in variables)
     caus = "".join({"parameter": "p", "input": "i", "output": "o", "local": "l"}[v.causality] for v in variables)
-    lo = [v.signal.min if v.type != "Boolean" else -math.inf for v in variables]
-    hi = [v.signal.max if v.type != "Boolean" else math.inf for v in variables]
+    lo = [v.min if v.type != "Boolean" else -math.inf for v in variables]
+    hi = [v.max if v.type != "Boolean" else math.inf for v in variables]
     start = [starts.get(v.name, v.start if v.start is not None else 0.0) for v in variables]
     gate = [by_name[MODE_GATES[v.name]].vr if v.name in MODE_GATES else -1 for v in variables]
     lines += [

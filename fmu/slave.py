@@ -33,6 +33,7 @@ from fmu import forecast
 from fmu.variables import (
     CAUSALITY_CODES,
     KIND_CODES,
+    MODE_GATES,
     MODE_INITIALIZATION,
     MODE_INSTANTIATED,
     MODE_STEP,
@@ -75,6 +76,8 @@ _BY_NAME = {v.name: v for v in _VARS}
 _PARAM_TO_SIGNAL = {v.signal.param: v.name for v in _VARS if v.signal.param}
 _MODEL_PARAMS = tuple(v for v in _VARS if v.signal.param)
 _MODE_SLOT = len(_VARS)
+_GATE = {v.vr: _BY_NAME[MODE_GATES[v.name]].vr for v in _VARS if v.name in MODE_GATES}
+"""Value reference of a mode's input -> value reference of the Boolean parameter turning the mode on."""
 
 _FMI_ENUMS = {
     "causality": {c.name: c for c in Fmi2Causality},
@@ -276,7 +279,11 @@ class BatchReactorTwin(Fmi2Slave):
         if not v.settable or mode == MODE_TERMINATED or (v.causality == "parameter" and mode == MODE_STEP):
             raise ParameterError(v.name, value, "cannot be set now (causality "
                                  f"{v.causality}, variability {v.variability}, mode {mode})")
-        why = check_value(v, value)
+        gate = _GATE.get(v.vr)
+        if gate is not None and not self._ints[gate]:
+            why = None if math.isfinite(float(value)) else "must be finite"  # mode off: accepted, ignored
+        else:
+            why = check_value(v, value)
         if why is not None:
             raise ParameterError(v.name, value, why)
         if v.type == "Real":
@@ -288,13 +295,15 @@ class BatchReactorTwin(Fmi2Slave):
         """What the native layer needs to serve fmi2Get*/fmi2Set* from the buffers.
 
         (real buffer, int buffer, kind per vr ('R'/'I'/'B'), causality per vr ('p'/'i'/'o'/'l'),
-        min per vr, max per vr, names, index of the mode slot in the int buffer).
+        min per vr, max per vr, names, index of the mode slot in the int buffer, gate per vr: the
+        Boolean parameter whose mode uses the input, -1 for none; fmu.variables.MODE_GATES).
         """
         kinds = "".join(KIND_CODES[v.type] for v in _VARS).encode()
         caus = "".join(CAUSALITY_CODES[v.causality] for v in _VARS).encode()
-        lo = array("d", [v.signal.min if v.type != "Boolean" else -math.inf for v in _VARS])
-        hi = array("d", [v.signal.max if v.type != "Boolean" else math.inf for v in _VARS])
-        return (self._real, self._ints, kinds, caus, lo, hi, [v.name for v in _VARS], _MODE_SLOT)
+        lo = array("d", [v.min if v.type != "Boolean" else -math.inf for v in _VARS])
+        hi = array("d", [v.max if v.type != "Boolean" else math.inf for v in _VARS])
+        gates = array("i", [_GATE.get(v.vr, -1) for v in _VARS])
+        return (self._real, self._ints, kinds, caus, lo, hi, [v.name for v in _VARS], _MODE_SLOT, gates)
 
     # -- life cycle --------------------------------------------------------------------------------
     def _reset_run_state(self) -> None:
@@ -327,6 +336,12 @@ class BatchReactorTwin(Fmi2Slave):
     def _fmi_exit_init(self) -> int:
         if self._ints[_MODE_SLOT] != MODE_INITIALIZATION:
             return self._error("exitInitializationMode: not in initialization mode")
+        for vr, gate in _GATE.items():  # a mode's inputs, accepted while it was off, must now be in range
+            v = _VARS[vr]
+            why = check_value(v, self._real[vr]) if self._ints[gate] and v.type == "Real" else None
+            if why is not None:
+                return self._error(f"exitInitializationMode: {v.name}={self._real[vr]!r} refused: {why} "
+                                   f"with {_VARS[gate].name} on")
         try:
             twin, sensor = self._make_models()
             est = None

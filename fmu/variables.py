@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from twin_core.signals.table import Signal
+from twin_core.signals.table import C_HI, Signal
 from twin_core.signals.twin import TWIN_SIGNALS
 
 # Life-cycle modes kept in the hidden last slot of the integer buffer (read by the native layer).
@@ -39,6 +39,26 @@ MODE_GATES: dict[str, str] = {
 """Inputs used only in one mode -> the Boolean parameter that turns that mode on. While it is off,
 such an input is accepted whatever its finite value and ignored (an unconnected Simulink port
 sends 0); its range is checked when exitInitializationMode turns the mode on (both FMUs)."""
+
+OUTPUT_BOUNDS: dict[str, tuple[float, float]] = {
+    # c_A + c_B + c_C is conserved, so no concentration exceeds the charge's sum (<= 3 C_HI); near
+    # zero the integrator's absolute tolerance (1e-6 mol/m3) lets one dip below it (c_B = -1.8e-7
+    # with c_B0 = 5000, c_A0 = 1: tests/test_fmu_fmpy.py), so no minimum is promised.
+    "c_A": (-math.inf, 3 * C_HI),
+    "c_B": (-math.inf, 3 * C_HI),
+    "c_C": (-math.inf, 3 * C_HI),
+    # (c_B - c_B0) / c_A0 falls below 0 as B turns into C (-5000 with c_B0 = 5000, c_A0 = 1).
+    "yield_B": (-math.inf, math.inf),
+    "yield_B_forecast": (-math.inf, math.inf),
+    # A runaway (or an endothermic charge) leaves the jacket's range.
+    "T": (-math.inf, math.inf),
+    # c_C / (c_A + c_B + c_C): 1.0000000000000913 when c_A and c_B dip below zero (see above).
+    "impurity_forecast": (-math.inf, math.inf),
+    # A time in batch: the current time once past the planned end, whatever the start time.
+    "t_stop_opt": (-math.inf, math.inf),
+}
+"""Declared ranges of outputs that the signal table's operator ranges do not bound (FMI: an output's
+min/max is a promise). Everything else declares the signal table's range."""
 
 _CAUSALITY = {"parameter": "parameter", "input": "input", "output": "output", "local": "local"}
 KIND_CODES = {"Real": "R", "Integer": "I", "Boolean": "B"}
@@ -71,6 +91,15 @@ class FmiVariable:
     @property
     def start(self) -> float | None:
         return self.signal.start
+
+    @property
+    def min(self) -> float:
+        """Declared minimum: the signal's, or the output's honest bound (:data:`OUTPUT_BOUNDS`)."""
+        return OUTPUT_BOUNDS[self.name][0] if self.causality == "output" and self.name in OUTPUT_BOUNDS else self.signal.min
+
+    @property
+    def max(self) -> float:
+        return OUTPUT_BOUNDS[self.name][1] if self.causality == "output" and self.name in OUTPUT_BOUNDS else self.signal.max
 
 
 def fmi_variables(table: Iterable[Signal] = TWIN_SIGNALS) -> tuple[FmiVariable, ...]:

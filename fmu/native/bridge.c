@@ -48,6 +48,7 @@ typedef struct {
     char *kinds;      /* 'R', 'I', 'B' per value reference */
     char *causality;  /* 'p', 'i', 'o', 'l' per value reference */
     double *lo, *hi;  /* accepted range per value reference */
+    int *gate;        /* per value reference: the Boolean parameter whose mode uses it, or -1 */
     char **names;
     fmi2CallbackFunctions cb;
     char *instance_name;
@@ -317,6 +318,7 @@ static void free_instance(Instance *inst)
     free(inst->causality);
     free(inst->lo);
     free(inst->hi);
+    free(inst->gate);
     free(inst->instance_name);
     free(inst);
 }
@@ -327,10 +329,10 @@ static int read_layout(Instance *inst, char *err, size_t err_len)
     PyObject *layout = PyObject_CallMethod(inst->slave, "_fmi_layout", NULL);
     if (layout == NULL) return -1;
     int rc = -1;
-    PyObject *real, *ints, *kinds, *caus, *lo, *hi, *names;
+    PyObject *real, *ints, *kinds, *caus, *lo, *hi, *names, *gates;
     Py_ssize_t mode_slot;
-    if (!PyArg_ParseTuple(layout, "OOSSOOO!n", &real, &ints, &kinds, &caus, &lo, &hi, &PyList_Type, &names,
-                          &mode_slot))
+    if (!PyArg_ParseTuple(layout, "OOSSOOO!nO", &real, &ints, &kinds, &caus, &lo, &hi, &PyList_Type, &names,
+                          &mode_slot, &gates))
         goto done;
     size_t n = (size_t)PyBytes_GET_SIZE(kinds);
     inst->nvr = n;
@@ -356,8 +358,9 @@ static int read_layout(Instance *inst, char *err, size_t err_len)
     inst->causality = malloc(n);
     inst->lo = malloc(n * sizeof(double));
     inst->hi = malloc(n * sizeof(double));
+    inst->gate = malloc(n * sizeof(int));
     inst->names = calloc(n, sizeof(char *));
-    if (!inst->kinds || !inst->causality || !inst->lo || !inst->hi || !inst->names) {
+    if (!inst->kinds || !inst->causality || !inst->lo || !inst->hi || !inst->gate || !inst->names) {
         snprintf(err, err_len, "out of memory");
         goto done;
     }
@@ -379,6 +382,14 @@ static int read_layout(Instance *inst, char *err, size_t err_len)
         goto done;
     }
     memcpy(inst->hi, v.buf, v.len);
+    PyBuffer_Release(&v);
+    if (PyObject_GetBuffer(gates, &v, PyBUF_SIMPLE) < 0) goto done;
+    if ((size_t)v.len != n * sizeof(int)) {
+        PyBuffer_Release(&v);
+        snprintf(err, err_len, "gate array has the wrong size");
+        goto done;
+    }
+    memcpy(inst->gate, v.buf, v.len);
     PyBuffer_Release(&v);
     for (size_t i = 0; i < n; i++) {
         const char *s = PyUnicode_AsUTF8(PyList_GET_ITEM(names, i));
@@ -623,6 +634,10 @@ static fmi2Status check_range(Instance *inst, const char *fn, fmi2ValueReference
         logf_(inst, fmi2Error, "%s: %s=%g refused: must be finite", fn, inst->names[vr], x);
         return fmi2Error;
     }
+    /* An input of a mode that is off (fmu.variables.MODE_GATES) is accepted and ignored; its range is
+       checked when exitInitializationMode turns the mode on. */
+    int g = inst->gate[vr];
+    if (g >= 0 && !inst->ints[g]) return fmi2OK;
     if (x < inst->lo[vr] || x > inst->hi[vr]) {
         logf_(inst, fmi2Error, "%s: %s=%.17g refused: outside [%.17g, %.17g]", fn, inst->names[vr], x, inst->lo[vr],
               inst->hi[vr]);

@@ -222,8 +222,26 @@ static int apply_home_override(Config *cfg, const char *home, char *err, size_t 
             break;
         }
     }
-    if (!cfg->libpython[0]) /* e.g. a distribution Python: the dynamic linker's search path */
-        set(cfg->libpython, sizeof cfg->libpython, "libpython" BT_PYTHON_VERSION ".so.1.0");
+    if (!cfg->libpython[0]) {
+        /* Never fall back to whatever libpython the dynamic linker finds: another installation's
+           library with this prefix's standard library fails later with a misleading message. */
+        snprintf(err, err_len,
+                 "BATCHTWIN_PYTHON_HOME=%s: no libpython" BT_PYTHON_VERSION ".so under %s (looked in lib/, "
+                 "lib/x86_64-linux-gnu/, lib64/); point BATCHTWIN_PYTHON_HOME at a Python " BT_PYTHON_VERSION
+                 " built with --enable-shared, or name the library with BATCHTWIN_LIBPYTHON (docs/fmu.md)",
+                 home, base);
+        return -1;
+    }
+    char stdlib[PATH_LEN + 64];
+    snprintf(stdlib, sizeof stdlib, "%s/lib/python" BT_PYTHON_VERSION "/encodings", base);
+    if (!is_dir(stdlib)) {
+        snprintf(err, err_len,
+                 "BATCHTWIN_PYTHON_HOME=%s: no Python " BT_PYTHON_VERSION " standard library under %s (%s is "
+                 "missing); point BATCHTWIN_PYTHON_HOME at a Python " BT_PYTHON_VERSION
+                 " installation or virtual environment (docs/fmu.md)",
+                 home, base, stdlib);
+        return -1;
+    }
     return 0;
 }
 
@@ -255,13 +273,35 @@ static int load(Config *cfg, char *err, size_t err_len)
         if (lib == NULL) {
             snprintf(err, err_len,
                      "cannot load the Python library %s: %s. Point BATCHTWIN_PYTHON_HOME at a Python " BT_PYTHON_VERSION
-                     " installation or virtual environment (docs/fmu.md)",
+                     " installation or virtual environment (or BATCHTWIN_LIBPYTHON at its library; docs/fmu.md), "
+                     "or use the native FMU (BatchReactorTwinNative.fmu), which needs no Python",
                      cfg->libpython, dlerror());
             return -1;
         }
         get_version = (const char *(*)(void))dlsym(lib, "Py_GetVersion");
         if (get_version == NULL) {
-            snprintf(err, err_len, "%s is not a Python library (no Py_GetVersion)", cfg->libpython);
+            snprintf(err, err_len, "%s is not a Python library (no Py_GetVersion); set BATCHTWIN_PYTHON_HOME "
+                     "or BATCHTWIN_LIBPYTHON (docs/fmu.md)", cfg->libpython);
+            return -1;
+        }
+        /* The library that answers must be the one requested, not another one already in the process. */
+        Dl_info info;
+        char want[PATH_MAX], got[PATH_MAX];
+        if (strchr(cfg->libpython, '/') && dladdr((void *)get_version, &info) && info.dli_fname &&
+            realpath(cfg->libpython, want) && realpath(info.dli_fname, got) && strcmp(want, got) != 0) {
+            snprintf(err, err_len, "asked for the Python library %s but the process resolved %s; set "
+                     "BATCHTWIN_PYTHON_HOME or BATCHTWIN_LIBPYTHON to the one to use (docs/fmu.md)", want, got);
+            return -1;
+        }
+        const char *version = get_version();
+        size_t vl = strlen(BT_PYTHON_VERSION);
+        if (strncmp(version, BT_PYTHON_VERSION, vl) != 0 || (version[vl] != '.' && version[vl] != ' ' && version[vl])) {
+            snprintf(err, err_len,
+                     "this FMU was built for Python " BT_PYTHON_VERSION ", but %s is Python %.20s; point "
+                     "BATCHTWIN_PYTHON_HOME (or BATCHTWIN_LIBPYTHON and BATCHTWIN_PYTHON_SITE) at a Python "
+                     BT_PYTHON_VERSION " with numpy and onnxruntime (docs/fmu.md), or use the native FMU "
+                     "(BatchReactorTwinNative.fmu), which needs no Python",
+                     cfg->libpython, version);
             return -1;
         }
     }
@@ -269,8 +309,9 @@ static int load(Config *cfg, char *err, size_t err_len)
     size_t vl = strlen(BT_PYTHON_VERSION);
     if (strncmp(version, BT_PYTHON_VERSION, vl) != 0 || (version[vl] != '.' && version[vl] != ' ' && version[vl])) {
         snprintf(err, err_len,
-                 "this FMU was built for Python " BT_PYTHON_VERSION ", the process runs Python %.20s; rebuild the FMU "
-                 "with that Python or run the host with Python " BT_PYTHON_VERSION,
+                 "this FMU was built for Python " BT_PYTHON_VERSION ", the process already runs Python %.20s (the host "
+                 "embeds it, so BATCHTWIN_PYTHON_HOME cannot change it); run the host with Python " BT_PYTHON_VERSION
+                 ", rebuild the FMU with that Python, or use the native FMU (BatchReactorTwinNative.fmu)",
                  version);
         return -1;
     }

@@ -69,7 +69,15 @@ static void logf_(instance *inst, fmi2Status status, const char *fmt, ...)
                       : status == fmi2Warning                   ? "logStatusWarning"
                       : status == fmi2Discard                   ? "logStatusDiscard"
                                                                 : "logAll";
-    inst->cb.logger(inst->cb.componentEnvironment, inst->name, status, cat, "%s", buf);
+    /* The message is the format (hosts such as FMPy do not expand varargs); '%' doubled for the others. */
+    char msg[2 * sizeof buf];
+    size_t j = 0;
+    for (size_t i = 0; buf[i] && j + 2 < sizeof msg; i++) {
+        if (buf[i] == '%') msg[j++] = '%';
+        msg[j++] = buf[i];
+    }
+    msg[j] = '\0';
+    inst->cb.logger(inst->cb.componentEnvironment, inst->name, status, cat, msg);
 }
 
 static void apply_starts(instance *inst)
