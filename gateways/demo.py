@@ -176,8 +176,19 @@ async def _demo(plc_port: int, res: DemoResult, say: Callable[..., None], speed:
                 recipe: Recipe, sample_interval_s: float, scan_s: float, report_every_s: float,
                 cut_at_s: float | None, cut_for_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="twin-demo-") as tmp:
+        # The demo's SCADA logs in as an operator of its own (a random password, this run only) over
+        # SecurityPolicy None, which the demo turns on for loopback; a plant keeps None off.
+        import secrets
+
+        from gateways.users import UserStore
+
+        login = ("demo-operator", secrets.token_urlsafe(16))
+        await asyncio.to_thread(UserStore(Path(tmp) / "users.json").add, login[0], "operator", login[1])
+        say("Demo: OPC UA SecurityPolicy None enabled on loopback (127.0.0.1) for this demo; SCADA logs in as "
+            f"operator {login[0]}", flush=True)
         async with TcpRelay("127.0.0.1", plc_port) as relay:
             cfg = RuntimeConfig(plant=PLANT, opcua_endpoint="opc.tcp://127.0.0.1:0/batch-twin/", mirror_port=0,
+                                opcua_allow_none=True,
                                 scan_s=scan_s, speed=speed, data_dir=tmp, reconnect_min_s=0.05,
                                 reconnect_max_s=max(0.1, min(2.0, 60.0 / speed)),
                                 plc_timeout_s=max(0.1, min(2.0, 3 * scan_s / speed)),
@@ -197,7 +208,7 @@ async def _demo(plc_port: int, res: DemoResult, say: Callable[..., None], speed:
                 say(f"Runtime (twin run): OPC UA {opcua.endpoint_url}, read-only Modbus mirror 127.0.0.1:"  # type: ignore[attr-defined]
                     f"{mirror.port}, PLC reached through a relay on 127.0.0.1:{relay.port}", flush=True)  # type: ignore[attr-defined]
                 await _scada(opcua.endpoint_url, plc_port, relay, res, say, speed, recipe,  # type: ignore[attr-defined]
-                             sample_interval_s, report_every_s, cut_at_s, cut_for_s)
+                             sample_interval_s, report_every_s, cut_at_s, cut_for_s, login)
             finally:
                 stop.set()
                 await runtime
@@ -205,12 +216,15 @@ async def _demo(plc_port: int, res: DemoResult, say: Callable[..., None], speed:
 
 async def _scada(url: str, plc_port: int, relay: TcpRelay, res: DemoResult, say: Callable[..., None], speed: float,
                  recipe: Recipe, sample_interval_s: float, report_every_s: float, cut_at_s: float | None,
-                 cut_for_s: float) -> None:
+                 cut_for_s: float, login: tuple[str, str]) -> None:
     truth_t: list[float] = []
     truth_cB: list[float] = []
     truth_client = AsyncPlcClient(port=plc_port)  # straight to the PLC: the truth registers are for scoring
     await truth_client.connect()
-    async with Client(url, timeout=10) as client:
+    client = Client(url, timeout=10)
+    client.set_user(login[0])
+    client.set_password(login[1])
+    async with client:
         ns = await client.get_namespace_index(NAMESPACE_URI)
         nodes = {ua.NodeId(f"{PLANT}.{REACTOR}.{PUBLISHED_BY_NAME[n].folder}.{n}", ns): n for n in WATCHED}
         scada = _Scada(nodes)
@@ -226,7 +240,8 @@ async def _scada(url: str, plc_port: int, relay: TcpRelay, res: DemoResult, say:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(scada.changed.wait(), timeout=0.5)
         request = ua.CallMethodRequest(ObjectId=reactor_obj.nodeid, MethodId=ua.NodeId(f"{PLANT}.{REACTOR}.StartBatch", ns),
-                                       InputArguments=[ua.Variant(recipe.to_toml(), ua.VariantType.String)])
+                                       InputArguments=[ua.Variant(recipe.to_toml(), ua.VariantType.String),
+                                                       ua.Variant(f"twin demo: recipe {recipe.name}", ua.VariantType.String)])
         result = (await client.uaclient.call([request]))[0]
         if not result.StatusCode.is_good():  # the Result output carries the reason, also on a Bad status
             reason = result.OutputArguments[0].Value if result.OutputArguments else ""
