@@ -41,6 +41,7 @@ class Checkpoint:
     plan_end: float              # their horizon [s] (NaN: no automatic forecasts)
     forecast: dict | None        # the last automatic forecast (Forecast.to_dict())
     t_forecast: float            # when it was made [s]
+    trust0: list                 # prior mean of the trust weights (lambda_1, lambda_2) the batch started from
     version: int = CHECKPOINT_VERSION
 
     def to_plain(self) -> dict:

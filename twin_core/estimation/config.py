@@ -32,6 +32,7 @@ class SoftSensorConfig:
     # -- process noise
     rate_rel_std: float = spec(0.03, ge=0.0)                       # relative std of the unmodelled, fast part of r1 and r2 ...
     rate_noise_time_s: float = spec(300.0, unit="s", gt=0.0)       # ... and its correlation time
+    correction_rel_std: float = spec(0.3, ge=0.0)                  # extra relative rate noise per unit of |lambda_i g_i| (the correction's own error)
     T_process_std_K_per_sqrt_s: float = spec(0.001, unit="K/s0.5", ge=0.0)  # energy-balance model error (random walk on T)
     UA_factor_walk_per_sqrt_s: float = spec(2e-4, unit="1/s0.5", ge=0.0)    # random walk of the UA factor
     k_factor_walk_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor
@@ -62,6 +63,10 @@ class SoftSensorConfig:
     cusum_slack: float = spec(2.0, ge=0.0)                         # CUSUM of normalised T innovations: shifts beyond ~2 sigma ...
     cusum_threshold: float = spec(10.0, gt=0.0)                    # ... accumulated to this -> T_SENSOR_DRIFT
     cusum_clip: float = spec(5.0, gt=0.0)                          # one innovation adds at most clip - slack (spikes)
+    lab_bias_window: int = spec(3, kind="int", ge=1)                 # CORRECTION_MISMATCH: windowed mean test over this many lab assays ...
+    lab_bias_alpha: float = spec(1e-4, gt=0.0, lt=0.5)             # ... at this false-alarm probability per test
+    trust_shift_min: float = spec(0.25, gt=0.0)                    # CORRECTION_MISMATCH also when a trust weight moved more than this ...
+    trust_shift_z: float = spec(3.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
     stuck_time_s: float = spec(60.0, unit="s", gt=0.0)
     stuck_min_readings: int = spec(6, kind="int", ge=2)
     stuck_tolerance_K: float = spec(0.0, unit="K", ge=0.0)

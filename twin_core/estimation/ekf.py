@@ -110,9 +110,11 @@ class Ekf:
         self._qk = cfg.k_factor_walk_per_sqrt_s ** 2
         self._ql = cfg.trust_walk_per_sqrt_s ** 2
         self._rate_q = cfg.rate_rel_std ** 2 * cfg.rate_noise_time_s
+        self._corr_q = cfg.correction_rel_std ** 2 * cfg.rate_noise_time_s
         self._ood = cfg.out_of_domain_noise_factor ** 2
         self.lab_gate = cfg.lab_gate_nis
         self.last_phi = self.eye
+        self.last_lab_white = (0.0, 0.0)
 
     @contextmanager
     def preserved(self) -> Iterator[None]:
@@ -203,15 +205,22 @@ class Ekf:
         # Process noise over the step: white rate noise along the two reaction extents (keeps
         # c_A + c_B + c_C conserved) and random walks of T and the factors.
         rq = self._rate_q * dt
+        # The learned correction is uncertain in proportion to how much it changes a rate: extra
+        # relative rate noise correction_rel_std * |lambda_i g_i| (a weight cannot fix the shape
+        # of a correction that extrapolates, e.g. a large g2 late in a batch).
+        cq = self._corr_q * dt
+        w1, w2 = l1 * lg1, l2 * lg2
+        rq1, rq2 = rq + cq * w1 * w1, rq + cq * w2 * w2
         qk = self._qk * dt
         if not ok:
             # The learned correction has faded out: the rates are less certain, and so is how
             # the k-factors must move to make up for it.
-            rq *= self._ood
+            rq1 *= self._ood
+            rq2 *= self._ood
             qk *= self._ood
         q1, q2 = c.q1, c.q2
-        qa = rq * r1 * r1 + 1e-12 * dt
-        qb = rq * r2 * r2 + 1e-12 * dt
+        qa = rq1 * r1 * r1 + 1e-12 * dt
+        qb = rq2 * r2 * r2 + 1e-12 * dt
         qa1, qb2 = -qa * q1, qb * q2
         qab = qa * q1 - qb * q2
         self._Qv[_Q_FLAT] = (qa, -qa, qa1, -qa, qa + qb, -qb, qab, -qb, qb, qb2, qa1, qab, qb2,
@@ -284,6 +293,12 @@ class Ekf:
         sBB, sCC = pBB + rB, pCC + rC
         det = sBB * sCC - pBC * pBC
         nis = (sCC * vB * vB - 2.0 * pBC * vB * vC + sBB * vC * vC) / det
+        # Whitened innovation L^-1 v (S = L L', Cholesky of the un-inflated S): N(0, I) when the
+        # model fits; the correction-mismatch test (health.LabBiasTest) sums them.
+        l11 = math.sqrt(sBB)
+        l21 = pBC / l11
+        e1 = vB / l11
+        self.last_lab_white = (e1, (vC - l21 * e1) / math.sqrt(max(sCC - l21 * l21, 1e-300)))
         if nis > self.lab_gate:
             # A result far off: trust it less (variance inflated so that its NIS sits on the gate).
             infl = nis / self.lab_gate

@@ -27,16 +27,18 @@ class SoftSensorAlarm(enum.IntFlag):
     MODEL_MISMATCH = 1 << 0   # innovation test failing persistently, or two lab assays in a row far off
     T_SENSOR_STUCK = 1 << 1   # reactor temperature reading frozen
     T_SENSOR_DRIFT = 1 << 2   # CUSUM of the temperature innovations crossed its threshold (latched)
+    CORRECTION_MISMATCH = 1 << 3  # the lab innovations are biased: the learned correction does not fit (warning)
 
 
 _MISMATCH = int(SoftSensorAlarm.MODEL_MISMATCH)
 _STUCK = int(SoftSensorAlarm.T_SENSOR_STUCK)
 _DRIFT = int(SoftSensorAlarm.T_SENSOR_DRIFT)
+_CORR = int(SoftSensorAlarm.CORRECTION_MISMATCH)
 SENSOR_FAULTS = _STUCK | _DRIFT
 """The alarms that keep the temperature reading out of the filter."""
 # Flags are kept as plain ints on the hot path (IntFlag operators cost microseconds); the enum
 # values for every combination are built once.
-ALARM_FLAGS = tuple(SoftSensorAlarm(i) for i in range(8))
+ALARM_FLAGS = tuple(SoftSensorAlarm(i) for i in range(16))
 
 # Acklam's rational approximation of the standard normal quantile (relative error < 1.2e-9).
 _A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
@@ -293,6 +295,50 @@ class StuckDetector:
         self.count = int(s["count"])
 
 
+class LabBiasTest:
+    """Windowed mean test on the whitened lab innovations: is the model biased against the lab?
+
+    Each fresh lab assay gives e = L^-1 (z - H x) with S = L L' its innovation covariance: two
+    independent N(0, 1) values while the model fits. The statistic over the last n = min(count,
+    window) assays is q = |sum e|^2 / n, chi-square with 2 degrees of freedom under that
+    hypothesis whatever n; ``failing`` when q exceeds its (1 - alpha) quantile. A learned
+    correction that does not fit the plant moves every assay the same way (a bias), which the sum
+    accumulates while white noise averages out: a window of 3 finds a bias of about 2.5 sigma per
+    assay within three assays at alpha = 1e-4. Each test has false-alarm probability alpha
+    (tests/test_softsensor_mismatch.py checks it on simulated white innovations); successive
+    tests share assays, so the rate per batch is at most alpha times the assays in it.
+    """
+
+    def __init__(self, window: int, alpha: float) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window!r}")
+        self.window = int(window)
+        self.alpha = float(alpha)
+        self.bound = chi2_quantile(1.0 - self.alpha, 2)
+        self._e: deque[tuple[float, float]] = deque(maxlen=self.window)
+        self.q = 0.0
+        self.count = 0
+        self.failing = False
+
+    def add(self, e: tuple[float, float]) -> bool:
+        """Add one whitened innovation; True when the window test fails."""
+        self._e.append((float(e[0]), float(e[1])))
+        self.count += 1
+        n = len(self._e)
+        s1 = sum(v[0] for v in self._e)
+        s2 = sum(v[1] for v in self._e)
+        self.q = (s1 * s1 + s2 * s2) / n
+        self.failing = self.q > self.bound
+        return self.failing
+
+    def get_state(self) -> dict:
+        return {"e": [list(v) for v in self._e], "q": self.q, "count": self.count, "failing": self.failing}
+
+    def set_state(self, s: dict) -> None:
+        self._e = deque((tuple(map(float, v)) for v in s["e"]), maxlen=self.window)  # type: ignore[misc]
+        self.q, self.count, self.failing = float(s["q"]), int(s["count"]), bool(s["failing"])
+
+
 def chi2_bounds_mean(dof: int, n: int, p: float = 0.95) -> tuple[float, float]:
     """Two-sided p-probability bounds of the mean of n independent chi-square(dof) values."""
     a = 0.5 * (1.0 - p)
@@ -306,16 +352,27 @@ class ModelHealth:
     - MODEL_MISMATCH when the NIS window test has failed for ``mismatch_persist_s``, or two lab
       assays in a row were beyond the lab gate (:meth:`lab`); cleared when both are fine again;
     - T_SENSOR_DRIFT (latched until :meth:`reset`) when the CUSUM of the normalised temperature
-      innovations crosses its threshold (:meth:`temperature`).
+      innovations crosses its threshold (:meth:`temperature`);
+    - CORRECTION_MISMATCH (a warning: health level 1, latched until :meth:`reset`) when the lab
+      innovations are biased (:class:`LabBiasTest`, :meth:`lab`) or when they have moved a trust
+      weight confidently away from its prior (:meth:`trust`: the filter's own summary of every lab
+      innovation in the direction of the correction). The temperature innovations are
+      not used for it: a sensor fault moves the reading, not the assays, and a rate model that is
+      off moves the assays first; when the warning comes, the T_SENSOR_DRIFT CUSUM restarts once
+      (what it accumulated was the model's error). Off without a learned correction.
     """
 
-    def __init__(self, cfg: SoftSensorConfig) -> None:
+    def __init__(self, cfg: SoftSensorConfig, has_correction: bool = True) -> None:
+        self.has_correction = bool(has_correction)   # without one, the CORRECTION_MISMATCH tests are off
         self._nis_clip = cfg.nis_clip
         self._persist_s = cfg.mismatch_persist_s
         self._lab_gate = cfg.lab_gate_nis
         self.nis_window = NisWindow(cfg.nis_window_s, cfg.nis_alpha)
         self.cusum = Cusum(cfg.cusum_slack, cfg.cusum_threshold, cfg.cusum_clip)
         self.stuck = StuckDetector(cfg.stuck_time_s, cfg.stuck_min_readings, cfg.stuck_tolerance_K)
+        self.lab_bias = LabBiasTest(cfg.lab_bias_window, cfg.lab_bias_alpha)
+        self._shift_min = cfg.trust_shift_min
+        self._shift_z = cfg.trust_shift_z
         self.alarms = 0
         self.nis = 0.0               # NIS of the last temperature innovation
         self.warn_since = math.nan   # since when the window test fails [s]
@@ -349,8 +406,29 @@ class ModelHealth:
                 log.warning("soft sensor: temperature innovations drift (CUSUM) at t=%.0f s", t_s)
             self.alarms |= _DRIFT
 
-    def lab(self, nis: float) -> None:
-        """The NIS of a lab assay processed for the first time."""
+    def trust(self, lam: tuple[float, float], sd: tuple[float, float], prior: tuple[float, float]) -> None:
+        """The trust weights' estimate and SD after fresh lab assays, against their prior mean:
+        CORRECTION_MISMATCH when one has moved by more than ``trust_shift_min`` and by more than
+        ``trust_shift_z`` of its SD (the assays decided, with confidence, that the correction must
+        be scaled by another weight: it does not fit this plant)."""
+        for v, s_, m in zip(lam, sd, prior, strict=True):
+            d = abs(v - m)
+            if self.has_correction and d > self._shift_min and d > self._shift_z * s_:
+                self._correction_mismatch(f"trust weight {v:.2f} +- {s_:.2f} away from {m:.2f}")
+
+    def _correction_mismatch(self, why: str) -> None:
+        if self.alarms & _CORR:
+            return
+        log.warning("soft sensor: %s: the learned correction does not fit", why)
+        self.alarms |= _CORR
+        # What the temperature CUSUM accumulated so far is the model's error, not the sensor's:
+        # start it afresh once (a drift that continues is found again; nothing is suppressed).
+        self.cusum.reset()
+
+    def lab(self, nis: float, white: tuple[float, float] | None = None) -> None:
+        """The NIS and whitened innovation of a lab assay processed for the first time."""
+        if self.has_correction and white is not None and self.lab_bias.add(white):
+            self._correction_mismatch(f"lab innovations biased (q={self.lab_bias.q:.1f} > {self.lab_bias.bound:.1f})")
         if nis > self._lab_gate:
             self.lab_fail_run += 1
             self.lab_warning = True
@@ -362,10 +440,10 @@ class ModelHealth:
 
     def level(self, in_domain: bool) -> int:
         """0 good, 1 warning (window test failing, a lab assay far off, correction out of its
-        domain), 2 alarm (any alarm bit)."""
-        if self.alarms:
+        domain, CORRECTION_MISMATCH), 2 alarm (any other alarm bit)."""
+        if self.alarms & ~_CORR:
             return 2
-        if self.nis_window.failing or self.lab_warning or not in_domain:
+        if self.nis_window.failing or self.lab_warning or not in_domain or self.alarms:
             return 1
         return 0
 
@@ -373,19 +451,21 @@ class ModelHealth:
         """Clear the alarms and the latches behind them (operator acknowledgement)."""
         self.alarms = 0
         self.cusum.reset()
+        self.lab_bias = LabBiasTest(self.lab_bias.window, self.lab_bias.alpha)
         self.warn_since = math.nan
         self.lab_fail_run = 0
         self.lab_warning = False
 
     def get_state(self) -> dict:
         return {"nis_window": self.nis_window.get_state(), "cusum": self.cusum.get_state(),
-                "stuck": self.stuck.get_state(), "alarms": self.alarms, "nis": self.nis,
+                "stuck": self.stuck.get_state(), "lab_bias": self.lab_bias.get_state(), "alarms": self.alarms, "nis": self.nis,
                 "warn_since": self.warn_since, "lab_fail_run": self.lab_fail_run, "lab_warning": self.lab_warning}
 
     def set_state(self, s: dict) -> None:
         self.nis_window.set_state(s["nis_window"])
         self.cusum.set_state(s["cusum"])
         self.stuck.set_state(s["stuck"])
+        self.lab_bias.set_state(s["lab_bias"])
         self.alarms = int(s["alarms"])
         self.nis = float(s["nis"])
         self.warn_since = float(s["warn_since"])

@@ -52,13 +52,14 @@ class Record:
 
 
 def run_record(ekf: Ekf, rec: Record, x: np.ndarray, P: np.ndarray, h: float,
-               on_fresh_lab: Callable[[float], None] | None = None,
+               on_fresh_lab: Callable[[float, tuple[float, float]], None] | None = None,
                fresh: tuple[LabResult, ...] = ()) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
     """One filter step from the posterior (x, P, h) at rec.t_prev: labs at their sample times,
     propagation to rec.t, then the temperature update. Stores the posterior in ``rec``; returns it
     with (temperature innovation [K], its variance S [K^2]; 0 when the reading was not used).
 
-    ``fresh`` are the labs processed for the first time: their NIS goes to ``on_fresh_lab``.
+    ``fresh`` are the labs processed for the first time: their NIS and whitened innovation go to
+    ``on_fresh_lab``.
     """
     t = rec.t_prev
     ok = True
@@ -68,7 +69,7 @@ def run_record(ekf: Ekf, rec: Record, x: np.ndarray, P: np.ndarray, h: float,
             t = lab.sample_time_s
         x, P, nis = ekf.lab_update(x, P, lab)
         if on_fresh_lab is not None and any(lab is f for f in fresh):
-            on_fresh_lab(nis)
+            on_fresh_lab(nis, ekf.last_lab_white)
     if rec.t > t:
         x, P, h, ok = ekf.propagate(t, rec.t, x, P, h, rec.u)
     info = (0.0, 0.0)
@@ -113,7 +114,7 @@ class History:
         r = self.records[k - 1]
         return r.x, r.P, r.h
 
-    def rerun(self, k: int, ekf: Ekf, on_fresh_lab: Callable[[float], None],
+    def rerun(self, k: int, ekf: Ekf, on_fresh_lab: Callable[[float, tuple[float, float]], None],
               fresh: tuple[LabResult, ...]) -> Posterior:
         """Re-run records k.. from the posterior before record k; returns the last posterior."""
         x, P, h = self.prior(k)

@@ -36,7 +36,7 @@ from twin_core.estimation.forecast import Forecast, forecast_from, jacket_plan
 from twin_core.estimation.health import ALARM_FLAGS, SENSOR_FAULTS, ModelHealth, SoftSensorAlarm
 from twin_core.estimation.history import History, Record, run_record
 from twin_core.estimation.scans import ScanPool
-from twin_core.estimation.state import IT, N_STATES, Estimate, LabResult
+from twin_core.estimation.state import IL1, IL2, IT, N_STATES, Estimate, LabResult
 from twin_core.hybrid import CorrectionModel
 from twin_core.model import coefficients
 from twin_core.params import ModelParams
@@ -104,6 +104,7 @@ class SoftSensor:
             x4[3] = self._check_T("T_measured", T_measured_K)
             T_std = math.hypot(cfg.T_noise_std_K, cfg.T_floor_std_K)
         self._x = np.array([*map(float, x4), *map(float, factors0), *map(float, trust0)])
+        self._trust0 = (float(trust0[0]), float(trust0[1]))
         c_total = x4[0] + x4[1] + x4[2]
         self._P = np.diag(np.array([cfg.c_A0_rel_std * max(c_total, 1.0), cfg.c_BC0_std_mol_per_m3,
                                     cfg.c_BC0_std_mol_per_m3, T_std, cfg.UA_factor0_std,
@@ -119,7 +120,7 @@ class SoftSensor:
         self._in_domain = True
         self._history = History(cfg.history_window_s, t0, self._x, self._P)
         self._scans = ScanPool(cfg, t0)
-        self._health = ModelHealth(cfg)
+        self._health = ModelHealth(cfg, self.correction is not None)
         self._innov = 0.0
         self._plan: Recipe | None = None
         self._plan_end = math.nan
@@ -222,6 +223,8 @@ class SoftSensor:
             hist.pending = []
             fresh = tuple(rec.labs)
         x, P, h, (innov, S) = run_record(self._ekf, rec, self._x, self._P, self._h, health.lab, fresh)
+        if fresh:
+            self._check_trust(x, P)
         hist.records.append(rec)
         self._x, self._P, self._h = x, P, h
         self._t_filter = t
@@ -233,6 +236,12 @@ class SoftSensor:
         if S > 0.0:
             health.temperature(t, innov, S, use_T)
         self._refresh_output()
+
+    def _check_trust(self, x: np.ndarray, P: np.ndarray) -> None:
+        """After fresh lab assays: the trust weights against their prior (ModelHealth.trust)."""
+        if self.correction is not None:
+            self._health.trust((float(x[IL1]), float(x[IL2])),
+                               (math.sqrt(max(P[IL1, IL1], 0.0)), math.sqrt(max(P[IL2, IL2], 0.0))), self._trust0)
 
     def _refresh_output(self) -> None:
         """Cache what every scan's estimate needs: derivative for extrapolation, std, next step time."""
@@ -334,6 +343,7 @@ class SoftSensor:
         hist.records[k].labs.append(lab)
         hist.records[k].labs.sort(key=lambda r: r.sample_time_s)
         self._x, self._P, self._h = hist.rerun(k, self._ekf, self._health.lab, (lab,))
+        self._check_trust(self._x, self._P)
         if hist.records:
             self._in_domain = hist.records[-1].in_domain
         self._refresh_output()
@@ -398,6 +408,7 @@ class SoftSensor:
             history=self._history.get_state(), scans=self._scans.get_state(), health=self._health.get_state(),
             plan=None if self._plan is None else self._plan.to_mapping(), plan_end=self._plan_end,
             forecast=None if self._forecast is None else self._forecast.to_dict(), t_forecast=self._t_forecast,
+            trust0=list(self._trust0),
         ).to_plain()
 
     def set_state(self, s: dict) -> None:
@@ -407,7 +418,7 @@ class SoftSensor:
             raise ParameterError("state.config", None, "the state was saved with another soft-sensor configuration")
         from twin_core.recipe import recipe_from_mapping
 
-        self.start(float(cp.t0))
+        self.start(float(cp.t0), trust0=tuple(cp.trust0))
         self._t_filter, self._t_scan, self._n_scans = float(cp.t_filter), float(cp.t_scan), int(cp.n_scans)
         self._x = np.array(cp.x, dtype=float)
         self._P = np.array(cp.P, dtype=float).reshape(N_STATES, N_STATES)
