@@ -169,13 +169,28 @@ def current_peer() -> str:
 class _TwinRuleset(PermissionRuleset):
     """Service-level permissions: a session whose user is a TwinUser may use the user services (Read,
     Write, Call, Browse, subscriptions, HistoryRead ...; roles are checked per node and method by the
-    server's handlers); nobody may change the address space (AddNodes, DeleteNodes, references)."""
+    server's handlers); nobody may change the address space (AddNodes, DeleteNodes, references), and a
+    session not (yet) activated may do nothing. The first refusal of each connection is audited (once:
+    a client looping on refused requests cannot fill the disk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: SessionGuard) -> None:
         self._allowed = {ua.NodeId(t) for t in USER_TYPES}
+        self._guard = guard
 
     def check_validity(self, user: Any, action_type_id: ua.NodeId, body: Any) -> bool:
-        return isinstance(user, TwinUser) and action_type_id in self._allowed
+        if isinstance(user, TwinUser) and action_type_id in self._allowed:
+            return True
+        proc = _CURRENT.get()
+        if proc is not None and not proc.refused_service:
+            proc.refused_service = True
+            who = (user.name or "anonymous") if isinstance(user, TwinUser) else "<not logged in>"
+            role = str(user.twin_role) if isinstance(user, TwinUser) else ""
+            thumb = user.cert_thumbprint if isinstance(user, TwinUser) else proc.client_thumbprint
+            self._guard.record_soon(user=who, role=role, cert_thumbprint=thumb, action="refused", target=proc.peer,
+                                    outcome="refused", detail=f"service {action_type_id.to_string()} refused "
+                                    "(BadUserAccessDenied): " + ("not allowed to any session" if isinstance(user, TwinUser)
+                                                                 else "the session is not activated"))
+        return False
 
 
 class _TwinUserManager(UserManager):
@@ -348,6 +363,7 @@ class _TwinUaProcessor(UaProcessor):
         self.pending_user: object = _UNSET
         self.client_thumbprint = ""
         self.refused_none = False
+        self.refused_service = False
 
     async def _process_message(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any) -> Any:
         token = _CURRENT.set(self)
@@ -414,7 +430,7 @@ class TwinServer(Server):
                                                      [host, *sec.hosts])
         await self.load_certificate(str(cert))
         await self.load_private_key(str(key))
-        self.set_security_policy(sec.policies, permission_ruleset=_TwinRuleset())
+        self.set_security_policy(sec.policies, permission_ruleset=_TwinRuleset(self.guard))
         tokens: list[type] = [ua.UserNameIdentityToken]
         if sec.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)

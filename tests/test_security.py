@@ -502,3 +502,71 @@ def test_none_and_anonymous_on_warn_at_start_and_anonymous_stays_read_only(tmp_p
                 (DENIED, "an anonymous session may not call Hold (batch_method needs operator or above)")]
             assert run(st.url, NAMESPACE_URI, "olga", None, None, _call("Hold")) == [(OK, "done")]
         assert control.calls == [("command", ("hold",))] * 2
+
+
+# -- twin certs --------------------------------------------------------------------------------------------
+def test_twin_certs_trust_list_revoke_show_are_audited(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The commands in-process (the CLI's main): every change and every refused one in the trail."""
+    from twin_core.offline.cli import main
+
+    c = make_client_cert(tmp_path / "clients", "hmi7")
+    tp = thumbprint(load_certificate_file(c.cert))
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    common = ["--config", str(cfg)]
+    assert main(["certs", "show", *common]) == 2
+    assert "no server certificate yet" in capsys.readouterr().err
+    assert main(["certs", "trust", str(c.cert), "--reason", "HMI 7 commissioned", *common]) == 0
+    assert main(["certs", "trust", str(c.cert), *common]) == 2
+    assert "already trusted" in capsys.readouterr().err
+    assert main(["certs", "list", *common]) == 0
+    assert f"{tp}  trusted" in capsys.readouterr().out
+    assert main(["certs", "revoke", tp.upper(), "--reason", "HMI 7 lost", *common]) == 0
+    assert main(["certs", "trust", str(c.cert), *common]) == 2
+    assert main(["certs", "revoke", "00" * 20, *common]) == 2
+    assert main(["certs", "revoke", "not-hex", *common]) == 2
+    ensure_server_certificate(Pki(tmp_path / "data"), "urn:batch-reactor-twin:plant")
+    assert main(["certs", "show", *common]) == 0
+    out = capsys.readouterr().out
+    assert "urn:batch-reactor-twin:plant" in out and thumbprint(load_certificate_file(Pki(tmp_path / "data").cert_path)) in out
+    with AuditTrail(tmp_path / "data" / "audit.sqlite", create=False) as t:
+        records = t.show()
+        assert t.verify().ok
+    assert [(r.action, r.outcome, r.reason) for r in records] == [
+        ("certificate_change", "success", "HMI 7 commissioned"), ("certificate_change", "refused", ""),
+        ("certificate_change", "success", "HMI 7 lost"), ("certificate_change", "refused", ""),
+        ("certificate_change", "refused", ""), ("certificate_change", "refused", "")]
+    assert all(r.role == "local" for r in records)
+    assert records[0].target == f"certificate:{tp}" and records[2].old_value == "trusted"
+    assert "is revoked: it cannot be trusted again" in records[3].detail
+    assert "not on the trust list" in records[4].detail and "40 hex digits" in records[5].detail
+
+
+def test_a_session_that_was_never_activated_may_do_nothing_and_is_audited(matrix: Matrix) -> None:
+    """CreateSession without ActivateSession, then a Read: refused (asyncua's default would allow it on a
+    channel without permissions), once in the trail."""
+    before = len(matrix.trail())
+    cert = matrix.certs["hmi"]
+
+    async def main() -> int:
+        client = await make_client(matrix.url, None, cert=cert)
+        await client.connect_socket()
+        try:
+            await client.send_hello()
+            await client.open_secure_channel()
+            await client.create_session()
+            params = ua.ReadParameters()
+            params.NodesToRead = [ua.ReadValueId(NodeId=ua.NodeId(ua.ObjectIds.Server_ServerStatus),
+                                                 AttributeId=ua.AttributeIds.Value)]
+            try:
+                await client.uaclient.read(params)
+            except ua.UaStatusCodeError as exc:
+                return exc.code
+            return ua.StatusCodes.Good
+        finally:
+            client.disconnect_socket()
+
+    assert asyncio.run(main()) == DENIED
+    new = [r for r in matrix.trail()[before:] if r.action == "refused"]
+    assert len(new) == 1 and "the session is not activated" in new[0].detail
+    assert new[0].cert_thumbprint == thumbprint(load_certificate_file(cert.cert))
