@@ -46,8 +46,10 @@ class Recorder:
 
 
 def _config(port: int, fmu: Path, scan_s: float = 60.0) -> RuntimeConfig:
+    # checkpoint_scans=0: these tests are not about crash recovery (tests/test_recovery.py), and
+    # checkpoints in the default data folder would carry state from one test to the next
     return RuntimeConfig(opcua_endpoint="", mirror_port=-1, scan_s=scan_s, speed=SPEED, reconnect_min_s=0.05,
-                         reconnect_max_s=0.2,
+                         reconnect_max_s=0.2, checkpoint_scans=0,
                          reactors=(ReactorConfig(name="R1", plc_port=port, fmu=str(fmu), sample_interval_s=1200.0),))
 
 
