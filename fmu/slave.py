@@ -44,7 +44,7 @@ from fmu.variables import (
 )
 from twin_core.analysis import yield_of_c_B
 from twin_core.errors import IntegrationError, MeasurementError, ParameterError, TwinError
-from twin_core.estimation import Estimate, SoftSensor, SoftSensorConfig
+from twin_core.estimation import IL1, IL2, Estimate, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridStepState, HybridTwin
 from twin_core.integrator import Tolerance
 from twin_core.signals.twin import params_from_signals
@@ -346,7 +346,8 @@ class BatchReactorTwin(Fmi2Slave):
             twin, sensor = self._make_models()
             est = None
             if sensor is not None:
-                est = sensor.start(self._t_start, T_measured_K=self._real[self._vr["T_measured"]])
+                est = sensor.start(self._t_start, T_measured_K=self._real[self._vr["T_measured"]],
+                                   trust0=(self._real[self._vr["lambda_1"]], self._real[self._vr["lambda_2"]]))
                 if self._real[self._vr["forecast_interval"]] > 0.0:
                     sensor.set_plan(None, self._real[self._vr["t_batch_end"]])  # jacket held at its value
         except TwinError as exc:
@@ -374,7 +375,8 @@ class BatchReactorTwin(Fmi2Slave):
                 raise ParameterError("correction_on", True, "this FMU was built without a correction model")
             correction = load_correction(self._correction_path)
         tol = DEFAULT_TOLERANCE if self._rtol == DEFAULT_TOLERANCE.rtol else Tolerance(self._rtol, DEFAULT_TOLERANCE.atol)
-        twin = HybridTwin(params, correction, tol)
+        trust = (r[vr["lambda_1"]], r[vr["lambda_2"]])
+        twin = HybridTwin(params, correction, tol, trust=trust)
         sensor = None
         if ints[vr["estimator_on"]]:
             config = SoftSensorConfig(T_noise_std_K=r[vr["sigma_T_meas"]], lab_abs_std_mol_per_m3=r[vr["sigma_lab"]],
@@ -402,6 +404,7 @@ class BatchReactorTwin(Fmi2Slave):
         for slot, value in zip(self._out_x, x, strict=True):
             r[slot] = value
         r[self._vr_yield] = 0.0
+        r[vr["lambda_1_est"]], r[vr["lambda_2_est"]] = r[vr["lambda_1"]], r[vr["lambda_2"]]
         self._ints[self._vr_domain] = 1
         return OK
 
@@ -440,6 +443,9 @@ class BatchReactorTwin(Fmi2Slave):
         r[o2] = x[2]
         r[o3] = x[3]
         r[self._vr_yield] = yield_of_c_B(x[1], self._twin.params)  # type: ignore[union-attr]
+        vr = self._vr
+        r[vr["lambda_1_est"]] = r[vr["lambda_1"]]  # the estimator is off: the weights as set, certain
+        r[vr["lambda_2_est"]] = r[vr["lambda_2"]]
         ok = 1 if st.in_domain else 0
         ints = self._ints
         ints[self._vr_domain] = ok
@@ -488,6 +494,9 @@ class BatchReactorTwin(Fmi2Slave):
             r[self._out_std[i]] = sd[i]
         p = self._sensor.params if self._sensor is not None else self._twin.params
         r[self._vr_yield] = yield_of_c_B(x[1], p)
+        vr = self._vr
+        r[vr["lambda_1_est"]], r[vr["lambda_2_est"]] = est.lambda_1, est.lambda_2
+        r[vr["lambda_1_std"]], r[vr["lambda_2_std"]] = sd[IL1], sd[IL2]
         ints[self._vr_domain] = 1 if est.in_domain else 0
         ints[self._vr_health] = est.health
         fc = est.forecast

@@ -14,13 +14,13 @@ import pytest
 from test_fmu_helpers import VARIANT_IDENTIFIER, FmuBuilds
 
 from fmu.build import BuildError, BuildOptions, vendor_source
-from fmu.variables import fmi_variables
+from fmu.variables import OUTPUT_BOUNDS, fmi_variables
 from twin_core.errors import ParameterError
 from twin_core.signals.table import DISPLAY_UNITS, UNITS
 from twin_core.signals.twin import TWIN_SIGNALS
 
 
-@pytest.mark.parametrize("kind", ["physics", "hybrid", "variant"])
+@pytest.mark.parametrize("kind", ["physics", "hybrid", "variant", "native_physics", "native_hybrid"])
 def test_validate_fmu_finds_no_problem(fmus: FmuBuilds, kind: str) -> None:
     from fmpy.validation import validate_fmu
 
@@ -32,11 +32,12 @@ def _md(fmus: FmuBuilds, kind: str) -> ElementTree.Element:
         return ElementTree.fromstring(zf.read("modelDescription.xml"))
 
 
-def test_variables_are_the_signal_table(fmus: FmuBuilds) -> None:
-    root = _md(fmus, "physics")
+@pytest.mark.parametrize("kind", ["physics", "native_physics"])
+def test_variables_are_the_signal_table(fmus: FmuBuilds, kind: str) -> None:
+    root = _md(fmus, kind)
     svs = root.findall("ModelVariables/ScalarVariable")
     assert [sv.get("name") for sv in svs] == [s.name for s in TWIN_SIGNALS]
-    for sv, sig in zip(svs, TWIN_SIGNALS, strict=True):
+    for sv, sig, var in zip(svs, TWIN_SIGNALS, fmi_variables(), strict=True):
         assert sv.get("description") == sig.description
         assert sv.get("causality") == {"parameter": "parameter", "input": "input", "output": "output"}[sig.role]
         t = sv.find(sig.type)
@@ -44,10 +45,10 @@ def test_variables_are_the_signal_table(fmus: FmuBuilds) -> None:
         if sig.type == "Real":
             assert t.get("unit") == sig.unit
             assert t.get("displayUnit") == sig.display_unit
-            if math.isfinite(sig.min):
-                assert float(t.get("min")) == sig.min
-            if math.isfinite(sig.max):
-                assert float(t.get("max")) == sig.max
+            # the signal table's range; outputs the honest bounds of fmu.variables.OUTPUT_BOUNDS
+            assert (sig.min, sig.max) == (var.min, var.max) or (sig.role == "output" and sig.name in OUTPUT_BOUNDS)
+            assert t.get("min") == (repr(var.min) if math.isfinite(var.min) else None), sig.name
+            assert t.get("max") == (repr(var.max) if math.isfinite(var.max) else None), sig.name
             if sig.role in ("parameter", "input"):
                 # exact: the same double as the signal table, not 16 significant digits
                 assert float(t.get("start")) == sig.start, sig.name
@@ -77,7 +78,12 @@ def test_model_structure_and_capabilities(fmus: FmuBuilds) -> None:
     for section in ("Outputs", "InitialUnknowns"):
         idx = [int(u.get("index")) for u in root.findall(f"ModelStructure/{section}/Unknown")]
         assert [names[i - 1] for i in idx] == outputs
+    # No direct feedthrough: no output depends on an input within a step (T -> T_jacket is no loop).
+    assert all(u.get("dependencies") == "" for u in root.findall("ModelStructure/Outputs/Unknown"))
+    # Initial unknowns may depend on any known (the attribute left out, as FMI 2.0 allows).
+    assert all(u.get("dependencies") is None for u in root.findall("ModelStructure/InitialUnknowns/Unknown"))
     cs = root.find("CoSimulation")
+    assert cs.get("needsExecutionTool") == "true"  # an outside CPython with numpy and onnxruntime
     assert cs.get("modelIdentifier") == "BatchReactorTwin"
     for flag in ("canGetAndSetFMUstate", "canSerializeFMUstate", "canHandleVariableCommunicationStepSize"):
         assert cs.get(flag) == "true", flag

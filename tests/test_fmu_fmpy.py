@@ -487,3 +487,25 @@ def _steps_all(s, vrs: list[int], n: int, dt: float) -> list[list[float]]:  # no
         time = nxt
         rows.append([time, *s.getReal(vrs)])
     return rows
+
+
+@pytest.mark.parametrize("kind", HYBRID)
+def test_trust_weights_scale_the_correction(fmus: FmuBuilds, kind: str) -> None:
+    """lambda_1, lambda_2 are twin_core's trust weights: (0, 0) is the physics exactly, (0.5, 2)
+    equals HybridTwin(trust=(0.5, 2)); lambda_*_est report them with the estimator off."""
+    from twin_core.hybrid import HybridTwin
+
+    stop, dt = 3600.0, 60.0
+    zero = simulate_fmpy(fmus.fmu(kind), stop, dt, start_values={"lambda_1": 0.0, "lambda_2": 0.0})
+    np.testing.assert_array_equal(zero, reference(stop, dt, None))
+    got = simulate_fmpy(fmus.fmu(kind), stop, dt, start_values={"lambda_1": 0.5, "lambda_2": 2.0},
+                        output=("c_A", "c_B", "c_C", "T", "lambda_1_est", "lambda_2_est"))
+    twin = HybridTwin(None, _correction(fmus), trust=(0.5, 2.0))
+    st = twin.initial_state()
+    want = [st.x]
+    for n in range(int(stop / dt)):
+        st = twin.step(st, n * dt, dt, jacket(n * dt))
+        want.append(st.x)
+    np.testing.assert_allclose(got[:, 1:5], np.array(want), rtol=1e-12, atol=0.0)
+    assert np.all(got[1:, 5] == 0.5) and np.all(got[1:, 6] == 2.0)
+    assert np.max(np.abs(got[:, 2] - zero[:, 2])) > 1e-3

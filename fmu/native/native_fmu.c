@@ -139,9 +139,11 @@ static fmi2Status make_model(instance *inst, const char *fn)
         return fmi2Error;
     }
     bt_coefficients(&inst->p, &inst->ctx.c);
-    inst->ctx.correction = s->ints[VR_correction_on] ? bt_correction : NULL;
-    inst->ctx.lambda1 = 1.0;
-    inst->ctx.lambda2 = 1.0;
+    inst->ctx.lambda1 = s->real[VR_lambda_1];
+    inst->ctx.lambda2 = s->real[VR_lambda_2];
+    /* lambda = (0, 0) is the physics exactly, as in twin_core/hybrid.py (the correction not called). */
+    int trusted = inst->ctx.lambda1 != 0.0 || inst->ctx.lambda2 != 0.0;
+    inst->ctx.correction = s->ints[VR_correction_on] && trusted ? bt_correction : NULL;
     inst->tol.rtol = s->rtol;
     for (int i = 0; i < BT_NX; i++) inst->tol.atol[i] = BT_DEFAULT_ATOL;
     return fmi2OK;
@@ -156,6 +158,8 @@ static void write_outputs(instance *inst)
     s->real[VR_c_C] = x[2];
     s->real[VR_T] = x[3];
     s->real[VR_yield_B] = (x[1] - inst->p.c_B0) / inst->p.c_A0;
+    s->real[VR_lambda_1_est] = s->real[VR_lambda_1]; /* no estimator: the weights as set, certain */
+    s->real[VR_lambda_2_est] = s->real[VR_lambda_2];
     int ok = 1;
     if (inst->ctx.correction != NULL) {
         double g[2];
@@ -193,6 +197,8 @@ static void refresh_outputs(instance *inst)
     s->real[VR_c_C] = s->real[VR_c_C0];
     s->real[VR_T] = s->real[VR_T0];
     s->real[VR_yield_B] = 0.0;
+    s->real[VR_lambda_1_est] = s->real[VR_lambda_1];
+    s->real[VR_lambda_2_est] = s->real[VR_lambda_2];
     s->ints[VR_correction_in_domain] = 1;
 }
 
