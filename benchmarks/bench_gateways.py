@@ -201,7 +201,9 @@ class RuntimeProcess:
 
 def runtime_toml(folder: Path, plc_port: int, reactors: int, scan_s: float) -> Path:
     """A `twin run` configuration: loopback servers on free ports, speed 1, ``reactors`` on one PLC."""
+    # the SCADA clients here are anonymous on SecurityPolicy None (loopback only): both opted into
     lines = [f'plant = "{PLANT}"', 'opcua_endpoint = "opc.tcp://127.0.0.1:0/batch-twin/"', "mirror_port = 0",
+             "opcua_allow_none = true", "opcua_allow_anonymous = true",
              f"scan_s = {scan_s}", "speed = 1.0", f'data_dir = "{folder / "var"}"', "plc_timeout_s = 1.0",
              "reconnect_min_s = 0.05", "reconnect_max_s = 0.5"]
     for i in range(reactors):
@@ -620,7 +622,8 @@ async def run_reactors(n: int, plants: list[PlantProcess], tmp: Path, first_s: f
     import gateways.runtime as runtime_module
 
     cfg = RuntimeConfig(
-        plant=PLANT, opcua_endpoint="opc.tcp://127.0.0.1:0/batch-twin/",
+        plant=PLANT, opcua_endpoint="opc.tcp://127.0.0.1:0/batch-twin/", opcua_allow_none=True,
+        opcua_allow_anonymous=True,
         mirror_port=0 if n <= MIRROR_MAX_REACTORS else -1, scan_s=1.0, speed=1.0, data_dir=str(tmp / f"var{n}"),
         plc_timeout_s=2.0,
         reactors=tuple(ReactorConfig(name=f"R{i + 1}", plc_port=plants[i // REACTORS_PER_PLANT].port,
