@@ -34,6 +34,9 @@ ARTIFACTS.append(("onnx", ["ml_onnx", "twin_core", "data/simulated_batch_data.cs
 # The FMU bundles twin_core, ml_onnx and the ONNX correction: keep it after the artifacts that make them.
 ARTIFACTS.append(("fmu", ["fmu", "twin_core", "ml_onnx", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
                   ["dist/BatchReactorTwin.fmu"], ["build-fmu"]))
+# The native FMU: C physics and the ONNX correction compiled to C (emx-onnx-cgen), no Python at run time.
+ARTIFACTS.append(("fmu-native", ["fmu", "twin_core/signals", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
+                  ["dist/BatchReactorTwinNative.fmu"], ["build-fmu", "--native"]))
 
 
 def log(msg: str) -> None:
