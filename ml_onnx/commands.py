@@ -10,7 +10,27 @@ from ml_onnx.model import candidates
 from ml_onnx.train import DEFAULT_DATA, DEFAULT_OUT, TrainConfig, train
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """``twin train --update CURRENT``: batch-to-batch refit with the release gate (ml_onnx.update)."""
+    from ml_onnx.update import UpdateConfig, update
+
+    cfg = UpdateConfig(window=args.window, gate_batches=args.gate_batches, margin=args.margin,
+                       prior_batches=args.prior_batches)
+    out = args.out if args.out_given else args.update
+    r = update(args.update, args.data, out, cfg, report_path=args.report)
+    g = r.report["gate"]
+    print(f"update {g['update_version']}: fitted {len(g['fitted_batches'])} batches, gate on {g['gate_batches']}: "
+          f"lab-residual RMS current {g['current']:.3f} -> candidate {g['candidate']:.3f} "
+          f"(release needs <= {(1 - g['margin']) * g['current']:.3f}): {'RELEASED' if r.released else 'REFUSED'}")
+    print(f"wrote {r.path}")
+    if args.json:
+        print(json.dumps(r.report, indent=2))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.update is not None:
+        return cmd_update(args)
     cfg = TrainConfig(candidate_names=tuple(args.candidates) if args.candidates else None, n_splits=args.folds)
     result = train(args.data, args.out, cfg, report_path=args.report, progress=not args.no_progress)
     rep = result.report
@@ -37,10 +57,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit the learned rate correction on plant data and export it to ONNX")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"plant data CSV (default {DEFAULT_DATA})")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"ONNX model to write (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=None, help=f"ONNX model to write (default {DEFAULT_OUT}; with --update: CURRENT)")
     p.add_argument("--report", type=Path, default=None, help="JSON report (default: <out stem>_report.json)")
     p.add_argument("--candidates", nargs="+", choices=sorted(candidates()), help="regressors to compare (default all)")
     p.add_argument("--folds", type=int, default=5, help="GroupKFold folds (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="also print the held-out summary as JSON")
-    p.set_defaults(func=cmd_train)
+    u = p.add_argument_group("batch-to-batch update (ml_onnx.update, docs/ml.md)")
+    u.add_argument("--update", type=Path, default=None, metavar="CURRENT",
+                   help="refit CURRENT (an ONNX correction) on the last batches of --data with CURRENT as prior; "
+                        "released to --out (default: CURRENT) only if it passes the gate")
+    u.add_argument("--window", type=int, default=20, help="recent batches taken (default 20)")
+    u.add_argument("--gate-batches", type=int, default=5, help="last batches of the window kept for the gate (default 5)")
+    u.add_argument("--margin", type=float, default=0.05, help="release when candidate <= (1 - margin) * current (default 0.05)")
+    u.add_argument("--prior-batches", type=float, default=10.0, help="weight of the previous model, in batches (default 10)")
+    p.set_defaults(func=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    args.out_given = args.out is not None
+    if args.out is None and args.update is None:
+        args.out = DEFAULT_OUT
+    return cmd_train(args)

@@ -123,8 +123,10 @@ class RateCorrectionRegressor(RegressorMixin, BaseEstimator):
             raise ParameterError("X", "non-finite", "features must be finite")
         return X
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> RateCorrectionRegressor:
-        """Fit on features X [N, n] (columns = ``feature_names``) and log-factors y [N, 2]."""
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> RateCorrectionRegressor:
+        """Fit on features X [N, n] (columns = ``feature_names``) and log-factors y [N, 2], with
+        optional row weights (passed to the last step of a Pipeline estimator: the ridge families;
+        ml_onnx.update weights the previous model's pseudo-rows with them)."""
         names = check_names(self.feature_names)
         if not (isinstance(self.ramp_fraction, (int, float)) and 0.0 < self.ramp_fraction <= 1.0):
             raise ParameterError("ramp_fraction", self.ramp_fraction, "must be within (0, 1]")
@@ -133,7 +135,15 @@ class RateCorrectionRegressor(RegressorMixin, BaseEstimator):
         if y.shape != (X.shape[0], N_OUTPUTS) or not np.all(np.isfinite(y)):
             raise ParameterError("y", y.shape, f"must be finite with shape ({X.shape[0]}, {N_OUTPUTS})")
         est = clone(self.estimator) if self.estimator is not None else candidates()["ridge_poly2"]
-        est.fit(X, y)
+        if sample_weight is None:
+            est.fit(X, y)
+        else:
+            w = np.asarray(sample_weight, dtype=np.float64)
+            if w.shape != (X.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0.0):
+                raise ParameterError("sample_weight", w.shape, f"must be ({X.shape[0]},), finite and >= 0")
+            if not isinstance(est, Pipeline):
+                raise ParameterError("sample_weight", type(est).__name__, "row weights need a Pipeline estimator")
+            est.fit(X, y, **{f"{est.steps[-1][0]}__sample_weight": w})
         self.estimator_ = est
         lo, hi = X.min(axis=0), X.max(axis=0)
         ramp = [max(self.ramp_fraction * (h - l), RAMP_FLOOR[FEATURES[n].unit]) for n, l, h in zip(names, lo, hi, strict=True)]
