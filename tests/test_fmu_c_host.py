@@ -144,3 +144,34 @@ def test_a_wrong_python_is_reported_not_crashed(fmus: FmuBuilds, env: dict, word
     assert "fmi2Instantiate failed" in proc.stderr
     for w in words:
         assert w in proc.stderr, proc.stderr
+
+
+def _prefix_without_libpython(tmp: Path) -> Path:
+    (tmp / "lib" / "python3.11" / "encodings").mkdir(parents=True)
+    return tmp
+
+
+def _prefix_without_stdlib(tmp: Path) -> Path:
+    import sysconfig
+
+    (tmp / "lib").mkdir(parents=True)
+    lib = Path(sysconfig.get_config_var("LIBDIR")) / sysconfig.get_config_var("INSTSONAME")
+    (tmp / "lib" / lib.name).symlink_to(lib)
+    return tmp
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    (_prefix_without_libpython, ["BATCHTWIN_PYTHON_HOME=", "no libpython3.11.so under", "BATCHTWIN_LIBPYTHON"]),
+    (_prefix_without_stdlib, ["BATCHTWIN_PYTHON_HOME=", "no Python 3.11 standard library"]),
+])
+def test_a_python_prefix_that_cannot_work_is_named_and_no_other_libpython_is_loaded(fmus: FmuBuilds, make, words,  # noqa: ANN001
+                                                                                   tmp_path: Path) -> None:
+    """The issue's case: a wrong prefix used to load another libpython quietly and fail with "failed
+    to get the Python codec". Now the loader says what is missing under BATCHTWIN_PYTHON_HOME."""
+    prefix = make(tmp_path / "prefix")
+    proc = fmus.run_host("physics", tmp_path / "x.csv", *_opts(fmus, "physics", stop=60.0),
+                         env={"BATCHTWIN_PYTHON_HOME": str(prefix)})
+    assert proc.returncode == 2, proc.stderr
+    assert "codec" not in proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr
