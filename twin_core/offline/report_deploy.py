@@ -316,8 +316,9 @@ def opcua(ctx: Context) -> str:
 
 
 # -- performance ---------------------------------------------------------------------------------------
-BENCHES_FULL = (("benchmarks/bench_core.py", ["--quick"]), ("benchmarks/bench_softsensor.py", []),
-                ("benchmarks/bench_fmu.py", ["--steps", "1000", "--repeat", "2", "--instances", "10"]))
+BENCHES_FULL = (("benchmarks/bench_core.py", ["--quick"]), ("benchmarks/bench_softsensor.py", ["--quick"]),
+                ("benchmarks/bench_fmu.py", ["--steps", "1000", "--repeat", "2", "--instances", "10"]),
+                ("benchmarks/bench_designspace.py", ["--quick"]))
 
 
 def performance(ctx: Context) -> str:
