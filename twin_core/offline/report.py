@@ -212,7 +212,7 @@ def figure_problems(fig: Any) -> list[str]:
                 continue  # a shared axis labelled once, on its neighbour
             if not UNIT_IN_LABEL.search(label):
                 problems.append(f"axes {i}: {which} label {label!r} has no unit in brackets")
-        labelled = [a for a in ax.get_children() if not str(a.get_label()).startswith("_") and a.get_label()]
+        labelled = ax.get_legend_handles_labels()[1]
         if ax.get_legend() is not None:
             legends += 1
         elif len(labelled) > 1 and not fig.legends:

@@ -29,21 +29,20 @@ def study(ctx: Context) -> str:
                      [[r.name + (" **(best)**" if r is best else ""), r.mode, 100 * r.yield_B_end, 100 * r.impurity_end,
                        r.t_stop_opt_s / 3600, 100 * r.yield_B_at_opt, 100 * r.impurity_at_opt, r.T_peak_K - C0]
                       for r in rows])
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 5))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(19, 5.5))
     colors = plt.get_cmap("tab20")(np.arange(len(rows)) % 20)
     for r, tr, col in zip(rows, trs, colors, strict=True):
         ls = "-" if r.mode == "reactor" else "--"
-        a1.plot(tr.t_s / 3600, tr.c_B / 1000, ls, color=col, label=r.name)
-        a2.plot(tr.t_s / 3600, tr.T_K - C0, ls, color=col, label=r.name)
+        a1.plot(tr.t_s / 3600, tr.c_B / 1000, ls, color=col)
+        a2.plot(tr.t_s / 3600, tr.T_K - C0, ls, color=col)
         a3.scatter(100 * r.impurity_at_opt, 100 * r.yield_B_at_opt, color=col, label=r.name,
                    marker="o" if r.mode == "reactor" else "s")
     a1.set(xlabel="time [h]", ylabel="c_B [mol/L]", title="product B")
     a2.set(xlabel="time [h]", ylabel="reactor temperature [°C]", title="reactor temperature")
     a3.set(xlabel="impurity C at optimal stop [mol %]", ylabel="yield of B at optimal stop [%]",
            title="trade-off at the optimal stop")
-    a1.legend(fontsize=6)
-    a2.legend(fontsize=6)
-    a3.legend(fontsize=6)
+    a3.legend(fontsize=7, bbox_to_anchor=(1.02, 1.0), loc="upper left", title="recipe (colour in all panels)",
+              title_fontsize=7)
     for a in (a1, a2, a3):
         a.grid(alpha=0.3)
     fig.suptitle("Temperature-profile study (solid: reactor programme, dashed: jacket programme)")
