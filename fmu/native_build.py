@@ -104,6 +104,8 @@ def native_header(guid: str, build_id: str, starts: dict[str, float], domain: ob
         raise BuildError("the native kernel expects one absolute tolerance for every state")
     lines.append(f"#define BT_DEFAULT_ATOL {atol.pop()!r}")
     lines.append(f"#define BT_HAS_CORRECTION {1 if domain is not None else 0}")
+    uses_time = domain is not None and "t_s" in domain.feature_names
+    lines.append(f"#define BT_CORRECTION_USES_TIME {1 if uses_time else 0}  /* a time-in-batch feature */")
     lines.append("")
     lines.append("enum {")
     lines += [f"    VR_{v.name} = {v.vr}," for v in variables]

@@ -76,13 +76,17 @@ void bt_rhs(const bt_rhs_ctx *ctx, double t, const double x[BT_NX], double dx[BT
 {
     const bt_coef *c = &ctx->c;
     double r1, r2;
-    bt_rates(x, c, &r1, &r2);
-    if (ctx->correction != NULL) {
+    if (ctx->correction == NULL) {
+        bt_rates(x, c, &r1, &r2);
+    } else {
+        /* k_i,ref exp(-E_i/R (1/T - 1/T_ref)) exp(lambda_i g_i) c_i with one exp per rate: the
+           Python kernel's two factors, rounded once instead of twice (parity <= 1e-12, not bits). */
         double g[2];
         int in_domain;
         ctx->correction(t, x, g, &in_domain);
-        r1 = exp(ctx->lambda1 * g[0]) * r1;
-        r2 = exp(ctx->lambda2 * g[1]) * r2;
+        double d = 1.0 / x[3] - c->inv_T_ref;
+        r1 = c->k1_ref * exp(-c->E1_over_R * d + ctx->lambda1 * g[0]) * x[0];
+        r2 = c->k2_ref * exp(-c->E2_over_R * d + ctx->lambda2 * g[1]) * x[1];
     }
     dx[0] = -r1;
     dx[1] = r1 - r2;
@@ -100,6 +104,12 @@ static void count(bt_stats *s, long accepted, long rejected)
 
 int bt_integrate(const bt_rhs_ctx *ctx, double t0, double x0[BT_NX], double t1, const bt_tolerance *tol,
                  double *h_io, bt_stats *stats, char *msg, unsigned msg_len)
+{
+    return bt_integrate_fsal(ctx, t0, x0, t1, tol, h_io, stats, NULL, NULL, msg, msg_len);
+}
+
+int bt_integrate_fsal(const bt_rhs_ctx *ctx, double t0, double x0[BT_NX], double t1, const bt_tolerance *tol,
+                      double *h_io, bt_stats *stats, double f0[BT_NX], int *f0_valid, char *msg, unsigned msg_len)
 {
     double span = t1 - t0;
     if (span == 0.0) {
@@ -120,7 +130,8 @@ int bt_integrate(const bt_rhs_ctx *ctx, double t0, double x0[BT_NX], double t1, 
     double t = t0;
     int i;
     memcpy(x, x0, sizeof x);
-    bt_rhs(ctx, t, x, k1);
+    if (f0_valid != NULL && *f0_valid) memcpy(k1, f0, sizeof k1); /* the caller's f(t0, x0) */
+    else bt_rhs(ctx, t, x, k1);
     for (;;) {
         double remaining = t1 - t;
         int last = h >= remaining * (1.0 - 1e-12);
@@ -159,6 +170,10 @@ int bt_integrate(const bt_rhs_ctx *ctx, double t0, double x0[BT_NX], double t1, 
                 count(stats, accepted, rejected);
                 memcpy(x0, x, sizeof x);
                 *h_io = (h >= hh ? h : hh) * factor;
+                if (f0_valid != NULL) { /* f at the end point (evaluated at t + hh), for the next call */
+                    memcpy(f0, k1, sizeof k1);
+                    *f0_valid = 1;
+                }
                 return BT_OK;
             }
             t = t + hh;

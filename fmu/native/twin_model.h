@@ -67,4 +67,10 @@ void bt_rhs(const bt_rhs_ctx *ctx, double t, const double x[BT_NX], double dx[BT
 int bt_integrate(const bt_rhs_ctx *ctx, double t0, double x[BT_NX], double t1, const bt_tolerance *tol,
                  double *h, bt_stats *stats, char *msg, unsigned msg_len);
 
+/* bt_integrate with first-same-as-last across calls: when *f0_valid, f0 is f(t0, x) (the last
+   stage of the previous call, same input and weights) and is used instead of evaluating it; on
+   success f0 holds f at the end point and *f0_valid is 1. The same numbers, one evaluation less. */
+int bt_integrate_fsal(const bt_rhs_ctx *ctx, double t0, double x[BT_NX], double t1, const bt_tolerance *tol,
+                      double *h, bt_stats *stats, double f0[BT_NX], int *f0_valid, char *msg, unsigned msg_len);
+
 #endif
