@@ -13,15 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
 from conftest import until
-from opcua_helpers import call_full, namespace_index, signal_node_id
+from opcua_helpers import USERS, call_full, make_client, namespace_index, signal_node_id
 
 from gateways.config import ReactorConfig, RuntimeConfig
 from gateways.fmu_runner import FmuRunner
 from gateways.plant_process import PlantProcess
 from gateways.plc_client import PlcClient
 from gateways.runtime import Runtime, serve
+from gateways.users import TEST_ONLY_KDF, UserStore
 from twin_core.recipe import Recipe
 from twin_core.signals.plc import Phase, SensorFault
 from twin_core.signals.runtime import TwinMode
@@ -29,6 +30,8 @@ from twin_core.signals.runtime import TwinMode
 SPEED = 2000.0
 RECIPE = Recipe((0.0, 1800.0), (298.15, 343.15), 5 * 3600.0, name="ramp-5h")
 PLANT = "plant"
+OPERATOR = "olga"
+REASON = ua.Variant("test batch", ua.VariantType.String)
 
 
 class Events:
@@ -50,7 +53,11 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
     async def main() -> dict:
         out: dict = {}
         with PlantProcess(speed=SPEED, seed=4) as plant:
+            # an operator logs in over SecurityPolicy None (loopback); the `opcua` package reads anonymously
+            store = UserStore(tmp_path / "users.json", kdf=TEST_ONLY_KDF)
+            store.add(OPERATOR, USERS[OPERATOR][0], USERS[OPERATOR][1])
             cfg = RuntimeConfig(plant=PLANT, opcua_endpoint="opc.tcp://127.0.0.1:0/batch-twin/", mirror_port=-1,
+                                opcua_allow_none=True, opcua_allow_anonymous=True,
                                 scan_s=60.0, speed=SPEED, data_dir=str(tmp_path), reconnect_min_s=0.05,
                                 reconnect_max_s=0.2, plc_timeout_s=0.5,
                                 reactors=(ReactorConfig(name="R1", plc_port=plant.port, fmu=str(fmu)),))
@@ -67,7 +74,7 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
             url = servers[0].endpoint_url
             out["url"] = url
             try:
-                async with Client(url, timeout=10) as client:
+                async with await make_client(url, OPERATOR) as client:
                     ns = await namespace_index(client)
                     obj = ua.NodeId(f"{PLANT}.R1", ns)
                     events = Events()
@@ -77,10 +84,10 @@ def test_scada_reads_what_the_twin_computed_and_events_and_history_cover_the_bat
                     # a refusal comes back Bad with the PLC's reason; a good StartBatch starts the batch
                     bad = Recipe(tuple(600.0 * i for i in range(20)), tuple(300.0 + i for i in range(20)), 36000.0)
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.StartBatch", ns),
-                                          ua.Variant(bad.to_toml(), ua.VariantType.String))
+                                          ua.Variant(bad.to_toml(), ua.VariantType.String), REASON)
                     assert not res.StatusCode.is_good() and "16 points" in res.OutputArguments[0].Value
                     res = await call_full(client, obj, ua.NodeId(f"{PLANT}.R1.StartBatch", ns),
-                                          ua.Variant(RECIPE.to_toml(), ua.VariantType.String))
+                                          ua.Variant(RECIPE.to_toml(), ua.VariantType.String), REASON)
                     assert res.StatusCode.is_good(), res
                     await until(lambda: r1.mode is TwinMode.TRACKING and r1.m["batch_time"] > 1800.0)
                     # Hold and Resume reach the PLC (its phase, as the runtime reads it back)
