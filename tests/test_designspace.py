@@ -102,12 +102,19 @@ def test_result_is_the_same_bit_for_bit_whatever_the_chunking() -> None:
 
 @pytest.mark.slow
 def test_engines_give_identical_results() -> None:
-    """In-process, a local process pool and a Dask LocalCluster on 127.0.0.1 (2 workers)."""
+    """In-process, a local process pool, a Dask LocalCluster on 127.0.0.1 started by the command
+    (--dask-local) and one reached by its scheduler address (--scheduler)."""
+    from distributed import LocalCluster
+
     cfg = ds.quick_config(n_mc=25, num=3, chunk_size=40)
     ref = ds.run_designspace(cfg).table
     assert ds.run_designspace(cfg, engine="pool", workers=2).table == ref
     assert ds.run_designspace(cfg, engine="dask", dask_local=2).table == ref
-    assert ds.run_designspace(dataclasses.replace(cfg, chunk_size=1000), engine="dask", dask_local=1).table == ref
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        big = dataclasses.replace(cfg, chunk_size=1000)
+        assert ds.run_designspace(big, engine="dask", scheduler=cluster.scheduler_address).table == ref
 
 
 def test_par_and_robust_point_on_a_known_map() -> None:
@@ -120,6 +127,8 @@ def test_par_and_robust_point_on_a_known_map() -> None:
     assert ds._par(p, axes, (0, 0), 0.95) == [None, None]
     idx, dist = ds._robust(p, 0.95)
     assert idx == (2, 2) and dist == pytest.approx(math.sqrt(2))  # (3, 2) is as far from failures, but on the grid's edge
+    idx, dist = ds._robust(np.array([[0.1, 0.4], [0.3, 0.2]]), 0.95)
+    assert idx == (0, 1) and math.isnan(dist)  # nothing in the design space: the highest P, no distance
 
 
 def test_wilson_interval() -> None:
@@ -167,6 +176,10 @@ plateau_K = 335.0
         ({"set_point": {"ramp_K_per_s": 0.01}}, ParameterError, "designspace.set_point.ramp_K_per_s"),
         ({"variation": {"c_A0_rsd": "2 %"}}, ParameterTypeError, "designspace.variation.c_A0_rsd"),
         ({"factors": {"name": "plateau_K"}}, ParameterError, "designspace.factors"),
+        ({"factors": [{"name": "plateau_K", "start": 60.0, "stop": 80.0, "num": 3}]}, ParameterError,
+         "designspace.factors.plateau_K"),  # degC given as K
+        ({"factors": [{"name": "duration_s", "start": 0.0, "stop": 3600.0, "num": 3}]}, ParameterError,
+         "designspace.factors.duration_s"),
     ]
     for data, exc, where in bad:
         with pytest.raises(exc) as info:
@@ -194,6 +207,16 @@ def test_command_writes_csv_and_plot(tmp_path, capsys) -> None:
     assert lines[0].startswith("plateau_K,duration_s,n,p_all") and len(lines) == 10
     assert (tmp_path / "o" / "designspace.png").stat().st_size > 10_000
     assert main(["designspace", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_one_factor_study_with_the_ramp_rate(tmp_path) -> None:
+    f = ds.Factor("ramp_K_per_s", 10.0 / 3600, 90.0 / 3600, 3)
+    cfg = dataclasses.replace(ds.DesignSpaceConfig(), n_mc=10, factors=(f,), set_point=(("ramp_K_per_s", 45.0 / 3600),))
+    res = ds.run_designspace(cfg, tmp_path)
+    assert [r["ramp_K_per_s"] for r in res.table] == list(f.values)
+    assert res.set_point == {"ramp_K_per_s": f.values[1]}  # snapped to the grid (50 K/h)
+    assert res.plot_path is not None and res.plot_path.stat().st_size > 10_000
+    assert "ramp" in res.summary()
 
 
 # -- the correction in vectorised form --------------------------------------------------------------------

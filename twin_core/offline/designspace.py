@@ -48,7 +48,7 @@ import numpy as np
 from twin_core.batch_sim import Programme, coefficients_from_arrays, cqas, simulate_batches
 from twin_core.errors import ParameterError
 from twin_core.params import ModelParams, load_params
-from twin_core.validate import from_mapping, load_toml, spec, validated
+from twin_core.validate import T_MAX_K, T_MIN_K, from_mapping, load_toml, spec, validated
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,13 @@ class DesignSpaceConfig:
         names = [f.name for f in self.factors]
         if len(set(names)) != len(names):
             raise ParameterError("designspace.factors", names, "a factor is listed twice")
+        for f in self.factors:
+            lo, hi = min(f.start, f.stop), max(f.start, f.stop)
+            if f.name == "plateau_K" and not (T_MIN_K <= lo and hi <= T_MAX_K):
+                raise ParameterError("designspace.factors.plateau_K", (f.start, f.stop),
+                                     f"must be temperatures in kelvin within [{T_MIN_K}, {T_MAX_K}]")
+            if f.name != "plateau_K" and not lo > 0.0:
+                raise ParameterError(f"designspace.factors.{f.name}", (f.start, f.stop), "values must be > 0")
         for name, value in self.set_point:
             if name not in names:
                 raise ParameterError(f"designspace.set_point.{name}", value, f"not a factor of the grid {names}")
@@ -495,8 +502,12 @@ class DesignSpaceResult:
                          ("none (set point outside the design space)" if rng is None
                           else f"{_disp(k, rng[0]):g} .. {_disp(k, rng[1]):g}"))
         rb = ", ".join(_fmt(k, self.robust[k]) for k in self.factor_names)
-        lines.append(f"  most robust set point: {rb} (P(all) = {self.robust['p_all']:.3f}, "
-                     f"{self.robust['distance_steps']:.2f} grid steps from the edge)")
+        if n_in:
+            lines.append(f"  most robust set point: {rb} (P(all) = {self.robust['p_all']:.3f}, "
+                         f"{self.robust['distance_steps']:.2f} grid steps from the edge)")
+        else:
+            lines.append(f"  no grid point reaches P(all) >= {cfg.probability:g}; the highest P(all) is "
+                         f"{self.robust['p_all']:.3f} at {rb}")
         return "\n".join(lines)
 
 
@@ -553,7 +564,7 @@ def _robust(p: np.ndarray, thr: float) -> tuple[tuple[int, ...], float]:
         key = (min(dist, outside), float(flat[i]))
         if key > best_key:
             best, best_key = tuple(int(v) for v in ix), key
-    return best, best_key[0]
+    return best, (best_key[0] if best_key[0] >= 0.0 else math.nan)  # NaN: no point reaches thr
 
 
 def assemble(study: Study, results: Sequence[list[tuple[int, tuple[int, ...]]]], engine: str, elapsed_s: float
