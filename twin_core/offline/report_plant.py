@@ -102,10 +102,69 @@ def _robustness_module(ctx: Context) -> Any:
 
 def robustness(ctx: Context) -> str:
     mod = _robustness_module(ctx)
-    entry = getattr(mod, "report_run", None)
-    if entry is None:
-        raise Unavailable("validation/robustness.py has no report entry point (report_run) yet")
-    return str(entry(ctx))
+    from twin_core.offline.plots import pyplot
+
+    corr = ctx.correction()  # Unavailable without a correction
+    del corr
+    sizes = mod.TINY if ctx.quick else mod.QUICK
+    names = ("larger mismatch",) if ctx.quick else None
+    res = mod.run_robustness(quick=True, out_dir=None, correction=ctx.correction_path, variants=names, sizes=sizes)
+    v, h = res["variants"], res["holdout"]
+    ratio = max(r["open_loop_rmse_c_B_mol_per_m3"]["hybrid_trust"] / r["open_loop_rmse_c_B_mol_per_m3"]["physics"]
+                for r in v.values())
+    ctx.check("never_worse", "trust-weighted hybrid vs physics, worst variant: RMSE ratio", ratio, "<=", 1.05)
+    ctx.check("holdout_gain", "trust-weighted hybrid on the committed held-out batches: error reduction",
+              100 * h["hybrid_trust_gain"], ">=", 80.0, "%")
+    large = [r["hybrid_trust_gain"] for n, r in v.items() if n in mod.LARGE]
+    if large:
+        ctx.check("large_gain", "trust-weighted hybrid, variants with a mismatch ≥ the training plant's: smallest "
+                  "error reduction", 100 * min(large), ">=", 50.0, "%")
+    ctx.check("b2b", "batch-to-batch learning: learned / 150-batch-reference error, worst variant",
+              max(r["b2b"]["ratio_learned_to_reference"] for r in v.values()), "<=", 1.5)
+    ss = [r["softsensor_adaptive"] for r in v.values()]
+    ctx.check("ss_rmse_mean", "adaptive soft sensor c_B RMSE, worst variant mean", max(x["rmse_pct_mean"] for x in ss),
+              "<=", 2.0, "% of c_B,max")
+    ctx.check("ss_rmse_worst", "adaptive soft sensor c_B RMSE, worst batch of any variant",
+              max(x["rmse_pct_worst"] for x in ss), "<=", 3.0, "% of c_B,max")
+    ctx.check("ss_cov_lo", "95 % coverage of c_B, lowest variant", 100 * min(x["coverage95"] for x in ss), ">=", 90.0,
+              "%")
+    ctx.check("ss_cov_hi", "95 % coverage of c_B, highest variant", 100 * max(x["coverage95"] for x in ss), "<=", 99.0,
+              "%")
+    fa = sum(r["fault_free"]["with_alarm"] for r in v.values())
+    ctx.check("false_alarms", "fresh fault-free batches with a sensor alarm, all variants", fa, "<=", 0, "batches")
+    mm = [r["mismatch_warning"] for r in v.values() if r["fixed_worse_than_physics"]]
+    if mm:
+        ctx.check("mismatch", "CORRECTION_MISMATCH within three labs where the fixed correction is worse than physics "
+                  "(fraction of batches)", sum(m["within_3_labs"] for m in mm) / sum(m["batches"] for m in mm), ">=",
+                  1.0)
+    ctx.check("forecast_variants", "final-yield forecast at 50 %, worst variant MAE",
+              max(x["yield50_mae_pts"] for x in ss), "<=", 2.0, "points")
+    ctx.check("forecast_holdout", "final-yield forecast at 50 %, committed held-out MAE (adaptive)",
+              h["softsensor_adaptive"]["yield50_mae_pts"], "<=", 1.0, "points")
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(v), figsize=(4.4 * len(v), 4.0), squeeze=False)
+    for ax, (n, r) in zip(axes[0], v.items(), strict=True):
+        pb = r["per_batch"]
+        k = np.arange(1, len(pb) + 1)
+        for key, label in (("physics", "physics only"), ("hybrid_fixed", "hybrid, λ = 1"),
+                           ("hybrid_trust", "hybrid, trust-weighted")):
+            ax.plot(k, [x[key] for x in pb], "o-", ms=3, lw=1.2, label=label)
+        e = r["b2b"]["errors"]
+        ax.plot(np.arange(1, len(e) + 1), e, "--", lw=1.2, label="batch-to-batch learning")
+        ax.axhline(r["b2b"]["rmse_reference"], color="k", lw=0.8, ls=":", label="correction fitted on the variant")
+        ax.set(xlabel="batch number [1]", ylabel="open-loop c_B RMSE [mol/m3]", title=n, yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Error against batch number on each plant variant (learning curves)")
+    figure = ctx.figure("robustness_error_vs_batch", fig, "open-loop error per batch on each plant variant: physics, "
+                        "fixed and trust-weighted hybrid, batch-to-batch learning")
+    table = mod.render(res)
+    return (f"`validation/robustness.py` (`run_robustness`, sizes {sizes}{', one variant: --quick' if ctx.quick else ''})"
+            f", correction `{ctx.correction_path.name}`, {res['elapsed_s']:.0f} s. Plants generated now from the "
+            "committed configs of `validation/plants/` with their seeds; none used for tuning. The full evaluation "
+            "(40 batches per variant, 100 fault-free, 50-batch campaigns) is `twin validate robustness`.\n\n"
+            + table + "\n" + figure)
 
 
 def correction(ctx: Context) -> str:
