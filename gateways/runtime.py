@@ -770,7 +770,7 @@ async def serve(cfg: RuntimeConfig, stop: asyncio.Event, *, status_stream=None, 
 
     status_stream: where the live status lines go (None: none); on_ready(runtime, servers) is called
     once everything listens (the CLI prints the endpoints)."""
-    from gateways.modbus_mirror import ModbusMirror
+    from gateways.modbus_mirror import ModbusMirror, tls_mirror_from_config
     from gateways.opcua_server import TwinIdentity, TwinOpcUaServer
     from gateways.security import ServerSecurity
 
@@ -796,6 +796,10 @@ async def serve(cfg: RuntimeConfig, stop: asyncio.Event, *, status_stream=None, 
             await stack.enter_async_context(mirror)
             rt.add_publisher(mirror)
             servers.append(mirror)
+            tls = tls_mirror_from_config(mirror, cfg)  # Modbus/TCP Security: serves the same images
+            if tls is not None:
+                await stack.enter_async_context(tls)
+                servers.append(tls)
         stack.push_async_callback(rt.stop)  # unwound first: the scans end before the servers close
         await rt.start()
         if on_ready is not None:
