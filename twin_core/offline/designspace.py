@@ -86,7 +86,7 @@ class RecipeFamily:
     until duration_s (the factors replace these values point by point)."""
 
     T_start_K: float = spec(298.15, unit="K", kind="temperature")
-    plateau_K: float = spec(338.15, unit="K", kind="temperature")
+    plateau_K: float = spec(333.15, unit="K", kind="temperature")
     ramp_K_per_s: float = spec(45.0 / 3600.0, unit="K/s", gt=0.0)
     duration_s: float = spec(8 * 3600.0, unit="s", gt=0.0)
 
@@ -123,7 +123,8 @@ class Variation:
 class DesignSpaceConfig:
     """A design-space study (TOML: top-level keys, ``[[factors]]``, ``[recipe]``, ``[specs]``,
     ``[variation]``, ``[set_point]``; docs/designspace.md). ``params``/``correction``: paths (empty:
-    the built-in parameters / physics only), relative to the TOML's folder."""
+    the built-in parameters / physics only), relative to the TOML's folder. ``set_point``: (factor,
+    value) pairs, snapped to the grid; a factor not named there takes the recipe family's value."""
 
     name: str = spec("design space", kind="str")
     seed: int = spec(0, kind="int", ge=0)
@@ -593,8 +594,10 @@ def assemble(study: Study, results: Sequence[list[tuple[int, tuple[int, ...]]]],
     axes = [f.values for f in cfg.factors]
     shape = [f.num for f in cfg.factors]
     p = np.array([r["p_all"] for r in table]).reshape(shape)
-    wanted = dict(cfg.set_point)
-    idx = tuple(int(np.argmin(np.abs(ax - wanted.get(nm, ax[len(ax) // 2])))) for nm, ax in zip(names, axes))
+    # the set point: as configured, else the recipe family's own value (the charge's for c_A0)
+    wanted = {"c_A0_mol_per_m3": study.params.charge.c_A0_mol_per_m3,
+              **{k: getattr(cfg.recipe, k) for k in ("plateau_K", "duration_s", "ramp_K_per_s")}, **dict(cfg.set_point)}
+    idx = tuple(int(np.argmin(np.abs(ax - wanted[nm]))) for nm, ax in zip(names, axes))
     set_point = {nm: float(ax[i]) for nm, ax, i in zip(names, axes, idx)}
     par = dict(zip(names, _par(p, axes, idx, cfg.probability)))
     ridx, dist = _robust(p, cfg.probability)
