@@ -1,4 +1,6 @@
-"""``twin train``: fit the rate correction on plant data and export it to ONNX (ml_onnx.train)."""
+"""``twin train``: fit the rate correction on plant data and export it to ONNX (ml_onnx.train);
+``twin train --update``: the batch-to-batch refit (ml_onnx.update); ``twin validate robustness``:
+the plant-family evaluation (validation/robustness.py)."""
 
 from __future__ import annotations
 
@@ -70,8 +72,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--window", type=int, default=20, help="recent batches taken (default 20)")
     u.add_argument("--gate-batches", type=int, default=5, help="last batches of the window kept for the gate (default 5)")
     u.add_argument("--margin", type=float, default=0.05, help="release when candidate <= (1 - margin) * current (default 0.05)")
-    u.add_argument("--prior-batches", type=float, default=10.0, help="weight of the previous model, in batches (default 10)")
+    u.add_argument("--prior-batches", type=float, default=3.0, help="weight of the previous model, in batches (default 3)")
     p.set_defaults(func=_dispatch)
+    register_validate(sub)
+
+
+def _robustness_module():  # type: ignore[no-untyped-def]
+    """validation/robustness.py of the source tree (validation/ is not a package: scripts)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "validation" / "robustness.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the robustness evaluation ships with the source tree only")
+    spec = importlib.util.spec_from_file_location("validation_robustness", path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = mod  # type: ignore[union-attr]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def cmd_validate_robustness(args: argparse.Namespace) -> int:
+    mod = _robustness_module()
+    argv = ["--out-dir", str(args.out_dir)] + (["--quick"] if args.quick else [])
+    for flag, v in (("--work", args.work), ("--correction", args.correction), ("--figure", args.figure)):
+        if v is not None:
+            argv += [flag, str(v)]
+    return int(mod.main(argv))
+
+
+def register_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="validation studies of the hybrid twin")
+    vsub = p.add_subparsers(dest="study", required=True)
+    r = vsub.add_parser("robustness", help="the hybrid twin on a family of plant variants (validation/robustness.py)")
+    r.add_argument("--quick", action="store_true", help="small sizes (6 batches per variant)")
+    r.add_argument("--out-dir", type=Path, default=Path("validation"), help="where robustness.json/.md go")
+    r.add_argument("--work", type=Path, default=None, help="keep the generated plant data here")
+    r.add_argument("--correction", type=Path, default=None, help="ONNX correction (default dist/correction.onnx)")
+    r.add_argument("--figure", type=Path, default=None, help="figure path")
+    r.set_defaults(func=cmd_validate_robustness)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

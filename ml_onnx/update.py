@@ -53,7 +53,7 @@ class UpdateConfig:
     window: int = spec(20, kind="int", ge=3)              # recent batches taken (fitted + gate)
     gate_batches: int = spec(5, kind="int", ge=1)         # the last ones of the window: the gate, not fitted
     margin: float = spec(0.05, ge=0.0, lt=1.0)            # release when candidate <= (1 - margin) * current
-    prior_batches: float = spec(10.0, ge=0.0)             # the previous model's weight, in batches
+    prior_batches: float = spec(3.0, ge=0.0)              # the previous model's weight, in batches
     prior_box_rows: int = spec(500, kind="int", ge=0)     # prior pseudo-rows spread over its domain
     stride: int = spec(5, kind="int", ge=1)               # every stride-th 1-min row of a fitted batch
     seed: int = spec(0, kind="int", ge=0)
