@@ -37,8 +37,8 @@ def variable_table() -> str:
         unit = s.unit if v.type == "Real" else ""
         if s.display_unit:
             unit += f" ({s.display_unit})"
-        lo = _fmt(s.min, v.type) if v.type != "Boolean" else ""
-        hi = _fmt(s.max, v.type) if v.type != "Boolean" else ""
+        lo = _fmt(v.min, v.type) if v.type != "Boolean" else ""  # the declared range (OUTPUT_BOUNDS)
+        hi = _fmt(v.max, v.type) if v.type != "Boolean" else ""
         start = _fmt(s.start, v.type) if v.causality in ("parameter", "input") else ""
         if v.name == "correction_on":
             start = "true if built with a correction"
