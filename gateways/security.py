@@ -166,31 +166,21 @@ def current_peer() -> str:
     return proc.peer if proc is not None else ""
 
 
+_ALLOWED_SERVICES = frozenset(ua.NodeId(t) for t in USER_TYPES)
+_SESSION_SERVICES = frozenset({_CREATE, _ACTIVATE, _CLOSE, *_DISCOVERY,
+                               ua.NodeId(_ID.RegisterServerRequest_Encoding_DefaultBinary),
+                               ua.NodeId(_ID.RegisterServer2Request_Encoding_DefaultBinary)})
+
+
 class _TwinRuleset(PermissionRuleset):
     """Service-level permissions: a session whose user is a TwinUser may use the user services (Read,
     Write, Call, Browse, subscriptions, HistoryRead ...; roles are checked per node and method by the
     server's handlers); nobody may change the address space (AddNodes, DeleteNodes, references), and a
-    session not (yet) activated may do nothing. The first refusal of each connection is audited (once:
-    a client looping on refused requests cannot fill the disk)."""
-
-    def __init__(self, guard: SessionGuard) -> None:
-        self._allowed = {ua.NodeId(t) for t in USER_TYPES}
-        self._guard = guard
+    session not (yet) activated may do nothing. (SessionGuard.before refuses and audits the same
+    requests first; this is asyncua's own check, kept as a second line.)"""
 
     def check_validity(self, user: Any, action_type_id: ua.NodeId, body: Any) -> bool:
-        if isinstance(user, TwinUser) and action_type_id in self._allowed:
-            return True
-        proc = _CURRENT.get()
-        if proc is not None and not proc.refused_service:
-            proc.refused_service = True
-            who = (user.name or "anonymous") if isinstance(user, TwinUser) else "<not logged in>"
-            role = str(user.twin_role) if isinstance(user, TwinUser) else ""
-            thumb = user.cert_thumbprint if isinstance(user, TwinUser) else proc.client_thumbprint
-            self._guard.record_soon(user=who, role=role, cert_thumbprint=thumb, action="refused", target=proc.peer,
-                                    outcome="refused", detail=f"service {action_type_id.to_string()} refused "
-                                    "(BadUserAccessDenied): " + ("not allowed to any session" if isinstance(user, TwinUser)
-                                                                 else "the session is not activated"))
-        return False
+        return isinstance(user, TwinUser) and action_type_id in _ALLOWED_SERVICES
 
 
 class _TwinUserManager(UserManager):
@@ -265,6 +255,19 @@ class SessionGuard:
                                   detail="SecurityPolicy None is off: only endpoint discovery on an unsecured "
                                          "channel (BadSecurityPolicyRejected)")
             raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
+        if typeid not in _SESSION_SERVICES:
+            user = proc.session.user if proc.session is not None else None
+            if not isinstance(user, TwinUser) or typeid not in _ALLOWED_SERVICES:
+                if not proc.refused_service:  # once per connection: a client looping on it cannot fill the disk
+                    proc.refused_service = True
+                    twin = user if isinstance(user, TwinUser) else None
+                    await self.record(user=(twin.name or "anonymous") if twin else "<not logged in>",
+                                      role=str(twin.twin_role) if twin else "",
+                                      cert_thumbprint=twin.cert_thumbprint if twin else proc.client_thumbprint,
+                                      action="refused", target=proc.peer, outcome="refused",
+                                      detail=f"service {typeid.to_string()} refused (BadUserAccessDenied): "
+                                             + ("not allowed to any session" if twin else "the session is not activated"))
+                raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
         if typeid == _CREATE:
             params = struct_from_binary(ua.CreateSessionParameters, body.copy())
             given = params.ClientCertificate or None
@@ -430,7 +433,7 @@ class TwinServer(Server):
                                                      [host, *sec.hosts])
         await self.load_certificate(str(cert))
         await self.load_private_key(str(key))
-        self.set_security_policy(sec.policies, permission_ruleset=_TwinRuleset(self.guard))
+        self.set_security_policy(sec.policies, permission_ruleset=_TwinRuleset())
         tokens: list[type] = [ua.UserNameIdentityToken]
         if sec.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)

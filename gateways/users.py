@@ -5,7 +5,7 @@ once, the least role for each :class:`Action`; :func:`permits` is what the serve
 
     viewer    browse, read, subscribe, history
     operator  + batch methods (StartBatch, Hold, Resume, Abort), recipe writes, lab entry, alarm acknowledgement
-    engineer  + twin tuning and parameters (writes into the Twin folder, ResetTwin)
+    engineer  + twin tuning and parameters (ResetTwin; SetTwinParameter, the only way to change the Twin folder)
     admin     + users, certificates
 
 **Users** live in a JSON file (:class:`UserStore`; default ``<data_dir>/users.json``), written atomically
