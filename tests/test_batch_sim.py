@@ -141,3 +141,27 @@ BAD = [
 def test_bad_input_is_refused(case: tuple) -> None:
     with pytest.raises(ParameterError):
         case[1]()
+
+
+def test_a_failing_batch_is_raised_or_marked() -> None:
+    """A batch too stiff for the explicit method (k1_ref 1 /s): more steps than allowed. 'raise'
+    names it (the scalar loop's IntegrationError); 'mark' ends it with NaN and leaves the others exact."""
+    from twin_core.errors import IntegrationError
+
+    ps, rs = _random_batches(3, seed=6)
+    ps[1] = ps[1].replace(k1_ref_per_s=1.0)
+    with pytest.raises(IntegrationError, match="batch 1: more than 300 steps"):
+        _run(ps, rs, "raise")
+    res = _run(ps, rs, "mark")
+    assert res.failed.tolist() == [False, True, False]
+    assert np.all(np.isnan(res.x_end[1])) and np.isnan(res.T_peak_K[1])
+    ok = simulate_recipes([ps[0], ps[2]], [rs[0], rs[2]])
+    assert np.array_equal(res.x_end[[0, 2]], ok.x_end) and not ok.failed.any()
+    with pytest.raises(ParameterError):
+        _run(ps, rs, "ignore")
+
+
+def _run(ps, rs, on_failure):
+    c = stack_coefficients([coefficients(p) for p in ps])
+    return simulate_batches(c, np.array([p.charge.x0 for p in ps]), Programme.from_recipes(rs), on_failure=on_failure,
+                            max_steps=300)

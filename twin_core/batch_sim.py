@@ -274,7 +274,8 @@ class BatchResult:
 
     x_end (B, 4): state at each batch's end (c_A, c_B, c_C [mol/m3], T [K]); T_peak_K (B,): peak
     reactor temperature over the output grid (NaN when not asked for); x_edges (B, S + 1, 4): the
-    state at every edge (None unless asked for); accepted, rejected (B,): step counts.
+    state at every edge (None unless asked for); accepted, rejected (B,): step counts; failed (B,):
+    the integration failed (``on_failure="mark"``; its results are NaN).
     """
 
     x_end: np.ndarray
@@ -282,6 +283,7 @@ class BatchResult:
     x_edges: np.ndarray | None
     accepted: np.ndarray
     rejected: np.ndarray
+    failed: np.ndarray
 
 
 def cqas(result: BatchResult, x0: np.ndarray) -> dict[str, np.ndarray]:
@@ -297,14 +299,20 @@ def cqas(result: BatchResult, x0: np.ndarray) -> dict[str, np.ndarray]:
 # -- the loop -----------------------------------------------------------------------------------------
 def simulate_batches(c: Coefficients, x0: np.ndarray, programme: Programme, tolerance: Tolerance = DEFAULT_TOLERANCE,
                      dt_out_s: float | None = 60.0, record_edges: bool = False,
-                     correction: BatchCorrection | None = None, trust: np.ndarray | None = None) -> BatchResult:
+                     correction: BatchCorrection | None = None, trust: np.ndarray | None = None,
+                     on_failure: str = "raise", max_steps: int = MAX_STEPS_PER_INTERVAL) -> BatchResult:
     """Integrate B batches: coefficients ``c`` with (B,) array fields (or floats, shared), charges
     x0 (B, 4), jacket ``programme``; tolerances as ``Twin``'s.
 
     dt_out_s: output grid of the peak temperature (None: no peak, NaN). record_edges: keep the
     state at every programme edge. correction, trust (2, B): the learned correction and its trust
-    weights lambda (default 1). Raises IntegrationError naming the batch that failed.
+    weights lambda (default 1). A batch whose integration fails (step-size underflow, more than
+    ``max_steps`` steps in one segment, the scalar loop's IntegrationError): ``on_failure="raise"``
+    raises IntegrationError naming it; ``"mark"`` ends it with NaN results and ``failed`` True and
+    carries on with the others (a Monte-Carlo study of 10^7 batches is not stopped by one).
     """
+    if on_failure not in ("raise", "mark"):
+        raise ParameterError("on_failure", on_failure, "must be 'raise' or 'mark'")
     x0 = np.atleast_2d(np.asarray(x0, dtype=float))
     B = programme.size
     if x0.shape != (B, 4):
@@ -318,7 +326,9 @@ def simulate_batches(c: Coefficients, x0: np.ndarray, programme: Programme, tole
         lam = np.ones((2, B))
     else:
         lam = np.array(trust, dtype=float).reshape(2, B)
-    return _Loop(coef, x0, programme, tolerance, dt_out_s, record_edges, correction, lam).run()
+    loop = _Loop(coef, x0, programme, tolerance, dt_out_s, record_edges, correction, lam)
+    loop.on_failure, loop.max_steps = on_failure, int(max_steps)
+    return loop.run()
 
 
 class _Loop:
@@ -350,6 +360,8 @@ class _Loop:
         self.n_rej = np.zeros(B, dtype=np.int64)
         self.n_seg_steps = np.zeros(B, dtype=np.int64)
         self.done = np.zeros(B, dtype=bool)
+        self.failed = np.zeros(B, dtype=bool)
+        self.on_failure, self.max_steps = "raise", MAX_STEPS_PER_INTERVAL
         if dt_out is not None:
             end = prog.end_s
             n = np.floor(end / dt_out * (1.0 + 1e-12)).astype(np.int64)
@@ -399,6 +411,15 @@ class _Loop:
             self.n_dense, self.filled, self.peak = self.n_dense[keep], self.filled[keep], self.peak[keep]
         self.w = {k: v[keep] for k, v in self.w.items()}
         self.X, self.K1 = self.X[:, keep], self.K1[:, keep]
+
+    def _fail(self, rows: np.ndarray) -> None:
+        """End rows whose integration failed: NaN results, ``failed`` set."""
+        g = self.idx[rows]
+        self.failed[g] = True
+        self.X[:, rows] = np.nan
+        if self.dt_out is not None:
+            self.peak[rows] = np.nan
+        self._finish(rows)
 
     def _finish(self, rows: np.ndarray) -> None:
         g = self.idx[rows]
@@ -482,15 +503,15 @@ class _Loop:
                 self.t = np.where(acc, t + hh, t)
                 self.h = np.where(acc, np.where(last, np.where(h >= hh, h, hh) * factor, hh * factor), shrink)
                 h_min = 1e-12 * np.maximum(1.0, np.abs(self.b))
-                bad = rej & (self.h < h_min)
-                if bad.any():
-                    i = int(np.nonzero(bad)[0][0])
-                    raise IntegrationError(f"batch {int(self.idx[i])}: step size underflow at t={float(t[i])} "
-                                           f"(h={float(self.h[i])}); state {tuple(X[:, i])}")
-                if np.any(self.n_seg_steps > MAX_STEPS_PER_INTERVAL):
-                    i = int(np.argmax(self.n_seg_steps))
-                    raise IntegrationError(f"batch {int(self.idx[i])}: more than {MAX_STEPS_PER_INTERVAL} steps "
-                                           f"in one segment")
+                under = rej & (self.h < h_min)
+                many = (self.n_seg_steps > self.max_steps) & ~self.done
+                if under.any() or many.any():
+                    if self.on_failure == "raise":
+                        i = int(np.nonzero(under | many)[0][0])
+                        why = (f"step size underflow at t={float(t[i])} (h={float(self.h[i])})" if under[i]
+                               else f"more than {self.max_steps} steps in one segment (at t={float(t[i])})")
+                        raise IntegrationError(f"batch {int(self.idx[i])}: {why}; state {tuple(X[:, i])}")
+                    self._fail(np.nonzero(under | many)[0])
                 if ended.any():
                     self._end_segments(np.nonzero(ended)[0])
                 if self.done.sum() * 10 >= len(self.idx):
@@ -499,7 +520,7 @@ class _Loop:
         if self.x_edges is not None:  # edges past a batch's last segment repeat its end state
             past = np.arange(self.x_edges.shape[1])[None, :] > self.prog.n_segments[:, None]
             self.x_edges[past] = np.broadcast_to(self.x_end[:, None, :], self.x_edges.shape)[past]
-        return BatchResult(self.x_end, T_peak, self.x_edges, self.accepted, self.rejected)
+        return BatchResult(self.x_end, T_peak, self.x_edges, self.accepted, self.rejected, self.failed)
 
     def _end_segments(self, rows: np.ndarray) -> None:
         """Rows that landed on their segment's end: record, start the next segment or finish."""

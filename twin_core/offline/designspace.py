@@ -351,8 +351,9 @@ def simulate_points(study: Study, factor_values: np.ndarray, Z: np.ndarray | Non
     inp = batch_inputs(study, factor_values, Z)
     corr = _correction(study.correction_bytes, study.correction_suffix)
     res = simulate_batches(inp["c"], inp["x0"], inp["programme"], dt_out_s=study.config.dt_out_s,
-                           correction=corr, trust=inp["trust"] if corr is not None else None)
+                           correction=corr, trust=inp["trust"] if corr is not None else None, on_failure="mark")
     q = cqas(res, inp["x0"])
+    q["failed"] = res.failed  # a batch whose integration failed has NaN CQAs: it passes nothing
     s = study.config.specs
     q["pass_yield"] = q["yield_B"] >= s.yield_min
     q["pass_impurity"] = q["impurity"] <= s.impurity_max
@@ -361,7 +362,8 @@ def simulate_points(study: Study, factor_values: np.ndarray, Z: np.ndarray | Non
     return q
 
 
-SUMS = ("n", "pass_all", "pass_yield", "pass_impurity", "pass_T_peak", "sum_yield_B", "sum_impurity", "sum_T_peak_K")
+SUMS = ("n", "pass_all", "pass_yield", "pass_impurity", "pass_T_peak", "sum_yield_B", "sum_impurity", "sum_T_peak_K",
+        "failed")
 
 
 def run_chunk(study: Study, chunk: Chunk) -> list[tuple[int, tuple[int, ...]]]:
@@ -376,7 +378,9 @@ def run_chunk(study: Study, chunk: Chunk) -> list[tuple[int, tuple[int, ...]]]:
         sl = slice(at, at + hi - lo)
         at += hi - lo
         sums = [hi - lo] + [int(np.count_nonzero(q[k][sl])) for k in ("pass_all", "pass_yield", "pass_impurity", "pass_T_peak")]
-        sums += [int(np.rint(q[k][sl] * FIXED_POINT).astype(np.int64).sum(dtype=object)) for k in ("yield_B", "impurity", "T_peak_K")]
+        ok = ~q["failed"][sl]
+        sums += [int(np.rint(q[k][sl][ok] * FIXED_POINT).astype(np.int64).sum(dtype=object)) for k in ("yield_B", "impurity", "T_peak_K")]
+        sums.append(int(np.count_nonzero(~ok)))
         out.append((g, tuple(sums)))
     return out
 
@@ -461,7 +465,8 @@ class DesignSpaceResult:
     """The outcome of a design-space study.
 
     ``table``: one dict per grid point (factor values in SI, n, probabilities p_all, p_yield,
-    p_impurity, p_T_peak with the Wilson 95 % interval of p_all, the means of the CQAs, and the
+    p_impurity, p_T_peak with the Wilson 95 % interval of p_all, the means of the CQAs, n_failed:
+    batches whose integration failed (counted as failing every CQA, left out of the means), and the
     nominal batch's CQAs and pass flag). ``par``: proven acceptable range of each factor through the
     set point (the other factors held there), None when the set point is outside the design space.
     ``robust``: the grid point farthest (in grid steps) from any point below the probability and
@@ -494,6 +499,9 @@ class DesignSpaceResult:
                  f"  specs: yield >= {100 * cfg.specs.yield_min:g} %, impurity <= {100 * cfg.specs.impurity_max:g} %, "
                  f"peak T <= {cfg.specs.T_peak_max_K - 273.15:g} degC; design space: P(all) >= {cfg.probability:g}"]
         n_in = sum(r["p_all"] >= cfg.probability for r in self.table)
+        n_failed = sum(int(r["n_failed"]) for r in self.table)
+        if n_failed:
+            lines.append(f"  {n_failed} batch(es) failed to integrate (counted as out of specification)")
         n_det = sum(r["nominal_pass"] > 0.5 for r in self.table)
         lines.append(f"  points in the design space: {n_in} of {len(self.table)} (deterministic: {n_det})")
         sp = ", ".join(f"{_fmt(k, v)}" for k, v in self.set_point.items())
@@ -583,11 +591,12 @@ def assemble(study: Study, results: Sequence[list[tuple[int, tuple[int, ...]]]],
     table = []
     for g, t in enumerate(tot):
         n = t[0]
+        n_ok = max(n - t[8], 1)
         row: dict[str, float] = {nm: float(grid[g, i]) for i, nm in enumerate(names)}
         lo, hi = wilson(t[1], n)
         row.update(n=n, p_all=t[1] / n, p_all_lo95=lo, p_all_hi95=hi, p_yield=t[2] / n, p_impurity=t[3] / n,
-                   p_T_peak=t[4] / n, mean_yield_B=t[5] / FIXED_POINT / n, mean_impurity=t[6] / FIXED_POINT / n,
-                   mean_T_peak_K=t[7] / FIXED_POINT / n, nominal_yield_B=float(nominal["yield_B"][g]),
+                   p_T_peak=t[4] / n, mean_yield_B=t[5] / FIXED_POINT / n_ok, mean_impurity=t[6] / FIXED_POINT / n_ok,
+                   mean_T_peak_K=t[7] / FIXED_POINT / n_ok, n_failed=t[8], nominal_yield_B=float(nominal["yield_B"][g]),
                    nominal_impurity=float(nominal["impurity"][g]), nominal_T_peak_K=float(nominal["T_peak_K"][g]),
                    nominal_pass=float(nominal["pass_all"][g]))
         table.append(row)
