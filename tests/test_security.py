@@ -570,3 +570,19 @@ def test_a_session_that_was_never_activated_may_do_nothing_and_is_audited(matrix
     new = [r for r in matrix.trail()[before:] if r.action == "refused"]
     assert len(new) == 1 and "the session is not activated" in new[0].detail
     assert new[0].cert_thumbprint == thumbprint(load_certificate_file(cert.cert))
+
+
+def test_server_security_from_the_runtime_configuration(tmp_path: Path) -> None:
+    from gateways.config import config_from_mapping
+    from gateways.security import SECURE_POLICIES, ServerSecurity
+
+    default = ServerSecurity.from_config(config_from_mapping({"data_dir": str(tmp_path)}))
+    assert (default.allow_none, default.allow_anonymous) == (False, False)
+    assert default.policies == list(SECURE_POLICIES)
+    assert (default.users_path, default.audit_path, default.pki.trusted) == (
+        tmp_path / "users.json", tmp_path / "audit.sqlite", tmp_path / "pki" / "trusted")
+    on = ServerSecurity.from_config(config_from_mapping({"data_dir": str(tmp_path), "opcua_allow_none": True,
+                                                         "opcua_allow_anonymous": True}))
+    assert on.policies == [*SECURE_POLICIES, ua.SecurityPolicyType.NoSecurity] and on.allow_anonymous
+    with pytest.raises(TypeError, match="allow_none"):
+        ServerSecurity(tmp_path, allow_none=1)  # type: ignore[arg-type]

@@ -183,3 +183,15 @@ def test_tls_port_is_checked_without_io() -> None:
 
     with pytest.raises(ParameterError, match="mirror_tls_port"):
         TlsMirror(None, "127.0.0.1", 70000, pki=Pki("unused"), application_uri=APP_URI)  # type: ignore[arg-type]
+
+
+def test_the_runtime_configuration_turns_the_tls_mirror_on(tmp_path: Path) -> None:
+    from gateways.config import config_from_mapping
+    from gateways.modbus_mirror import ModbusMirror, tls_mirror_from_config
+
+    mirror = ModbusMirror("127.0.0.1", 0, ("R1",))
+    assert tls_mirror_from_config(mirror, config_from_mapping({"data_dir": str(tmp_path)})) is None  # off by default
+    tls = tls_mirror_from_config(mirror, config_from_mapping({"data_dir": str(tmp_path), "plant": "P7",
+                                                              "mirror_tls_port": 802}))
+    assert tls is not None and (tls.port, tls.host, tls.application_uri) == (802, "127.0.0.1", "urn:batch-reactor-twin:P7")
+    assert tls.pki.root == tmp_path / "pki"
