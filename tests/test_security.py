@@ -11,6 +11,7 @@ in a temporary folder: ``hmi`` trusted, ``rogue`` never trusted, ``stolen`` trus
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -502,6 +503,31 @@ def test_none_and_anonymous_on_warn_at_start_and_anonymous_stays_read_only(tmp_p
                 (DENIED, "an anonymous session may not call Hold (batch_method needs operator or above)")]
             assert run(st.url, NAMESPACE_URI, "olga", None, None, _call("Hold")) == [(OK, "done")]
         assert control.calls == [("command", ("hold",))] * 2
+
+        class PlainTextClient(Client):
+            """A client that sends its password unencrypted over the None channel (asyncua does when the
+            server's token policy names no encryption; ours names one)."""
+
+            def server_policy(self, token_type: ua.UserTokenType) -> ua.UserTokenPolicy:
+                policy = copy.copy(super().server_policy(token_type))
+                policy.SecurityPolicyUri = "http://opcfoundation.org/UA/SecurityPolicy#None"
+                return policy
+
+        async def plain() -> int:
+            client = PlainTextClient(st.url, timeout=10)
+            client.set_user("olga")
+            client.set_password(USERS["olga"][1])
+            try:
+                await client.connect()
+            except ua.UaStatusCodeError as exc:
+                return exc.code
+            await client.disconnect()
+            return OK
+
+        assert asyncio.run(plain()) == DENIED
+        with AuditTrail(tmp_path / "audit.sqlite", create=False) as t:
+            last = [r for r in t.show() if r.action == "login_failed"][-1]
+        assert (last.user, last.outcome) == ("olga", "refused") and "plain text" in last.detail
 
 
 # -- twin certs --------------------------------------------------------------------------------------------
