@@ -152,7 +152,8 @@ def test_model_section_reads_units_signals_and_rationale_for_every_parameter() -
     p = ModelParams()
     assert len(rows) == sum(len(fields(getattr(p, s))) for s in ("kinetics", "reactor", "charge"))
     by_field = {r[0].strip("`"): r for r in rows}
-    assert by_field["reactor.UA_W_per_K"][1:4] == ["`UA`", 1500.0, "W/K"]
+    assert by_field["reactor.UA_W_per_K"][1:4] == ["`UA`", "1500", "W/K"]
+    assert by_field["kinetics.T_ref_K"][2] == "353.15"
     assert "glass lining" in by_field["reactor.UA_W_per_K"][5]
     assert all(r[5] for r in rows), [r[0] for r in rows if not r[5]]
 

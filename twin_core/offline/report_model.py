@@ -45,7 +45,7 @@ def assumptions() -> str:
     text = (ROOT / "docs" / "model.md").read_text(encoding="utf-8")
     for para in text.split("\n\n"):
         if para.startswith("Assumptions"):
-            return " ".join(para.split())
+            return " ".join(para.split())[len("Assumptions"):].strip()
     return "(docs/model.md states no assumptions paragraph)"
 
 
@@ -63,7 +63,7 @@ def parameter_rows() -> list[list[Any]]:
             key = f"{section}.{f.name}"
             rule = f.metadata.get(RULE)
             sig = by_param.get(key)
-            rows.append([f"`{key}`", f"`{sig.name}`" if sig else "-", float(getattr(obj, f.name)),
+            rows.append([f"`{key}`", f"`{sig.name}`" if sig else "-", f"{float(getattr(obj, f.name)):.6g}",
                          rule.unit if rule else "?", sig.description if sig else "-", why.get(key, "")])
     return rows
 
@@ -96,7 +96,7 @@ def model(ctx: Context) -> str:
         f"with k_i(T) = k_i,ref · exp(−E_i/R · (1/T − 1/T_ref)), R = {R_J_PER_MOL_K} J/(mol·K). The learned "
         "correction multiplies the two rates (r_i → f_i · r_i), so c_A + c_B + c_C is conserved whatever it "
         "returns.", "",
-        f"**Assumptions** (docs/model.md): {assumptions()}", "",
+        f"**Assumptions** (docs/model.md) {assumptions()}", "",
         "**Parameters** (values and units from the validated dataclasses of `twin_core/params.py`, FMU names and "
         "descriptions from the signal table `twin_core/signals/twin.py`, rationale from docs/model.md §2):", "",
         md_table(["field", "FMU name", "value", "unit", "description", "rationale"], rows),
