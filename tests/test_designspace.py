@@ -295,3 +295,23 @@ def _onnx_bytes() -> bytes:
     X, y = synthetic_rows(600, seed=3)
     model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
     return to_onnx(model, "0" * 64).SerializeToString()
+
+
+def test_a_fitted_toml_with_covariance_drives_the_sampling(tmp_path) -> None:
+    """fit.toml (twin fit's format) -> params of the study -> the batches' k1 spread as its covariance says."""
+    (tmp_path / "fit.toml").write_text(
+        '[kinetics]\nk1_ref_per_s = 2.0e-4\n[reactor]\nUA_W_per_K = 1400.0\n[covariance]\n'
+        'names = ["k1_ref_per_s", "UA_W_per_K", "fouling_loss_per_batch"]\nscales = ["log", "log", "linear"]\n'
+        f'estimate = [{math.log(2.0e-4)!r}, {math.log(1400.0)!r}, 0.01]\n'
+        'matrix = [[0.0025, 0.0, 0.0], [0.0, 1e-4, 0.0], [0.0, 0.0, 1e-8]]\ndof = 1000\n')
+    (tmp_path / "ds.toml").write_text('params = "fit.toml"\nn_mc = 5\n[variation]\nactivity_rsd = 0.0\n'
+                                      'batches_since_cleaning_max = 0\n')
+    st = ds.make_study(ds.load_config(tmp_path / "ds.toml"))
+    assert st.params.covariance is not None and st.params.kinetics.k1_ref_per_s == 2.0e-4
+    n = 5000
+    inp = ds.batch_inputs(st, np.tile(st.grid()[0], (n, 1)), ds.draws(st, 0, 0, n))
+    lk1 = np.log(inp["c"].k1_ref)
+    assert lk1.mean() == pytest.approx(math.log(2.0e-4), abs=3 * 0.05 / math.sqrt(n))
+    assert lk1.std() == pytest.approx(0.05, rel=0.05)
+    nominal = ds.batch_inputs(st, st.grid()[:1], None)
+    assert nominal["c"].k1_ref[0] == pytest.approx(2.0e-4, rel=1e-12)
