@@ -368,6 +368,15 @@ class _TwinUaProcessor(UaProcessor):
         self.refused_none = False
         self.refused_service = False
 
+    def open_secure_channel(self, algohdr: Any, seqhdr: Any, body: Any) -> None:
+        try:
+            super().open_secure_channel(algohdr, seqhdr, body)
+        except Exception as exc:  # a policy or mode not offered, a certificate asyncua cannot use
+            self.guard.record_soon(user="<not logged in>", action="refused", target=self.peer, outcome="refused",
+                                   detail=f"OpenSecureChannel refused ({getattr(algohdr, 'SecurityPolicyURI', '?')}): "
+                                          f"{exc}")
+            raise
+
     async def _process_message(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any) -> Any:
         token = _CURRENT.set(self)
         try:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     security = make_security(data, allow_none=False, allow_anonymous=True, throttle=LoginThrottle())
     with ServerThread(f"opc.tcp://127.0.0.1:{free_port()}/batch-twin/", PLANT, {"R1": control},
                       security=security) as st:
-        when = __import__("datetime").datetime(2026, 12, 1, 10, 0, tzinfo=__import__("datetime").UTC)
+        when = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
         st.run(st.server.publish("R1", {p.name: Value(p.signal.nominal if p.signal.min <= p.signal.nominal
                                                       <= p.signal.max else p.signal.min, Quality.GOOD, when)
                                         for p in PUBLISHED if p.writable or p.name == "T_reactor"}))
@@ -415,6 +417,36 @@ def test_each_policy_carries_a_login_and_a_call(matrix: Matrix, policy: type) ->
     assert actions == [("olga", "login", "success"), ("olga", "method", "success"), ("olga", "logout", "success")]
 
 
+def test_a_policy_that_is_not_offered_is_refused_and_audited(matrix: Matrix) -> None:
+    """Basic256Sha256 Sign (not SignAndEncrypt) is not an endpoint: the secure channel is refused."""
+    before = len(matrix.trail())
+    with pytest.raises(Exception):  # noqa: B017 -- asyncua ends the connection, with whatever error
+        run_asyncua_mode(matrix.url, matrix.certs["hmi"], ua.MessageSecurityMode.Sign, Pki(matrix.data).cert_path)
+    deadline = time.monotonic() + 10.0
+    while True:  # the refusal is recorded from asyncua's synchronous handler: it may land just after
+        records = [r for r in matrix.trail()[before:] if r.action == "refused"]
+        if records or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(records) == 1 and "OpenSecureChannel refused" in records[0].detail
+    assert "Basic256Sha256" in records[0].detail
+
+
+def run_asyncua_mode(url: str, cert: ClientCert, mode: ua.MessageSecurityMode, server_cert: Path) -> None:
+    async def main() -> None:
+        client = Client(url, timeout=2)  # the server answers a refused channel by closing it, or not at all
+        client.application_uri = cert.application_uri
+        # the server certificate given: the client does not look the (missing) endpoint up, it just asks
+        await client.set_security(SecurityPolicyBasic256Sha256, str(cert.cert), str(cert.key),
+                                  server_certificate=str(server_cert), mode=mode)
+        client.set_user("olga")
+        client.set_password(USERS["olga"][1])
+        async with client:
+            pass
+
+    asyncio.run(main())
+
+
 def test_server_certificate_has_the_servers_application_uri_and_is_reused(matrix: Matrix) -> None:
     pki = Pki(matrix.data)
     cert = load_certificate_file(pki.cert_path)
@@ -531,6 +563,7 @@ def test_none_and_anonymous_on_warn_at_start_and_anonymous_stays_read_only(tmp_p
 
 
 # -- twin certs --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # two RSA keys generated: seconds on a loaded machine
 def test_twin_certs_trust_list_revoke_show_are_audited(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The commands in-process (the CLI's main): every change and every refused one in the trail."""
     from twin_core.offline.cli import main
