@@ -97,12 +97,33 @@ def test_no_batches_is_refused() -> None:
         fit([])
 
 
+def test_covariance_kinds() -> None:
+    bs = synthetic_batches(seed=4, n=3, hours=2.0)
+    with pytest.raises(ParameterError, match="must be one of"):
+        fit(bs, covariance="bootstrap")
+    with pytest.raises(ParameterError, match="at least 12 batches"):
+        fit(bs, covariance="batch")
+
+
+@pytest.mark.slow
+def test_by_batch_covariance_agrees_with_iid_on_independent_errors() -> None:
+    """On data whose errors are independent the cluster-robust (sandwich) covariance estimates the
+    same thing as s^2 (J^T J)^-1: standard errors within a factor of two with 16 batches."""
+    bs = synthetic_batches(seed=5, n=16, hours=3.0)
+    iid, rob = fit(bs), fit(bs, covariance="batch")
+    np.testing.assert_array_equal(iid.theta, rob.theta)
+    ratio = rob.std_error / iid.std_error
+    assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+    assert rob.params.covariance.dof == 15
+
+
 @pytest.mark.slow
 def test_command_on_the_plant_data_set(tmp_path, capsys) -> None:
     from twin_core.offline.cli import main
 
     out = tmp_path / "fit.toml"
-    assert main(["fit", "--max-batches", "3", "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    assert main(["fit", "--max-batches", "3", "--covariance", "iid", "--out", str(out),
+                 "--plots", str(tmp_path / "plots")]) == 0
     text = capsys.readouterr().out
     assert "95 % interval" in text and "correlation" in text
     p = load_params(out)
