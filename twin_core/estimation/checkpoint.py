@@ -42,6 +42,7 @@ class Checkpoint:
     forecast: dict | None        # the last automatic forecast (Forecast.to_dict())
     t_forecast: float            # when it was made [s]
     trust0: list                 # prior mean of the trust weights (lambda_1, lambda_2) the batch started from
+    mismatch: bool               # CORRECTION_MISMATCH adaptation active (k-factors walk faster)
     version: int = CHECKPOINT_VERSION
 
     def to_plain(self) -> dict:

@@ -32,10 +32,11 @@ class SoftSensorConfig:
     # -- process noise
     rate_rel_std: float = spec(0.03, ge=0.0)                       # relative std of the unmodelled, fast part of r1 and r2 ...
     rate_noise_time_s: float = spec(300.0, unit="s", gt=0.0)       # ... and its correlation time
-    correction_rel_std: float = spec(0.3, ge=0.0)                  # extra relative rate noise per unit of |lambda_i g_i| (the correction's own error)
+    correction_rel_std: float = spec(0.15, ge=0.0)                  # extra relative rate noise per unit of |lambda_i g_i| (the correction's own error)
     T_process_std_K_per_sqrt_s: float = spec(0.001, unit="K/s0.5", ge=0.0)  # energy-balance model error (random walk on T)
     UA_factor_walk_per_sqrt_s: float = spec(2e-4, unit="1/s0.5", ge=0.0)    # random walk of the UA factor
-    k_factor_walk_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor
+    k_factor_walk_per_sqrt_s: float = spec(2e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor (hybrid) ...
+    k_factor_walk_physics_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)  # ... and without a correction (the model is further off)
     trust_walk_per_sqrt_s: float = spec(1e-4, unit="1/s0.5", ge=0.0)        # random walk of lambda_1 and lambda_2 (nearly constant in a batch)
     out_of_domain_noise_factor: float = spec(6.0, ge=1.0)          # rate noise and k-factor walk x this while the correction is faded out
     # -- initial uncertainty (start of the batch)
@@ -45,7 +46,7 @@ class SoftSensorConfig:
     UA_factor0_std: float = spec(0.2, gt=0.0)
     k1_factor0_std: float = spec(0.1, gt=0.0)
     k2_factor0_std: float = spec(0.15, gt=0.0)
-    trust0_std: float = spec(0.5, gt=0.0)                          # prior std of lambda_1, lambda_2 around their prior mean (1)
+    trust0_std: float = spec(0.3, gt=0.0)                          # prior std of lambda_1, lambda_2 around their prior mean (1)
     trust_min: float = spec(-3.0)                                  # feasible range of the trust weights
     trust_max: float = spec(4.0)
     factor_min: float = spec(0.1, gt=0.0)                          # feasible box of the three factors
@@ -67,6 +68,7 @@ class SoftSensorConfig:
     lab_bias_alpha: float = spec(1e-4, gt=0.0, lt=0.5)             # ... at this false-alarm probability per test
     trust_shift_min: float = spec(0.25, gt=0.0)                    # CORRECTION_MISMATCH also when a trust weight moved more than this ...
     trust_shift_z: float = spec(3.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
+    rate_shift_min: float = spec(0.2, gt=0.0)                      # ... or when the rates need a log-shift beyond this on top of the correction
     stuck_time_s: float = spec(60.0, unit="s", gt=0.0)
     stuck_min_readings: int = spec(6, kind="int", ge=2)
     stuck_tolerance_K: float = spec(0.0, unit="K", ge=0.0)

@@ -107,7 +107,7 @@ class Ekf:
                             cfg.trust_max, cfg.trust_max])
         self._qT = cfg.T_process_std_K_per_sqrt_s ** 2
         self._qUA = cfg.UA_factor_walk_per_sqrt_s ** 2
-        self._qk = cfg.k_factor_walk_per_sqrt_s ** 2
+        self._qk = (cfg.k_factor_walk_per_sqrt_s if correction is not None else cfg.k_factor_walk_physics_per_sqrt_s) ** 2
         self._ql = cfg.trust_walk_per_sqrt_s ** 2
         self._rate_q = cfg.rate_rel_std ** 2 * cfg.rate_noise_time_s
         self._corr_q = cfg.correction_rel_std ** 2 * cfg.rate_noise_time_s
@@ -115,6 +115,8 @@ class Ekf:
         self.lab_gate = cfg.lab_gate_nis
         self.last_phi = self.eye
         self.last_lab_white = (0.0, 0.0)
+        self.last_g = (0.0, 0.0)          # the correction's log-factors of the last sub-step
+        self.mismatch = False             # CORRECTION_MISMATCH raised: k-factors walk faster (x out_of_domain_noise_factor)
 
     @contextmanager
     def preserved(self) -> Iterator[None]:
@@ -171,6 +173,7 @@ class Ekf:
             f1, f2, ok = 1.0, 1.0, True
         g1, g2 = fk1 * f1, fk2 * f2
         held.f1, held.f2 = g1, g2
+        self.last_g = (lg1, lg2)
         # The hybrid rates with every factor held over the step, folded into the rate constants and
         # UA: one call of the model's rhs per stage (augmented_rhs, without building arrays).
         c = scaled(c0, g1, g2, fUA)
@@ -212,6 +215,8 @@ class Ekf:
         w1, w2 = l1 * lg1, l2 * lg2
         rq1, rq2 = rq + cq * w1 * w1, rq + cq * w2 * w2
         qk = self._qk * dt
+        if self.mismatch:
+            qk *= self._ood
         if not ok:
             # The learned correction has faded out: the rates are less certain, and so is how
             # the k-factors must move to make up for it.

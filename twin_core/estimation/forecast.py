@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 
@@ -58,6 +58,8 @@ class Forecast:
     c_C_mol_per_m3: tuple[float, ...]
     T_K: tuple[float, ...]
     c_B_std_mol_per_m3: tuple[float, ...]
+    t_stop_opt_lo_s: float = math.nan   # the stop-time interval: times whose forecast c_B is within
+    t_stop_opt_hi_s: float = math.nan   # 1.96 sd (at the optimum) of the maximum (forecast_from)
 
     def to_dict(self) -> dict:
         """Plain data (lists for the trajectory)."""
@@ -71,6 +73,8 @@ class Forecast:
     def from_dict(cls, d: dict) -> Forecast:
         kw = {}
         for f in fields(cls):
+            if f.name not in d and f.default is not MISSING:
+                continue
             v = d[f.name]
             kw[f.name] = tuple(float(a) for a in v) if isinstance(v, list) else v
         return cls(**kw)
@@ -136,6 +140,17 @@ def forecast_from(substep: SubStep, params: ModelParams, t0_s: float, x0: np.nda
         f0 = float(impurity_fraction(X[0]))
         t_econ, y_econ, f_econ, why = t_opt, yield_of_c_B(cB_opt, params), f0, "end_of_trajectory"
         p_econ = float(econ.profit(t_econ, cB_opt, params))
+    # The interval of the optimal stop: the contiguous times around t_opt whose forecast c_B lies
+    # within 1.959964 sd (the forecast's own, at the optimum) of the maximum: stopping anywhere in
+    # it gives a yield the forecast cannot tell from the best. It carries the trust weights' and the
+    # bias states' covariance through sB. Not a confidence interval of the argmax itself.
+    i_opt = int(np.argmin(np.abs(t - t_opt)))
+    near = X[:, 1] >= cB_opt - 1.959963984540054 * float(sB[i_opt])
+    lo = hi = i_opt
+    while lo > 0 and near[lo - 1]:
+        lo -= 1
+    while hi < len(t) - 1 and near[hi + 1]:
+        hi += 1
     x_opt = np.array([_interp(t, X[:, j], t_opt) for j in range(4)])
     x_opt[1] = cB_opt
     return Forecast(
@@ -149,4 +164,5 @@ def forecast_from(substep: SubStep, params: ModelParams, t0_s: float, x0: np.nda
         profit_at_econ=float(p_econ), econ_limited_by=str(why), in_domain=ok_all,
         t_s=tuple(t.tolist()), c_A_mol_per_m3=tuple(X[:, 0].tolist()), c_B_mol_per_m3=tuple(X[:, 1].tolist()),
         c_C_mol_per_m3=tuple(X[:, 2].tolist()), T_K=tuple(X[:, 3].tolist()), c_B_std_mol_per_m3=tuple(sB.tolist()),
+        t_stop_opt_lo_s=float(t[lo]), t_stop_opt_hi_s=float(t[hi]),
     )

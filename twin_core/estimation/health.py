@@ -373,6 +373,7 @@ class ModelHealth:
         self.lab_bias = LabBiasTest(cfg.lab_bias_window, cfg.lab_bias_alpha)
         self._shift_min = cfg.trust_shift_min
         self._shift_z = cfg.trust_shift_z
+        self._rate_min = cfg.rate_shift_min
         self.alarms = 0
         self.nis = 0.0               # NIS of the last temperature innovation
         self.warn_since = math.nan   # since when the window test fails [s]
@@ -415,6 +416,15 @@ class ModelHealth:
             d = abs(v - m)
             if self.has_correction and d > self._shift_min and d > self._shift_z * s_:
                 self._correction_mismatch(f"trust weight {v:.2f} +- {s_:.2f} away from {m:.2f}")
+
+    def rate_shift(self, shifts: list[tuple[float, float]]) -> None:
+        """The log-rate shifts (delta_i, sd_i) the assays ask for on top of the correction as
+        trained (trust weights and k-factors together, SoftSensor._check_trust): CORRECTION_MISMATCH
+        when one exceeds ``rate_shift_min`` (beyond the batch-to-batch raw-material activity) and
+        ``trust_shift_z`` of its SD."""
+        for d, sd in shifts:
+            if self.has_correction and abs(d) > self._rate_min and abs(d) > self._shift_z * sd:
+                self._correction_mismatch(f"rate shift {d:+.2f} +- {sd:.2f} on top of the correction")
 
     def _correction_mismatch(self, why: str) -> None:
         if self.alarms & _CORR:

@@ -36,12 +36,14 @@ from twin_core.estimation.forecast import Forecast, forecast_from, jacket_plan
 from twin_core.estimation.health import ALARM_FLAGS, SENSOR_FAULTS, ModelHealth, SoftSensorAlarm
 from twin_core.estimation.history import History, Record, run_record
 from twin_core.estimation.scans import ScanPool
-from twin_core.estimation.state import IL1, IL2, IT, N_STATES, Estimate, LabResult
+from twin_core.estimation.state import IK1, IK2, IL1, IL2, IT, N_STATES, Estimate, LabResult
 from twin_core.hybrid import CorrectionModel
 from twin_core.model import coefficients
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
 from twin_core.validate import number as _num
+
+CORRECTION_MISMATCH_BIT = int(SoftSensorAlarm.CORRECTION_MISMATCH)
 
 
 class SoftSensor:
@@ -112,6 +114,7 @@ class SoftSensor:
         self._h = 0.0
         # Rate factors used by the extrapolation until the first step (then those of each step).
         self._ekf.held.f1, self._ekf.held.f2 = float(factors0[1]), float(factors0[2])
+        self._ekf.mismatch = False
         self._t0 = t0
         self._t_filter = t0          # time of the last filter step (the posterior's time)
         self._t_scan = t0            # time of the last scan accepted
@@ -239,9 +242,33 @@ class SoftSensor:
 
     def _check_trust(self, x: np.ndarray, P: np.ndarray) -> None:
         """After fresh lab assays: the trust weights against their prior (ModelHealth.trust)."""
-        if self.correction is not None:
-            self._health.trust((float(x[IL1]), float(x[IL2])),
-                               (math.sqrt(max(P[IL1, IL1], 0.0)), math.sqrt(max(P[IL2, IL2], 0.0))), self._trust0)
+        if self.correction is None:
+            return
+        before = self._health.alarms & CORRECTION_MISMATCH_BIT
+        self._check_trust_tests(x, P)
+        if not before and self._health.alarms & CORRECTION_MISMATCH_BIT:
+            # Adapt: the correction does not fit, so the prior on how much to trust it was wrong.
+            # Open the trust weights and the k-factors again (their prior variances added) and let
+            # the k-factors walk faster for the rest of the batch (ekf.mismatch).
+            cfg = self.config
+            for i, v in ((IL1, cfg.trust0_std ** 2), (IL2, cfg.trust0_std ** 2),
+                         (IK1, cfg.k1_factor0_std ** 2), (IK2, cfg.k2_factor0_std ** 2)):
+                P[i, i] += v
+            self._ekf.mismatch = True
+
+    def _check_trust_tests(self, x: np.ndarray, P: np.ndarray) -> None:
+        self._health.trust((float(x[IL1]), float(x[IL2])),
+                           (math.sqrt(max(P[IL1, IL1], 0.0)), math.sqrt(max(P[IL2, IL2], 0.0))), self._trust0)
+        # The rate shift the assays ask for on top of the correction as trained, whichever states
+        # carry it: delta_i = (lambda_i - lambda0_i) g_i + ln k_i, with its variance from P.
+        shifts = []
+        for il, ik, g, l0 in ((IL1, IK1, self._ekf.last_g[0], self._trust0[0]),
+                              (IL2, IK2, self._ekf.last_g[1], self._trust0[1])):
+            k = max(float(x[ik]), 1e-9)
+            d = (float(x[il]) - l0) * g + math.log(k)
+            var = g * g * P[il, il] + P[ik, ik] / (k * k) + 2.0 * g * P[il, ik] / k
+            shifts.append((d, math.sqrt(max(var, 0.0))))
+        self._health.rate_shift(shifts)
 
     def _refresh_output(self) -> None:
         """Cache what every scan's estimate needs: derivative for extrapolation, std, next step time."""
@@ -285,6 +312,7 @@ class SoftSensor:
         """Clear latched alarms (operator acknowledgement after the cause was fixed)."""
         self._require_started()
         self._health.reset()
+        self._ekf.mismatch = False
 
     def _require_started(self) -> None:
         if not self._started:
@@ -408,7 +436,7 @@ class SoftSensor:
             history=self._history.get_state(), scans=self._scans.get_state(), health=self._health.get_state(),
             plan=None if self._plan is None else self._plan.to_mapping(), plan_end=self._plan_end,
             forecast=None if self._forecast is None else self._forecast.to_dict(), t_forecast=self._t_forecast,
-            trust0=list(self._trust0),
+            trust0=list(self._trust0), mismatch=bool(self._ekf.mismatch),
         ).to_plain()
 
     def set_state(self, s: dict) -> None:
@@ -425,6 +453,7 @@ class SoftSensor:
         self._h, self._u, self._in_domain = float(cp.h), float(cp.u), bool(cp.in_domain)
         self._ekf.held.f1, self._ekf.held.f2 = float(cp.held_f1), float(cp.held_f2)
         self._innov = float(cp.innov)
+        self._ekf.mismatch = bool(cp.mismatch)
         self._history.set_state(cp.history)
         self._scans.set_state(cp.scans)
         self._health.set_state(cp.health)
