@@ -1,7 +1,7 @@
 """Benchmark of the soft sensor (twin_core.estimation): cost per scan, per filter step, per lab
 arrival, per forecast, per checkpoint, with and without the ONNX correction.
 
-    .venv/bin/python benchmarks/bench_softsensor.py [--quick]
+    .venv/bin/python benchmarks/bench_softsensor.py [--quick] [--baseline-rev REV]
 
 The correction is dist/correction.onnx when it exists (``twin train``); otherwise a stand-in of the
 same kind is fitted and exported here (ml_onnx's default estimator on the plant's rate ratio), so
@@ -14,13 +14,20 @@ runs a filter step every ``filter_interval_s`` (10 s): most scans cost a few mic
 that closes an interval costs one filter step. Both are reported, and the baseline measured in the
 same run is one open-loop HybridTwin.step with the same correction (the twin the FMU steps anyway):
 compare the ratios, the absolute times are wall-clock on a shared machine.
+
+Issue 12 (the trust-weight states, 7 -> 9, and the mismatch tests): ``--baseline-rev REV`` (default
+581522d, the commit before them) also runs the hybrid filter-step measurement of the source tree
+at REV (``git archive`` of twin_core and ml_onnx into a temporary folder, the same script in a
+subprocess, the same correction file) and prints the ratio now / then; goal <= 1.5.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,10 +119,49 @@ def twin_step_us(corr: CorrectionModel | None, dt_s: float, repeat: int) -> floa
     return statistics.median(times)
 
 
+def hybrid_cost(quick: bool) -> dict[str, float]:
+    """The hybrid soft sensor's filter-step cost [us] (median at the 0.1 s scan, 10 s steps), mean
+    per scan and per 60 s row: what --baseline-rev compares (API common to old and new trees)."""
+    corr, _ = correction()
+    span = 5400.0 if quick else 3 * 3600.0
+    t, T, Tj, labs = measurements(0.1, span)
+    t60, T60, Tj60, labs60 = measurements(60.0, RECIPE.end_time_s)
+    out: dict[str, float] = {}
+    for _rep in range(3):
+        s = SoftSensor(ModelParams(), corr, SoftSensorConfig())
+        s.start(0.0, T_measured_K=float(T[0]))
+        pool, step, lab_cost = replay_timed(s, t, T, Tj, labs)
+        s60 = SoftSensor(ModelParams(), corr, SoftSensorConfig())
+        s60.start(0.0, T_measured_K=float(T60[0]))
+        _, step60, _ = replay_timed(s60, t60, T60, Tj60, labs60)
+        cur = {"filter_step_us": statistics.median(step),
+               "per_scan_us": (sum(pool) + sum(step) + sum(lab_cost)) / (len(pool) + len(step)),
+               "row60_us": statistics.median(step60)}
+        out = cur if not out else {k: min(out[k], cur[k]) for k in out}
+    return out
+
+
+def baseline_cost(rev: str, quick: bool) -> dict[str, float]:
+    """:func:`hybrid_cost` of the source tree at git revision ``rev`` (in a subprocess)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        arch = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "twin_core", "ml_onnx"],
+                              check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=arch, check=True)
+        env = dict(os.environ, PYTHONPATH=tmp)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-json"] + (["--quick"] if quick else [])
+        res = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tmp)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs")
+    ap.add_argument("--baseline-rev", default="581522d", help="git revision of the cost baseline ('' : none)")
+    ap.add_argument("--measure-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.measure_json:
+        print(json.dumps(hybrid_cost(args.quick)))
+        return 0
     corr, corr_name = correction()
     print(f"correction: {corr_name}")
     span = 5400.0 if args.quick else 3 * 3600.0  # lab results start arriving at 4200 s
@@ -170,6 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     hyb = results["hybrid (ONNX)"]
     print(f"\ngoal <= {goal:.0f} us per update incl. ONNX: filter step {hyb:.1f} us "
           f"({'met' if hyb <= goal else 'NOT met'}); pooled scans cost a few us (see above)")
+    if args.baseline_rev:
+        then = baseline_cost(args.baseline_rev, args.quick)
+        now = hybrid_cost(args.quick)
+        print(f"\nissue 12: the hybrid soft sensor now (9 states, trust tests) vs {args.baseline_rev} (7 states), "
+              f"same run, best of 3 each:")
+        for k in now:
+            print(f"  {k:16s} then {then[k]:8.1f} us   now {now[k]:8.1f} us   ratio {now[k] / then[k]:.2f} x")
+        worst = max(now[k] / then[k] for k in now)
+        print(f"goal <= 1.5 x: worst ratio {worst:.2f} ({'met' if worst <= 1.5 else 'NOT met'}); "
+              "wall-clock on a shared 2-core machine")
     return 0
 
 
