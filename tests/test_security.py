@@ -645,3 +645,46 @@ def test_server_security_from_the_runtime_configuration(tmp_path: Path) -> None:
     assert on.policies == [*SECURE_POLICIES, ua.SecurityPolicyType.NoSecurity] and on.allow_anonymous
     with pytest.raises(TypeError, match="allow_none"):
         ServerSecurity(tmp_path, allow_none=1)  # type: ignore[arg-type]
+
+
+def test_a_login_being_checked_does_not_stop_other_sessions(matrix: Matrix) -> None:
+    """The password check runs on the login thread, not on the event loop: while one login's check is
+    held on that thread, another session's Read is answered (on the loop, it would wait for the check,
+    and the read would time out)."""
+    import threading
+
+    guard = matrix.st.server._guard
+    assert guard is not None
+    started, release = threading.Event(), threading.Event()
+    original = guard.authenticator.login
+
+    def held_login(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(20.0)
+        return original(*args, **kwargs)
+
+    async def main() -> tuple[object, bool]:
+        other = await make_client(matrix.url, "vic", cert=matrix.certs["hmi"], timeout_s=5.0)
+        async with other:
+            ns = await other.get_namespace_index(NAMESPACE_URI)
+            guard.authenticator.login = held_login  # type: ignore[method-assign]
+            try:
+                pending = asyncio.create_task(_connect_and_close(matrix.url, "olga", matrix.certs["hmi"]))
+                assert await asyncio.to_thread(started.wait, 20.0)
+                value = await other.get_node(ua.NodeId(f"{PLANT}.R1.Recipe.T_trip", ns)).read_value()
+                still_pending = not pending.done()
+                release.set()
+                await pending
+            finally:
+                release.set()
+                guard.authenticator.login = original  # type: ignore[method-assign]
+        return value, still_pending
+
+    value, still_pending = asyncio.run(main())
+    assert isinstance(value, float) and still_pending
+
+
+async def _connect_and_close(url: str, user: str, cert: ClientCert) -> None:
+    client = await make_client(url, user, cert=cert, timeout_s=30.0)
+    async with client:
+        pass
