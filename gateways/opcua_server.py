@@ -789,7 +789,7 @@ class TwinOpcUaServer:
         target = f"{self._plant}.{reactor}.{name}"
         if target_of is not None:
             target = target_of([getattr(a, "Value", None) for a in args])
-        asked = ", ".join(_arg_text(a) for a in args[:len(spec)])
+        asked = ", ".join(f"{s.name}={_arg_text(a)}" for s, a in zip(spec, args))  # the Reason has its own field
 
         async def done(code: int, message: str, outcome: str, argument_results: Sequence[int] = (), reason: str = "",
                        old: object = None, new: object = None) -> ua.CallMethodResult:

@@ -314,7 +314,8 @@ CASES = {
     "operator enters a lab result with a reason": Case(
         "olga", "hmi", _call("EnterLabResult", (1.0, "Double"), (0.5, "Double"), (0.05, "Double"),
                              ("LIMS 4711", "String")), results=((OK, "done"),),
-        audit={"user": "olga", "action": "method", "outcome": "success", "reason": "LIMS 4711"}),
+        audit={"user": "olga", "action": "method", "outcome": "success", "reason": "LIMS 4711",
+               "new_value": "SampleTime=1.0, c_B=0.5, c_C=0.05"}),
     "engineer sets a twin parameter with a reason": Case(
         "emil", "hmi", _call("SetTwinParameter", ("sigma_lab", "String"), (0.25, "Double"), ("recalibrated", "String")),
         results=((OK, "done"),),
