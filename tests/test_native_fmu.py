@@ -241,3 +241,25 @@ def test_forecast_outputs_equal_the_python_fmus(fmus: FmuBuilds, native: str, py
     b = simulate_fmpy(fmus.fmu(python), 7200.0, 60.0, output=out)
     assert len(set(b[:, 1])) > 5  # the forecast moves as the batch goes on
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=0.0)
+
+
+@pytest.mark.parametrize("extra", [["--instances", "4", "--threads"], ["--reload"]], ids=["threads", "reload"])
+def test_native_fmu_in_threads_and_after_a_reload(fmus: FmuBuilds, extra: list[str], tmp_path: Path) -> None:
+    """Four instances each stepped from its own host thread (instance k gets U1 + 5 k), and a run after
+    fmi2FreeInstance + dlclose + dlopen: each equals twin_core's stepping (no global state in the C)."""
+    from ml_onnx.runtime import OnnxCorrection
+
+    csv = tmp_path / "out.csv"
+    proc = fmus.run_host("native_hybrid", csv, *_host_args(fmus, "native_hybrid", stop=2400.0), *extra)
+    assert proc.returncode == 0, proc.stderr
+    corr = OnnxCorrection(fmus.correction())
+    if "--reload" in extra:
+        data = np.loadtxt(csv, delimiter=",", ndmin=2)[:, 1:]
+        first, second = data[: len(data) // 2], data[len(data) // 2:]
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_allclose(first, reference(2400.0, 60.0, corr), rtol=1e-12, atol=0.0)
+        return
+    rows = read_host_csv(csv)
+    assert sorted(rows) == [0, 1, 2, 3]
+    for k in range(4):
+        np.testing.assert_allclose(rows[k], reference(2400.0, 60.0, corr, u1=U1_K + 5.0 * k), rtol=1e-12, atol=0.0)
