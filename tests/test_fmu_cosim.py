@@ -2,8 +2,8 @@
 Simulation Platform's co-simulation engine, with its own FMI Library loader). It runs in a child
 process so that whatever it does at exit cannot take the test session down.
 
-(ecospy is installed too but its library needs the system's libtbb.so.12, absent on this machine;
-libcosimpy loads here, so it is the independent master of record.)
+(ecospy, a third master, needs the system's libtbb.so.12, which .ci/run installs; it runs both FMUs
+in tests/test_native_fmu.py.)
 """
 
 from __future__ import annotations

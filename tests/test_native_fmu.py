@@ -214,10 +214,10 @@ def _run_master(script: str, args: list[str], cwd: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", NATIVE)
+@pytest.mark.parametrize("kind", [*NATIVE, "hybrid"])
 def test_fmpy_libcosim_and_ecos_agree(fmus: FmuBuilds, kind: str, tmp_path: Path) -> None:
     """Three independent masters (FMPy, libcosim via libcosimpy, ecos via ecospy) run the native
-    FMU to the same results (each master in a child process but FMPy)."""
+    FMU (and the Python one) to the same results (each master in a child process but FMPy)."""
     stop, dt = 3600.0, 60.0
     n = int(stop / dt)
     _, _, vr = fmus.model(kind)
