@@ -160,6 +160,10 @@ def robustness(ctx: Context) -> str:
     figure = ctx.figure("robustness_error_vs_batch", fig, "open-loop error per batch on each plant variant: physics, "
                         "fixed and trust-weighted hybrid, batch-to-batch learning")
     table = mod.render(res)
+    committed = ROOT / "validation" / "robustness.md"
+    if committed.is_file():
+        table += ("\nThe full evaluation as last committed (not rerun by this report): "
+                  "[validation/robustness.md](robustness.md).\n")
     return (f"`validation/robustness.py` (`run_robustness`, sizes {sizes}{', one variant: --quick' if ctx.quick else ''})"
             f", correction `{ctx.correction_path.name}`, {res['elapsed_s']:.0f} s. Plants generated now from the "
             "committed configs of `validation/plants/` with their seeds; none used for tuning. The full evaluation "
