@@ -143,19 +143,27 @@ def robustness(ctx: Context) -> str:
               h["softsensor_adaptive"]["yield50_mae_pts"], "<=", 1.0, "points")
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(v), figsize=(4.4 * len(v), 4.0), squeeze=False)
-    for ax, (n, r) in zip(axes[0], v.items(), strict=True):
+    ncol = min(3, len(v))
+    nrow = -(-len(v) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.0 * nrow), squeeze=False)
+    flat = list(axes.ravel())
+    for extra in flat[len(v):]:
+        extra.set_axis_off()
+    for i, (ax, (n, r)) in enumerate(zip(flat, v.items())):
         pb = r["per_batch"]
         k = np.arange(1, len(pb) + 1)
+        lab = (lambda text: text) if i == 0 else (lambda text: None)  # one legend, on the first panel
         for key, label in (("physics", "physics only"), ("hybrid_fixed", "hybrid, λ = 1"),
                            ("hybrid_trust", "hybrid, trust-weighted")):
-            ax.plot(k, [x[key] for x in pb], "o-", ms=3, lw=1.2, label=label)
+            ax.plot(k, [x[key] for x in pb], "o-", ms=3, lw=1.2, label=lab(label))
         e = r["b2b"]["errors"]
-        ax.plot(np.arange(1, len(e) + 1), e, "--", lw=1.2, label="batch-to-batch learning")
-        ax.axhline(r["b2b"]["rmse_reference"], color="k", lw=0.8, ls=":", label="correction fitted on the variant")
+        ax.plot(np.arange(1, len(e) + 1), e, "--", lw=1.2, label=lab("batch-to-batch learning (campaign)"))
+        ax.axhline(r["b2b"]["rmse_reference"], color="k", lw=0.8, ls=":", label=lab("correction fitted on 150 batches "
+                                                                                   "of the variant"))
         ax.set(xlabel="batch number [1]", ylabel="open-loop c_B RMSE [mol/m3]", title=n, yscale="log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if i == 0:
+            ax.legend(fontsize=7)
     fig.suptitle("Error against batch number on each plant variant (learning curves)")
     figure = ctx.figure("robustness_error_vs_batch", fig, "open-loop error per batch on each plant variant: physics, "
                         "fixed and trust-weighted hybrid, batch-to-batch learning")
