@@ -165,7 +165,7 @@ def robustness(ctx: Context) -> str:
         if i == 0:
             ax.legend(fontsize=7)
     fig.suptitle("Error against batch number on each plant variant (learning curves)")
-    figure = ctx.figure("robustness_error_vs_batch", fig, "open-loop error per batch on each plant variant: physics, "
+    figure = ctx.figure("report_robustness_learning", fig, "open-loop error per batch on each plant variant: physics, "
                         "fixed and trust-weighted hybrid, batch-to-batch learning")
     table = mod.render(res)
     committed = ROOT / "validation" / "robustness.md"
