@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 
 NATIVE_MODEL_NAME = f"{MODEL_NAME}Native"
 DEFAULT_NATIVE_OUT = ROOT / "dist" / f"{NATIVE_MODEL_NAME}.fmu"
-C_FILES = ("native_fmu.c", "twin_model.c", "twin_correction.c", "twin_forecast.c")
+C_FILES = ("native_fmu.c", "twin_model.c", "twin_correction.c", "twin_forecast.c", "twin_estimator.c")
 """Hand-written C of the native FMU, in fmu/native/."""
-H_FILES = ("twin_model.h", "twin_correction.h", "twin_forecast.h")
+H_FILES = ("twin_model.h", "twin_correction.h", "twin_forecast.h", "twin_estimator.h")
 FMI_HEADERS = ("fmi2Functions.h", "fmi2FunctionTypes.h", "fmi2TypesPlatform.h")
 GENERATED_C = "correction_model.c"
 GENERATED_H = "batchtwin_native.h"
@@ -137,8 +137,38 @@ def native_header(guid: str, build_id: str, starts: dict[str, float], domain: ob
                   "static const double bt_feature_lower[BT_N_FEATURES] = {" + ", ".join(map(_c_double, domain.lower)) + "};",
                   "static const double bt_feature_upper[BT_N_FEATURES] = {" + ", ".join(map(_c_double, domain.upper)) + "};",
                   "static const double bt_feature_ramp[BT_N_FEATURES] = {" + ", ".join(map(_c_double, domain.ramp)) + "};"]
-    lines += ["", "#endif", ""]
+    lines += ["", *softsensor_defines(), "", "#endif", ""]
     return "\n".join(lines)
+
+
+ESTIMATOR_FIELDS_SKIPPED = ("nis_alpha", "lab_bias_alpha", "jacket_settle_s")
+"""SoftSensorConfig fields the C estimator does not read as such: the two alphas become the chi-square
+bounds computed here (BT_SS_NIS_BOUNDS, BT_SS_NIS_Z, BT_SS_LAB_BIAS_BOUND); the jacket settling
+time only matters for a forecast on a recipe (the FMU's forecast holds the jacket)."""
+
+
+def softsensor_defines() -> list[str]:
+    """The soft sensor's defaults (twin_core.estimation.SoftSensorConfig(), the tuning the Python FMU
+    uses beside its four parameters) and the chi-square bounds of its health tests, as C macros:
+    the C estimator reads the Python tuning, so a retuned constant reaches both FMUs."""
+    from dataclasses import fields
+
+    from twin_core.estimation.config import SoftSensorConfig
+    from twin_core.estimation.health import _window_bound, chi2_quantile, normal_quantile
+
+    cfg = SoftSensorConfig()
+    names = [f.name for f in fields(cfg) if f.name not in ESTIMATOR_FIELDS_SKIPPED]
+    lines = ["/* twin_core.estimation.SoftSensorConfig() defaults and health bounds (twin_estimator.c). */"]
+    for name in names:
+        v = getattr(cfg, name)
+        lines.append(f"#define BT_SS_{name} {v}" if isinstance(v, int) and not isinstance(v, bool)
+                     else f"#define BT_SS_{name} {_c_double(float(v))}")
+    lines.append("#define BT_SS_FIELDS(F) " + " ".join(f"F({n})" for n in names))
+    bounds = [0.0] + [_window_bound(cfg.nis_alpha, n) for n in range(1, 30)]
+    lines.append("#define BT_SS_NIS_BOUNDS {" + ", ".join(map(_c_double, bounds)) + "}")
+    lines.append(f"#define BT_SS_NIS_Z {_c_double(normal_quantile(1.0 - cfg.nis_alpha))}")
+    lines.append(f"#define BT_SS_LAB_BIAS_BOUND {_c_double(chi2_quantile(1.0 - cfg.lab_bias_alpha, 2))}")
+    return lines
 
 
 def glibc_versions(so: Path) -> list[tuple[int, ...]]:
@@ -171,6 +201,7 @@ def native_build_id(correction: bytes | None, opts: BuildOptions) -> str:
             h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for f in (ROOT / "fmu" / "native_build.py", ROOT / "fmu" / "variables.py", ROOT / "twin_core" / "signals" / "twin.py"):
         h.update(f.read_bytes())
+    h.update("\n".join(softsensor_defines()).encode())  # a retuned soft sensor is another build
     h.update(b"correction\0" + (correction if correction is not None else b"<none>"))
     h.update(repr(sorted((opts.start or {}).items())).encode())
     h.update(f"{opts.model_identifier}\0{opts.tag}\0{version(EMX)}".encode())

@@ -58,7 +58,7 @@ static int solve(int n, double A[5][5], double b[5], double z[5])
 }
 
 /* twin_core.analysis._refine_max for an interior index i of samples (t, y), n of them. */
-static void refine_max(const double *t, const double *y, int n, int i, double *t_out, double *y_out)
+void bt_refine_max(const double *t, const double *y, int n, int i, double *t_out, double *y_out)
 {
     double t0 = t[i - 1], t1 = t[i], t2 = t[i + 1];
     double y0 = y[i - 1], y1 = y[i], y2 = y[i + 1];
@@ -165,7 +165,7 @@ int bt_forecast_stop(const bt_rhs_ctx *ctx, const bt_tolerance *tol, const doubl
         t_stop = times[imax];
         c_B = cB[imax];
     } else {
-        refine_max(times, cB, m, imax, &t_stop, &c_B);
+        bt_refine_max(times, cB, m, imax, &t_stop, &c_B);
     }
     /* np.interp of every state component at t_stop. */
     double xst[BT_NX];

@@ -10,4 +10,8 @@
 int bt_forecast_stop(const bt_rhs_ctx *ctx, const bt_tolerance *tol, const double x0[BT_NX], double h0,
                      double t_s, double t_end_s, double out[3], char *msg, unsigned msg_len);
 
+/* twin_core.analysis._refine_max: the maximum of samples (t, y) (n of them) refined around the
+   interior index i (parabola, then Newton on the local quartic). */
+void bt_refine_max(const double *t, const double *y, int n, int i, double *t_out, double *y_out);
+
 #endif

@@ -11,11 +11,12 @@
 
 #define BT_NX 4
 
-/* Linux x86-64 build (fmu/native_build.py): bind exp and pow to their oldest symbol versions, so
-   the binary loads on glibc >= 2.17 (glibc 2.29 added new versions of both; same results). */
+/* Linux x86-64 build (fmu/native_build.py): bind exp, pow and log to their oldest symbol versions,
+   so the binary loads on glibc >= 2.17 (glibc 2.29 added new versions of them; same results). */
 #if defined(BT_GLIBC_COMPAT) && defined(__linux__) && defined(__x86_64__)
 __asm__(".symver exp,exp@GLIBC_2.2.5");
 __asm__(".symver pow,pow@GLIBC_2.2.5");
+__asm__(".symver log,log@GLIBC_2.2.5");
 #endif
 
 /* twin_core.model.Coefficients: the constants of the right-hand side. */
