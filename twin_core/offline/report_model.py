@@ -224,8 +224,8 @@ def numerics(ctx: Context) -> str:
     worst = max(float(np.max(np.abs(v - base) / np.abs(base).clip(1e-300))) for v in finals.values())
     ctx.check("step_size_core", f"twin_core stepped with 1 s, 60 s, 3600 s communication steps ({t_end / 3600:g} h "
               "at a 70 °C jacket): max relative difference of the final state", worst, "<=", 1e-6)
-    out.append("Oracles run now (the same as tests/test_core_model.py, at the same limits): the analytic solution "
+    out.insert(0, "Oracles run now (the same as tests/test_core_model.py, at the same limits): the analytic solution "
                "of the isothermal batch; mass conservation with an arbitrary rate correction; the adiabatic rise "
                "against the heat released; scipy's Radau as an independent implicit reference; and communication-"
-               "step independence of the kernel. The FMUs' step-size independence is in [The FMUs](#the-fmus).")
+               "step independence of the kernel. The FMUs' step-size independence is in [The FMUs](#the-fmus).\n")
     return "\n".join(out) + "\n"

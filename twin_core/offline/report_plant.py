@@ -191,7 +191,8 @@ def correction(ctx: Context) -> str:
     lo, hi = json.loads(meta["twin.domain_lower"]), json.loads(meta["twin.domain_upper"])
     ramp = json.loads(meta["twin.domain_ramp"])
     dom = md_table(["feature", "unit", "lower", "upper", "fade-out width (ramp)"],
-                   [[n, u, a, b, r] for n, u, a, b, r in zip(names, units, lo, hi, ramp, strict=True)])
+                   [[n, u, f"{a:.5g}", f"{b:.5g}", f"{r:.4g}"] for n, u, a, b, r in zip(names, units, lo, hi, ramp,
+                                                                                      strict=True)])
     out = [f"Shipped correction `{ctx.correction_path.name}`: {meta.get('twin.estimator')} model version "
            f"{meta.get('twin.model_version')}, created {meta.get('twin.created_utc')}, fitted on "
            f"{meta.get('twin.training_batches')} batches of the data set with SHA-256 "
