@@ -37,7 +37,7 @@ def test_quick_report_generates_with_its_figures_and_computed_rows(dist_artifact
     assert failed == []
     # Sections that must run in every build (their features are in the product today).
     ok = {s.key for s in rep.sections if s.status == "ok"}
-    assert {"identity", "model", "numerics", "study", "stop", "optimise", "hybrid", "correction", "softsensor", "fmu",
+    assert {"identity", "model", "numerics", "study", "stop", "optimise", "fit", "hybrid", "correction", "softsensor", "fmu",
             "traceability"} <= ok
     # Every referenced figure exists, is a non-empty PNG, and is one the sections declared.
     refs = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)

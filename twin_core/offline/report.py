@@ -239,6 +239,7 @@ def _sections() -> list[tuple[str, str, SectionFn]]:
         ("study", "Temperature-profile study", report_process.study),
         ("stop", "Optimal stop", report_process.optimal_stop),
         ("optimise", "Optimised recipe against the best constant jacket", report_process.optimise),
+        ("fit", "Parameter estimation", report_process.parameter_fit),
         ("designspace", "Design space", report_process.design_space),
         ("hybrid", "Physics-only vs hybrid vs plant truth (held-out batches)", report_plant.hybrid),
         ("robustness", "Plant variants, trust weight and batch-to-batch learning", report_plant.robustness),

@@ -392,7 +392,7 @@ CLAIMS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
      ("tests/test_native_fmu.py", "tests/test_native_kernel.py"), ("fmu",)),
     ("a QbD design space by Monte Carlo on a vectorised simulator, in-process, pool or Dask", "design space",
      ("tests/test_designspace.py", "tests/test_batch_sim.py"), ("designspace",)),
-    ("kinetic parameters fitted with their covariance (twin fit)", "twin fit", ("tests/test_fit.py",), ()),
+    ("kinetic parameters fitted with their covariance (twin fit)", "twin fit", ("tests/test_fit.py",), ("fit",)),
     ("a trust weight on the correction, estimated online", "trust", ("tests/test_hybrid_trust.py",),
      ("softsensor", "robustness")),
     ("the plant data set regenerates bit for bit", "bit for bit", ("tests/test_plant_dataset.py",), ("identity",)),

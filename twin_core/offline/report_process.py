@@ -227,3 +227,44 @@ def design_space(ctx: Context) -> str:
             f"{res.engine}, {res.elapsed_s:.1f} s. Sampled per batch: the fitted parameters from their covariance, "
             "the plant's charge and fouling variation, the correction's trust (docs/designspace.md). "
             f"{n_in} of {p.size} points have P(all) ≥ {cfg.probability:g}.\n\n```\n{res.summary()}\n```\n\n" + figure)
+
+
+def parameter_fit(ctx: Context) -> str:
+    fit_mod = ctx.need("twin_core.offline.fit", "parameter estimation (twin fit, issue 14)")
+    from twin_core.offline.plots import pyplot
+
+    plt = pyplot()
+    n = 12 if ctx.quick else 40
+    train = [b.without_truth() for b in ctx.batches().values() if b.split == "train"][:n]
+    res = fit_mod.fit(train, covariance="batch")
+    o = res.obs
+    rows = []
+    for kind, name in ((1, "lab c_B"), (2, "lab c_C"), (0, "reactor T")):
+        m = o["kind"] == kind
+        resid = o["measured"][m] - o["predicted"][m]
+        rows.append([name, int(m.sum()), float(np.sqrt(np.nanmean(resid ** 2))), "K" if kind == 0 else "mol/m3"])
+    ctx.check("ci_finite", "every estimated parameter has a finite 95 % interval (fraction)",
+              float(np.mean(np.isfinite(res.ci95).all(axis=1))), ">=", 1.0)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    for kind, name in ((1, "c_B (product)"), (2, "c_C (impurity)")):
+        m = o["kind"] == kind
+        a1.plot(o["predicted"][m] / 1000, o["measured"][m] / 1000, "o", ms=3, alpha=0.6, label=name)
+    top = float(np.nanmax(o["measured"][o["kind"] > 0])) / 1000 * 1.05
+    a1.plot([0, top], [0, top], "k-", lw=0.8, label="parity")
+    a1.set(xlabel="fitted model [mol/L]", ylabel="lab assay [mol/L]", title="lab assays")
+    a1.legend(fontsize=8)
+    m = o["kind"] == 0
+    a2.plot(o["predicted"][m] - C0, o["measured"][m] - C0, ".", ms=1.5, alpha=0.3, label="reactor T")
+    lo, hi = float(np.nanmin(o["measured"][m])) - C0, float(np.nanmax(o["measured"][m])) - C0
+    a2.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="parity")
+    a2.set(xlabel="fitted model [°C]", ylabel="measured [°C]", title="reactor temperature")
+    a2.legend(fontsize=8)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    fig.suptitle(f"twin fit on {res.n_batches} training batches: measured against fitted")
+    figure = ctx.figure("fit_parity", fig, "parity of the lab assays and the reactor temperature with the fitted model")
+    return (f"`twin fit` (`twin_core/offline/fit.py`): weighted nonlinear least squares (scipy) on the first {n} training "
+            "batches (lab assays and measured temperatures only, never the hidden truth), cluster-robust covariance by "
+            "batch. The fitted set, with its covariance, is what the design space samples (`--params`).\n\n"
+            f"```\n{res.summary()}\n```\n\n"
+            + md_table(["observations", "count", "RMS residual", "unit"], rows) + "\n" + figure)
