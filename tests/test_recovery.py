@@ -24,6 +24,7 @@ from conftest import free_port, until
 from gateways.config import ReactorConfig, RuntimeConfig
 from gateways.model import EventKind, TwinEvent, Value
 from gateways.plant_process import PlantProcess
+from gateways.plc_client import PlcClient
 from gateways.recovery import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT_VERSION,
@@ -338,3 +339,32 @@ def test_a_store_that_cannot_be_created_says_where(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(CheckpointWriteError, match="a-file"):
         CheckpointStore(blocker / "sub" / CHECKPOINT_FILE).open()
+
+
+def test_after_a_rejected_checkpoint_the_twin_restarts_from_the_batchs_charge(
+        fmu_path: Path, checkpoint_of_a_batch: ReactorCheckpoint, tmp_path: Path) -> None:
+    """A batch is running in the PLC; the stored checkpoint (another FMU build) is refused, and the twin
+    starts on the PLC's batch from the charge (a fresh FMU start), mixing nothing of the old state."""
+    _other_guid(tmp_path / CHECKPOINT_FILE, checkpoint_of_a_batch)
+
+    async def main() -> None:
+        rec = Recorder()
+        with PlantProcess(speed=SPEED, seed=13) as plant:
+            with PlcClient(port=plant.port) as plc:
+                plc.download_recipe(RECIPE, 1200.0)
+                plc.command("start")
+            rt = Runtime(_cfg(fmu_path, tmp_path, plant.port), [rec])
+            rt.reactors["R1"].record_steps()
+            async with rt:
+                r1 = rt.reactors["R1"]
+                await until(lambda: r1.mode is TwinMode.TRACKING and len(r1.steps or []) > 3, timeout_s=60.0)
+                assert r1.checkpoint_state in (CheckpointState.REJECTED, CheckpointState.WRITTEN)
+        kinds = [e.kind for e in rec.events]
+        assert kinds.index(EventKind.CHECKPOINT_REJECTED) < kinds.index(EventKind.BATCH_STARTED)
+        assert EventKind.TWIN_RESTORED not in kinds
+        start = r1.steps[0]  # type: ignore[index]
+        assert "params" in start and start["params"]["T0"] == pytest.approx(start["params"]["T_measured"])
+        assert r1.twin_batch == 1 and start["t0"] > 0.0  # the PLC's batch, from its charge, at its batch time
+        assert r1.counters["lab_results_used"] <= 1 and r1.t_twin != checkpoint_of_a_batch.batch_time_s
+
+    asyncio.run(main())
