@@ -247,6 +247,7 @@ def _sections() -> list[tuple[str, str, SectionFn]]:
         ("softsensor", "Soft sensor", report_plant.softsensor),
         ("fmu", "The FMUs", report_deploy.fmus),
         ("opcua", "OPC UA address space and security conformance", report_deploy.opcua),
+        ("runtime", "Plant-floor runtime: link faults, crash recovery, fuzzing, load", report_deploy.runtime),
         ("performance", "Performance", report_deploy.performance),
         ("traceability", "Traceability: README claims and their evidence", report_deploy.traceability),
     ]

@@ -319,6 +319,23 @@ def opcua(ctx: Context) -> str:
             "[docs/security.md](../docs/security.md).\n")
 
 
+RUNTIME_TESTS = ("tests/test_runtime.py", "tests/test_runtime_config.py", "tests/test_recovery*.py",
+                 "tests/test_fuzz*.py", "tests/test_load*.py", "tests/test_gateways.py", "tests/test_modbus_mirror.py")
+
+
+def runtime(ctx: Context) -> str:
+    ctx.need("gateways.runtime", "the plant-floor runtime (gateways)")
+    intro = ("The plant-floor runtime (`twin run`): PLC link faults (values Bad/Uncertain within the scan, open loop, "
+             "catch-up), restarted PLCs, crash recovery (checkpoints restored after a kill; corrupt, truncated or "
+             "foreign checkpoints refused), the read-only Modbus mirror, Modbus fuzzing and OPC UA load; evidence: "
+             "their test files")
+    if ctx.quick:
+        return intro + " run in the full report (`twin report`); [docs/runtime.md](../docs/runtime.md).\n"
+    counts, last, secs = run_tests(RUNTIME_TESTS, True)
+    return (intro + f", run now (fast lane; {secs:.0f} s):\n\n" + tests_table(ctx, "tests", "plant-floor runtime", counts)
+            + f"\npytest: {last}\n\nDetails and the load benchmark: [docs/runtime.md](../docs/runtime.md).\n")
+
+
 # -- performance ---------------------------------------------------------------------------------------
 BENCHES_FULL = (("benchmarks/bench_core.py", ["--quick"]), ("benchmarks/bench_softsensor.py", ["--quick"]),
                 ("benchmarks/bench_fmu.py", ["--steps", "1000", "--repeat", "2", "--instances", "10"]),
@@ -382,12 +399,12 @@ CLAIMS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("OPC UA address space generated from the signal table, methods, events, history", "OPC UA",
      ("tests/test_opcua_server.py", "tests/test_runtime_opcua.py"), ("opcua",)),
     ("a lost PLC link turns values Bad/Uncertain; the twin catches up", "Bad/Uncertain",
-     ("tests/test_runtime.py",), ()),
+     ("tests/test_runtime.py",), ("runtime",)),
     ("hash-chained audit trail, users and roles", "audit", ("tests/test_audit.py", "tests/test_users.py"), ("opcua",)),
     ("OPC UA security: SignAndEncrypt endpoints, trusted client certificates, roles per node and method",
      "SignAndEncrypt", ("tests/test_security.py",), ("opcua",)),
     ("crash recovery: checkpoints restored after a kill, corrupt checkpoints refused", "checkpoint",
-     ("tests/test_recovery.py", "tests/test_recovery_process.py"), ()),
+     ("tests/test_recovery.py", "tests/test_recovery_process.py"), ("runtime",)),
     ("a native FMU with no Python at run time (linux64, win64, sources/)", "--native",
      ("tests/test_native_fmu.py", "tests/test_native_kernel.py"), ("fmu",)),
     ("a QbD design space by Monte Carlo on a vectorised simulator, in-process, pool or Dask", "design space",
