@@ -50,6 +50,9 @@ def test_quick_report_generates_with_its_figures_and_computed_rows(dist_artifact
     html = html_path.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len(refs)
     assert ".png\"" not in html
+    # Every in-page link of the HTML has its heading (the same anchors as the markdown's).
+    ids = set(re.findall(r'<h\d id="([^"]+)"', html))
+    assert set(re.findall(r'href="#([^"]+)"', html)) <= ids and len(ids) >= len(rep.sections)
     # Every PASS/FAIL row in the text is the row the run computed, with its verdict recomputed here.
     rows = _summary_rows(md)
     assert len(rows) == len(rep.checks) >= 30
