@@ -402,19 +402,60 @@ def test_estimator_inputs_are_checked_once_the_estimator_is_on(fmus: FmuBuilds) 
     assert "outside" in log.errors()[-1]
 
 
-def test_native_fmu_refuses_the_soft_sensor_mode_with_a_message(fmus: FmuBuilds) -> None:
-    """Not ported to C yet: estimator_on is refused at exitInitializationMode, naming the Python FMU."""
-    from fmpy.fmi1 import FMICallException
+BAD_ESTIMATOR = [
+    # (variable, value, words the message must contain): the soft-sensor inputs once estimator_on
+    ("T_measured", math.nan, ["T_measured", "finite"]),
+    ("T_measured", math.inf, ["T_measured", "finite"]),
+    ("T_measured", 0.0, ["T_measured", "outside"]),      # an unconnected port: refused now the mode is on
+    ("T_measured", 25.0, ["T_measured", "outside"]),     # degC given as K
+    ("lab_c_B", -1.0, ["lab_c_B", "outside"]),
+    ("lab_c_C", math.nan, ["lab_c_C", "finite"]),
+    ("lab_sample_time", -math.inf, ["lab_sample_time", "finite"]),
+    ("sigma_T_meas", 0.02, ["sigma_T_meas", "fixed parameter", "step"]),  # tuning is fixed once running
+    ("T_std", 1.0, ["T_std", "output"]),
+]
 
-    log = Log()
-    with slave(fmus, "native_physics", log=log, init=False) as s:
+
+def _estimator_steps(s, n: int, T_meas: float = 300.0) -> list[list[float]]:  # noqa: ANN001
+    rows = []
+    for k in range(n):
+        s.setReal([s.vr["T_jacket"], s.vr["T_measured"]], [jacket(k * 10.0), T_meas + 0.01 * k])
+        s.doStep(currentCommunicationPoint=k * 10.0, communicationStepSize=10.0)
+        rows.append(s.getReal([s.vr[v] for v in ("c_A", "c_B", "T", "c_B_std", "T_std", "lambda_1_est")]))
+    return rows
+
+
+@contextmanager
+def _estimator(fmus: FmuBuilds, kind: str, log: Log | None = None) -> Iterator:
+    with slave(fmus, kind, log=log, init=False) as s:
         s.setupExperiment(startTime=0.0)
         s.setBoolean([s.vr["estimator_on"]], [True])
         s.enterInitializationMode()
-        s.setReal([s.vr["T_measured"]], [298.15])
-        with pytest.raises(FMICallException):
-            s.exitInitializationMode()
-    assert any("soft-sensor" in m and "BatchReactorTwin.fmu" in m for m in log.errors()), log.messages
+        s.setReal([s.vr["T_jacket"], s.vr["T_measured"]], [jacket(0.0), 300.0])
+        s.exitInitializationMode()
+        yield s
+
+
+@pytest.mark.parametrize("kind", PHYSICS + HYBRID)
+@pytest.mark.parametrize(("name", "value", "words"), BAD_ESTIMATOR)
+def test_bad_value_in_soft_sensor_mode_gives_error_and_message(fmus: FmuBuilds, kind: str, name: str, value: float,
+                                                               words: list[str]) -> None:
+    """Both FMUs in soft-sensor mode: a bad value is fmi2Error with a message naming it, nothing is
+    applied, and the run goes on exactly as a run that never saw it."""
+    from fmpy.fmi1 import FMICallException
+
+    with _estimator(fmus, kind) as s:
+        clean = _estimator_steps(s, 8)
+    log = Log()
+    with _estimator(fmus, kind, log) as s:
+        with pytest.raises(FMICallException) as err:
+            s.setReal([s.vr[name]], [value])
+        assert "status 3" in str(err.value)
+        rows = _estimator_steps(s, 8)
+    np.testing.assert_array_equal(rows, clean)
+    assert len(log.errors()) == 1, log.messages
+    for w in words:
+        assert w in log.errors()[0], log.errors()[0]
 
 
 @pytest.mark.parametrize("kind", ["native_physics", "physics"])

@@ -16,6 +16,8 @@
  *     --state-check T   at time T get+serialize the state, finish, deserialize+set, redo the rest
  *                       and exit 3 unless both continuations are bit-identical
  *     --bad VR=VALUE    at the first step try to set VALUE (expect fmi2Error), then carry on
+ *     --inputs FILE     more inputs per step: lines "T R|B VR VALUE", applied (sorted by T) before the
+ *                       step that starts at time T (the soft-sensor readings of a recorded batch)
  *     --bench N         time N fmi2DoStep, fmi2GetReal and fmi2SetReal calls (printed as "bench ...")
  *     --cpu-time        time --bench and the run (run_ns=) with the thread's CPU clock, not the wall clock
  *     --second D|MI|G   also load a second FMU (unpacked in D) into this process and step one instance
@@ -94,6 +96,14 @@ static int g_nset = 0, g_has_bad = 0, g_nsetb = 0;
 static fmi2ValueReference g_setb_vr[MAXV];
 static fmi2Boolean g_setb_val[MAXV];
 static int g_errors_logged = 0;
+
+typedef struct {
+    double t, value;
+    char kind; /* 'R' or 'B' */
+    fmi2ValueReference vr;
+} TimedInput;
+static TimedInput *g_inputs = NULL;
+static size_t g_ninputs = 0;
 
 static void die(const char *fmt, ...)
 {
@@ -214,6 +224,53 @@ static int n_steps_total(void)
     return n;
 }
 
+static int cmp_input(const void *a, const void *b)
+{
+    double x = ((const TimedInput *)a)->t, y = ((const TimedInput *)b)->t;
+    return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+static void load_inputs(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) die("cannot read %s", path);
+    size_t cap = 1024;
+    g_inputs = malloc(cap * sizeof *g_inputs);
+    TimedInput in;
+    unsigned vr;
+    char kind;
+    int got;
+    while ((got = fscanf(f, "%lf %c %u %lf", &in.t, &kind, &vr, &in.value)) == 4) {
+        if (kind != 'R' && kind != 'B') die("--inputs: kind must be R or B, got %c", kind);
+        in.kind = kind;
+        in.vr = (fmi2ValueReference)vr;
+        if (g_ninputs == cap) g_inputs = realloc(g_inputs, (cap *= 2) * sizeof *g_inputs);
+        g_inputs[g_ninputs++] = in;
+    }
+    if (got != EOF) die("--inputs %s: line %zu is not \"T R|B VR VALUE\"", path, g_ninputs + 1);
+    fclose(f);
+    qsort(g_inputs, g_ninputs, sizeof *g_inputs, cmp_input); /* stable enough: one value per (t, vr) */
+}
+
+/* The --inputs rows of the step starting at time (exact times: the file is written with %.17g). */
+static void apply_inputs(Api *a, fmi2Component c, double time)
+{
+    size_t lo = 0, hi = g_ninputs;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (g_inputs[mid].t < time) lo = mid + 1;
+        else hi = mid;
+    }
+    for (size_t i = lo; i < g_ninputs && g_inputs[i].t == time; i++) {
+        if (g_inputs[i].kind == 'R') {
+            check(a->setReal(c, &g_inputs[i].vr, 1, &g_inputs[i].value), "fmi2SetReal(--inputs)");
+        } else {
+            fmi2Boolean b = g_inputs[i].value != 0.0;
+            check(a->setBoolean(c, &g_inputs[i].vr, 1, &b), "fmi2SetBoolean(--inputs)");
+        }
+    }
+}
+
 static void record(Run *r, double t)
 {
     double *row = r->rows + (size_t)r->nrows * (1 + g_nout);
@@ -237,6 +294,7 @@ static fmi2Component make_instance(Api *a, int which, int k)
     check(api.enterInit(c), "fmi2EnterInitializationMode");
     double u = u_of(k, 0.0);
     check(api.setReal(c, &g_in, 1, &u), "fmi2SetReal(T_jacket)");
+    if (g_ninputs && g_inputs[0].t < 0.0) apply_inputs(a, c, g_inputs[0].t); /* T < 0: before initialisation ends */
     check(api.exitInit(c), "fmi2ExitInitializationMode");
     return c;
 #undef api
@@ -258,7 +316,9 @@ static void steps(Run *r, int n_from, int n_to)
             if (s != fmi2Error) die("a bad value was accepted (status %d)", (int)s);
         }
         check(api.setReal(r->c, &g_in, 1, &u), "fmi2SetReal(T_jacket)");
-        check(api.doStep(r->c, time, next - time, fmi2True), "fmi2DoStep");
+        if (g_ninputs) apply_inputs(&api, r->c, time);
+        fmi2Status st = api.doStep(r->c, time, next - time, fmi2True);
+        if (st != fmi2OK && !(st == fmi2Warning && g_ninputs)) die("fmi2DoStep returned status %d", (int)st);
         time = next;
         record(r, time);
     }
@@ -447,6 +507,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--state-check")) g_state_t = atof(v), i++;
         else if (!strcmp(a, "--bench")) g_bench = atoi(v), i++;
         else if (!strcmp(a, "--cpu-time")) g_cpu_clock = 1;
+        else if (!strcmp(a, "--inputs")) load_inputs(v), i++;
         else if (!strcmp(a, "--second")) {
             char *copy = strdup(v), *save = NULL;
             g_dirs[1] = strtok_r(copy, "|", &save);

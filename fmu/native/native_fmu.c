@@ -10,12 +10,16 @@
  * inputs with estimator_on false) is accepted and ignored whatever its finite value (an
  * unconnected port sends 0); an integration failure is fmi2Discard with the state kept.
  *
- * The soft-sensor mode (estimator_on) is not in this native build yet: exitInitializationMode
- * refuses it with a message naming the Python FMU, which has it (docs/fmu.md).
+ * The soft-sensor mode (estimator_on) runs twin_estimator.c, the C port of twin_core's SoftSensor,
+ * driven as fmu/slave.py drives the Python one: the inputs set for a step are the readings of a scan
+ * at t + dt (or, with T_measured_valid false, an open-loop prediction on T_jacket), a new lab assay
+ * (lab_valid and a sample time not seen before) arrives at t + dt; a refused reading or assay is
+ * fmi2Warning with the estimate kept.
  */
 #include "batchtwin_native.h"
 #include "fmi2Functions.h"
 #include "twin_correction.h"
+#include "twin_estimator.h"
 #include "twin_forecast.h"
 #include "twin_model.h"
 
@@ -29,7 +33,7 @@ enum { MODE_INSTANTIATED = 0, MODE_INITIALIZATION = 1, MODE_STEP = 2, MODE_TERMI
 static const char *const MODE_NAMES[] = {"instantiated", "initialization", "step", "terminated"};
 
 #define STATE_MAGIC 0x54424e5456495442ULL /* "BTNATIVE"-ish tag of a serialized state */
-#define STATE_VERSION 1
+#define STATE_VERSION 2
 
 /* Everything the next steps depend on: an FMU state is a copy of this struct. */
 typedef struct {
@@ -46,6 +50,7 @@ typedef struct {
 
 typedef struct {
     run_state s;
+    bt_est *est;       /* the soft sensor (estimator_on, after exitInitializationMode), else NULL */
     bt_rhs_ctx ctx;    /* rebuilt from s at exitInitializationMode and fmi2SetFMUstate */
     bt_tolerance tol;
     bt_params p;
@@ -127,11 +132,6 @@ static void read_params(const run_state *s, bt_params *p)
 static fmi2Status make_model(instance *inst, const char *fn)
 {
     run_state *s = &inst->s;
-    if (s->ints[VR_estimator_on]) {
-        logf_(inst, fmi2Error, "%s: estimator_on: the soft-sensor mode is not in the native FMU yet; "
-              "use the Python FMU (BatchReactorTwin.fmu) for it (docs/fmu.md)", fn);
-        return fmi2Error;
-    }
     if (s->ints[VR_correction_on] && !BT_HAS_CORRECTION) {
         logf_(inst, fmi2Error, "%s: correction_on=True: this FMU was built without a correction model", fn);
         return fmi2Error;
@@ -170,6 +170,86 @@ static void write_outputs(instance *inst)
     }
     s->ints[VR_correction_in_domain] = ok;
     s->ints[VR_model_health] = 1 - ok;
+}
+
+/* The soft sensor's configuration: SoftSensorConfig's defaults with the FMU's four tuning parameters
+   (fmu/slave.py _make_models). */
+static void est_config(const run_state *s, bt_est_config *cfg)
+{
+    bt_est_default_config(cfg);
+    cfg->T_noise_std_K = s->real[VR_sigma_T_meas];
+    cfg->lab_abs_std_mol_per_m3 = s->real[VR_sigma_lab];
+    cfg->rate_rel_std = s->real[VR_sigma_rate_rel];
+    cfg->forecast_interval_s = s->real[VR_forecast_interval];
+}
+
+/* fmu/slave.py _write_estimate: the estimate at the last scan. */
+static void write_estimate(instance *inst)
+{
+    run_state *s = &inst->s;
+    const bt_est *e = inst->est;
+    bt_estimate o;
+    bt_est_estimate(e, e->t_scan, &o);
+    s->real[VR_c_A] = o.x[0];
+    s->real[VR_c_B] = o.x[1];
+    s->real[VR_c_C] = o.x[2];
+    s->real[VR_T] = o.x[3];
+    s->real[VR_c_A_std] = o.std[0];
+    s->real[VR_c_B_std] = o.std[1];
+    s->real[VR_c_C_std] = o.std[2];
+    s->real[VR_T_std] = o.std[3];
+    s->real[VR_yield_B] = (o.x[1] - inst->p.c_B0) / inst->p.c_A0;
+    s->real[VR_lambda_1_est] = o.x[7];
+    s->real[VR_lambda_2_est] = o.x[8];
+    s->real[VR_lambda_1_std] = o.std[7];
+    s->real[VR_lambda_2_std] = o.std[8];
+    s->ints[VR_correction_in_domain] = o.in_domain;
+    s->ints[VR_model_health] = o.health;
+    double fc[3];
+    if (bt_est_forecast_outputs(e, fc)) {
+        s->real[VR_t_stop_opt] = fc[0];
+        s->real[VR_yield_B_forecast] = fc[1];
+        s->real[VR_impurity_forecast] = fc[2];
+    }
+}
+
+/* fmu/slave.py _step_estimator. */
+static fmi2Status step_estimator(instance *inst, double t, double dt)
+{
+    run_state *s = &inst->s;
+    bt_est *e = inst->est;
+    double t1 = t + dt;
+    fmi2Status status = fmi2OK;
+    int rc = s->ints[VR_T_measured_valid] ? bt_est_update(e, t1, s->real[VR_T_measured], s->real[VR_T_jacket])
+                                          : bt_est_predict(e, t1, s->real[VR_T_jacket]);
+    if (rc == BT_EST_REFUSED) {
+        logf_(inst, fmi2Warning, "doStep t=%.17g: temperature scan refused, estimate kept: %s", t, e->msg);
+        status = fmi2Warning;
+    } else if (rc == BT_EST_INTEGRATION) {
+        logf_(inst, fmi2Discard, "doStep t=%.17g dt=%.17g: estimator step not accepted: %s", t, dt, e->msg);
+        return fmi2Discard;
+    } else if (rc != BT_EST_OK) {
+        logf_(inst, fmi2Error, "doStep t=%.17g: %s", t, e->msg);
+        return fmi2Error;
+    }
+    double sample_t = s->real[VR_lab_sample_time];
+    if (s->ints[VR_lab_valid] && sample_t != s->lab_last_sample) {
+        s->lab_last_sample = sample_t; /* one attempt per assay, accepted or not */
+        rc = bt_est_add_lab(e, sample_t, s->real[VR_lab_c_B], s->real[VR_lab_c_C]);
+        if (rc == BT_EST_REFUSED) {
+            logf_(inst, fmi2Warning, "doStep t=%.17g: lab assay refused: %s", t, e->msg);
+            status = fmi2Warning;
+        } else if (rc == BT_EST_INTEGRATION) {
+            logf_(inst, fmi2Discard, "doStep t=%.17g: lab assay not processed: %s", t, e->msg);
+            return fmi2Discard;
+        } else if (rc != BT_EST_OK) {
+            logf_(inst, fmi2Error, "doStep t=%.17g: %s", t, e->msg);
+            return fmi2Error;
+        }
+    }
+    s->t = t1;
+    write_estimate(inst);
+    return status;
 }
 
 static void maybe_forecast(instance *inst)
@@ -253,6 +333,7 @@ FMI2_Export void fmi2FreeInstance(fmi2Component c)
 {
     instance *inst = c;
     if (inst == NULL) return;
+    free(inst->est);
     free(inst->name);
     free(inst);
 }
@@ -335,12 +416,35 @@ FMI2_Export fmi2Status fmi2ExitInitializationMode(fmi2Component c)
     s->x[3] = inst->p.T0;
     s->h = 0.0;
     inst->f0_valid = 0;
+    free(inst->est);
+    inst->est = NULL;
+    if (s->ints[VR_estimator_on]) {
+        bt_est_config cfg;
+        est_config(s, &cfg);
+        inst->est = malloc(sizeof *inst->est);
+        if (inst->est == NULL) {
+            logf_(inst, fmi2Error, "exitInitializationMode: out of memory for the soft sensor");
+            return fmi2Error;
+        }
+        double plan_end = s->real[VR_forecast_interval] > 0.0 ? s->real[VR_t_batch_end] : NAN;
+        if (bt_est_start(inst->est, &cfg, &inst->p, s->ints[VR_correction_on] && BT_HAS_CORRECTION, s->t_start,
+                         s->real[VR_T_measured], s->real[VR_lambda_1], s->real[VR_lambda_2], plan_end) != BT_EST_OK) {
+            logf_(inst, fmi2Error, "exitInitializationMode: %s", inst->est->msg);
+            free(inst->est);
+            inst->est = NULL;
+            return fmi2Error;
+        }
+    }
     s->stepping = 1;
     s->t = s->t_start;
     s->next_forecast = s->t_start;
     s->mode = MODE_STEP;
-    write_outputs(inst);
-    maybe_forecast(inst);
+    if (inst->est != NULL) {
+        write_estimate(inst);
+    } else {
+        write_outputs(inst);
+        maybe_forecast(inst);
+    }
     return fmi2OK;
 }
 
@@ -355,6 +459,8 @@ FMI2_Export fmi2Status fmi2Reset(fmi2Component c)
     instance *inst = c;
     apply_starts(inst);
     reset_run(inst);
+    free(inst->est);
+    inst->est = NULL;
     inst->f0_valid = 0;
     read_params(&inst->s, &inst->p);
     return fmi2OK;
@@ -385,6 +491,7 @@ FMI2_Export fmi2Status fmi2DoStep(fmi2Component c, fmi2Real t, fmi2Real dt, fmi2
     s->t = t + dt; /* benchmarks/bench_fmu.py's baseline: an FMU whose step only checks and advances time */
     return fmi2OK;
 #endif
+    if (inst->est != NULL) return step_estimator(inst, t, dt);
     double x[BT_NX], h = s->h;
     memcpy(x, s->x, sizeof x);
     double u = s->real[VR_T_jacket];
@@ -609,23 +716,41 @@ FMI2_Export fmi2Status fmi2SetString(fmi2Component c, const fmi2ValueReference v
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* FMU state: a heap copy of run_state; serialized as a header plus its bytes                        */
+/* FMU state: a heap copy of run_state (and of the soft sensor, in estimator mode); serialized as   */
+/* a header plus their bytes                                                                        */
+
+typedef struct {
+    run_state s;
+    bt_est *est;
+} fmu_state;
 
 typedef struct {
     unsigned long long magic;
-    unsigned int version, size;
+    unsigned int version, size, est_size;
     char guid[40];
 } state_header;
 
 FMI2_Export fmi2Status fmi2GetFMUstate(fmi2Component c, fmi2FMUstate *fs)
 {
     instance *inst = c;
-    run_state *copy = *fs != NULL ? (run_state *)*fs : malloc(sizeof *copy); /* a non-NULL *fs is overwritten */
+    fmu_state *copy = *fs != NULL ? (fmu_state *)*fs : calloc(1, sizeof *copy); /* a non-NULL *fs is overwritten */
     if (copy == NULL) {
         logf_(inst, fmi2Error, "fmi2GetFMUstate: out of memory");
         return fmi2Error;
     }
-    *copy = inst->s;
+    if (inst->est != NULL) {
+        if (copy->est == NULL) copy->est = malloc(sizeof *copy->est);
+        if (copy->est == NULL) {
+            if (*fs == NULL) free(copy);
+            logf_(inst, fmi2Error, "fmi2GetFMUstate: out of memory for the soft sensor's state");
+            return fmi2Error;
+        }
+        memcpy(copy->est, inst->est, sizeof *copy->est);
+    } else {
+        free(copy->est);
+        copy->est = NULL;
+    }
+    copy->s = inst->s;
     *fs = copy;
     return fmi2OK;
 }
@@ -633,16 +758,38 @@ FMI2_Export fmi2Status fmi2GetFMUstate(fmi2Component c, fmi2FMUstate *fs)
 FMI2_Export fmi2Status fmi2SetFMUstate(fmi2Component c, fmi2FMUstate fs)
 {
     instance *inst = c;
-    if (fs == NULL) {
+    const fmu_state *st = fs;
+    if (st == NULL) {
         logf_(inst, fmi2Error, "setFMUstate: no state given");
         return fmi2Error;
     }
+    int wants_est = st->s.stepping && st->s.ints[VR_estimator_on];
+    if (wants_est != (st->est != NULL)) {
+        logf_(inst, fmi2Error, "setFMUstate: the state's soft sensor does not match its estimator_on");
+        return fmi2Error;
+    }
+    bt_est *est = inst->est;
+    if (st->est != NULL) {
+        if (est == NULL) est = malloc(sizeof *est);
+        if (est == NULL) {
+            logf_(inst, fmi2Error, "setFMUstate: out of memory for the soft sensor");
+            return fmi2Error;
+        }
+    }
     run_state old = inst->s;
-    inst->s = *(const run_state *)fs;
+    inst->s = st->s;
     inst->f0_valid = 0;
     if (inst->s.stepping && make_model(inst, "setFMUstate") != fmi2OK) {
         inst->s = old;
+        if (est != inst->est) free(est);
         return fmi2Error;
+    }
+    if (st->est != NULL) {
+        memcpy(est, st->est, sizeof *est);
+        inst->est = est;
+    } else {
+        free(inst->est);
+        inst->est = NULL;
     }
     read_params(&inst->s, &inst->p);
     return fmi2OK;
@@ -651,27 +798,36 @@ FMI2_Export fmi2Status fmi2SetFMUstate(fmi2Component c, fmi2FMUstate fs)
 FMI2_Export fmi2Status fmi2FreeFMUstate(fmi2Component c, fmi2FMUstate *fs)
 {
     (void)c;
-    if (fs != NULL) {
+    if (fs != NULL && *fs != NULL) {
+        free(((fmu_state *)*fs)->est);
         free(*fs);
         *fs = NULL;
     }
     return fmi2OK;
 }
 
+static size_t serialized_size(const fmu_state *st)
+{
+    return sizeof(state_header) + sizeof(run_state) + (st->est != NULL ? sizeof(bt_est) : 0);
+}
+
 FMI2_Export fmi2Status fmi2SerializedFMUstateSize(fmi2Component c, fmi2FMUstate fs, size_t *size)
 {
-    (void)c;
-    (void)fs;
-    *size = sizeof(state_header) + sizeof(run_state);
+    if (fs == NULL) {
+        logf_(c, fmi2Error, "serializedFMUstateSize: no state given");
+        return fmi2Error;
+    }
+    *size = serialized_size(fs);
     return fmi2OK;
 }
 
 FMI2_Export fmi2Status fmi2SerializeFMUstate(fmi2Component c, fmi2FMUstate fs, fmi2Byte b[], size_t size)
 {
     instance *inst = c;
-    if (fs == NULL || size < sizeof(state_header) + sizeof(run_state)) {
+    const fmu_state *st = fs;
+    if (st == NULL || size < serialized_size(st)) {
         logf_(inst, fmi2Error, "serializeFMUstate: no state or a buffer of %lu bytes (needs %lu)", (unsigned long)size,
-              (unsigned long)(sizeof(state_header) + sizeof(run_state)));
+              st == NULL ? 0UL : (unsigned long)serialized_size(st));
         return fmi2Error;
     }
     state_header h;
@@ -679,9 +835,11 @@ FMI2_Export fmi2Status fmi2SerializeFMUstate(fmi2Component c, fmi2FMUstate fs, f
     h.magic = STATE_MAGIC;
     h.version = STATE_VERSION;
     h.size = (unsigned int)sizeof(run_state);
+    h.est_size = st->est != NULL ? (unsigned int)sizeof(bt_est) : 0u;
     strncpy(h.guid, BT_GUID, sizeof h.guid - 1);
     memcpy(b, &h, sizeof h);
-    memcpy(b + sizeof h, fs, sizeof(run_state));
+    memcpy(b + sizeof h, &st->s, sizeof(run_state));
+    if (st->est != NULL) memcpy(b + sizeof h + sizeof(run_state), st->est, sizeof(bt_est));
     return fmi2OK;
 }
 
@@ -689,32 +847,50 @@ FMI2_Export fmi2Status fmi2DeSerializeFMUstate(fmi2Component c, const fmi2Byte b
 {
     instance *inst = c;
     state_header h;
-    if (size != sizeof h + sizeof(run_state)) {
-        logf_(inst, fmi2Error, "deSerializeFMUstate: %lu bytes are not a serialized state of this FMU (%lu expected)",
-              (unsigned long)size, (unsigned long)(sizeof h + sizeof(run_state)));
+    if (size < sizeof h) {
+        logf_(inst, fmi2Error, "deSerializeFMUstate: %lu bytes are not a serialized state of this FMU", (unsigned long)size);
         return fmi2Error;
     }
     memcpy(&h, b, sizeof h);
-    if (h.magic != STATE_MAGIC || h.version != STATE_VERSION || h.size != sizeof(run_state)) {
+    if (h.magic != STATE_MAGIC || h.version != STATE_VERSION || h.size != sizeof(run_state) ||
+        (h.est_size != 0 && h.est_size != sizeof(bt_est))) {
         logf_(inst, fmi2Error, "deSerializeFMUstate: not a serialized state of this FMU (format version %u)", h.version);
+        return fmi2Error;
+    }
+    if (size != sizeof h + sizeof(run_state) + h.est_size) {
+        logf_(inst, fmi2Error, "deSerializeFMUstate: %lu bytes are not a serialized state of this FMU (%lu expected)",
+              (unsigned long)size, (unsigned long)(sizeof h + sizeof(run_state) + h.est_size));
         return fmi2Error;
     }
     if (strncmp(h.guid, BT_GUID, sizeof h.guid) != 0) {
         logf_(inst, fmi2Error, "deSerializeFMUstate: serialized by another build (%.39s); this FMU is %s", h.guid, BT_GUID);
         return fmi2Error;
     }
-    run_state *copy = *fs != NULL ? (run_state *)*fs : malloc(sizeof *copy);
+    run_state rs;
+    memcpy(&rs, b + sizeof h, sizeof rs);
+    if (rs.mode < MODE_INSTANTIATED || rs.mode > MODE_TERMINATED ||
+        (h.est_size != 0) != (rs.stepping && rs.ints[VR_estimator_on])) {
+        logf_(inst, fmi2Error, "deSerializeFMUstate: corrupt state (mode %d)", rs.mode);
+        return fmi2Error;
+    }
+    fmu_state *copy = *fs != NULL ? (fmu_state *)*fs : calloc(1, sizeof *copy);
     if (copy == NULL) {
         logf_(inst, fmi2Error, "deSerializeFMUstate: out of memory");
         return fmi2Error;
     }
-    memcpy(copy, b + sizeof h, sizeof *copy);
-    int mode = copy->mode;
-    if (mode < MODE_INSTANTIATED || mode > MODE_TERMINATED) {
-        if (*fs == NULL) free(copy);
-        logf_(inst, fmi2Error, "deSerializeFMUstate: corrupt state (mode %d)", mode);
-        return fmi2Error;
+    if (h.est_size != 0) {
+        if (copy->est == NULL) copy->est = malloc(sizeof *copy->est);
+        if (copy->est == NULL) {
+            if (*fs == NULL) free(copy);
+            logf_(inst, fmi2Error, "deSerializeFMUstate: out of memory for the soft sensor's state");
+            return fmi2Error;
+        }
+        memcpy(copy->est, b + sizeof h + sizeof(run_state), sizeof(bt_est));
+    } else {
+        free(copy->est);
+        copy->est = NULL;
     }
+    copy->s = rs;
     *fs = copy;
     return fmi2OK;
 }

@@ -843,6 +843,13 @@ static int filter_step(bt_est *e, double t, int open_loop, double u_open)
 /* ---------------------------------------------------------------------------------------------- */
 /* forecast.forecast_from with the jacket held: the optimal stop and the impurity there             */
 
+/* The samples of the forecast kept for the optimal stop: the last five, and the window around the
+   first maximum of c_B (four before it, two after: what _refine_max and np.interp read), so a
+   forecast of any horizon needs no trajectory buffer. */
+typedef struct {
+    double t, x[4];
+} fc_sample;
+
 static int forecast(bt_est *e)
 {
     double t0 = e->t_filter, t_end = e->plan_end, dt = e->cfg.forecast_dt_s;
@@ -852,52 +859,62 @@ static int forecast(bt_est *e)
     memcpy(P, e->P, sizeof P);
     double save_f1 = e->held_f1, save_f2 = e->held_f2, save_row[N];
     memcpy(save_row, e->dT_row, sizeof save_row);
-    enum { NMAX = 4096 };
-    static const int nmax = NMAX;
-    double ts[NMAX], X[NMAX][4], cB[NMAX];
-    int m = 1;
-    ts[0] = t0;
-    if (t_end > t0) { /* simulation.output_times */
-        int n = (int)floor((t_end - t0) / dt * (1.0 + 1e-12));
-        if (n + 2 > nmax) return fail(e, BT_EST_FULL, "forecast of %d steps: more than %d", n + 1, nmax - 1);
-        for (int i = 0; i <= n; i++) ts[i] = t0 + dt * (double)i;
-        m = n + 1;
-        if (t_end - ts[m - 1] > 1e-9 * fmax(1.0, t_end)) ts[m++] = t_end;
+    long n = 0; /* simulation.output_times: t0 + k dt while <= t_end, then t_end if it falls between */
+    int extra = 0;
+    if (t_end > t0) {
+        n = (long)floor((t_end - t0) / dt * (1.0 + 1e-12));
+        extra = t_end - (t0 + dt * (double)n) > 1e-9 * fmax(1.0, t_end);
     }
-    memcpy(X[0], x, sizeof X[0]);
+    long m = n + 1 + extra;
+    fc_sample last[5], win[7];
+    int wn = 0;
+    long imax = 0, wbase = 0;
+    double best = 0.0, ta = t0;
     int rc = BT_EST_OK;
-    for (int i = 1; i < m && rc == BT_EST_OK; i++) {
-        int ok;
-        rc = substep(e, ts[i - 1], ts[i], x, P, &h, u, &ok);
-        memcpy(X[i], x, sizeof X[i]);
+    for (long k = 0; k < m; k++) {
+        double tk = k <= n ? t0 + dt * (double)k : t_end;
+        if (k > 0) {
+            int ok;
+            rc = substep(e, ta, tk, x, P, &h, u, &ok);
+            if (rc != BT_EST_OK) break;
+        }
+        ta = tk;
+        fc_sample sm = {tk, {x[0], x[1], x[2], x[3]}};
+        last[k % 5] = sm;
+        if (k == 0 || x[1] > best) {
+            best = x[1];
+            imax = k;
+            wbase = k >= 4 ? k - 4 : 0;
+            wn = 0;
+            for (long j = wbase; j <= k; j++) win[wn++] = last[j % 5];
+        } else if (k <= imax + 2) {
+            win[wn++] = sm;
+        }
     }
     e->held_f1 = save_f1;
     e->held_f2 = save_f2;
     memcpy(e->dT_row, save_row, sizeof save_row);
     if (rc != BT_EST_OK) return rc;
-    for (int i = 0; i < m; i++) cB[i] = X[i][1];
+    double ts[7], cB[7];
+    for (int j = 0; j < wn; j++) {
+        ts[j] = win[j].t;
+        cB[j] = win[j].x[1];
+    }
+    int il = (int)(imax - wbase);
     double t_opt, cB_opt;
-    if (m >= 2) {
-        int imax = 0;
-        for (int k = 1; k < m; k++)
-            if (cB[k] > cB[imax]) imax = k;
-        if (imax == 0 || imax == m - 1) {
-            t_opt = ts[imax];
-            cB_opt = cB[imax];
-        } else {
-            bt_refine_max(ts, cB, m, imax, &t_opt, &cB_opt);
-        }
+    if (m >= 2 && imax != 0 && imax != m - 1) {
+        bt_refine_max(ts, cB, wn, il, &t_opt, &cB_opt);
     } else {
-        t_opt = ts[0];
-        cB_opt = X[0][1];
+        t_opt = ts[il];
+        cB_opt = cB[il];
     }
     double xo[4];
     int k = 0;
-    while (k < m - 2 && !(t_opt < ts[k + 1])) k++;
+    while (k < wn - 2 && !(t_opt < ts[k + 1])) k++;
     for (int j = 0; j < 4; j++) { /* np.interp */
-        if (m == 1 || t_opt <= ts[0]) xo[j] = X[0][j];
-        else if (t_opt >= ts[m - 1]) xo[j] = X[m - 1][j];
-        else xo[j] = (X[k + 1][j] - X[k][j]) / (ts[k + 1] - ts[k]) * (t_opt - ts[k]) + X[k][j];
+        if (wn == 1 || t_opt <= ts[0]) xo[j] = win[0].x[j];
+        else if (t_opt >= ts[wn - 1]) xo[j] = win[wn - 1].x[j];
+        else xo[j] = (win[k + 1].x[j] - win[k].x[j]) / (ts[k + 1] - ts[k]) * (t_opt - ts[k]) + win[k].x[j];
     }
     xo[1] = cB_opt;
     e->fc_t_stop = t_opt;
