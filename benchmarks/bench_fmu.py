@@ -10,9 +10,12 @@ hybrid step.
 
 1. Per 1-s step through FMPy (fmi2SetReal of the two inputs, fmi2DoStep 1 s, fmi2GetReal of five
    outputs, arrays allocated once): the empty FMU (the native FMU compiled with -DBT_EMPTY_STEP: the
-   step only checks its arguments and advances time), physics, hybrid, and soft-sensor mode.
-2. The same per-step cost inside the C test host (tests/test_fmu_host.c --bench): no Python at all.
-3. A 10 h batch at 1-s steps in the C host (36,000 doSteps; the CSV is written after the clock stops).
+   step only checks its arguments and advances time), physics, hybrid, and soft-sensor mode (both
+   FMUs; the measured temperature is the physics twin's plus a ripple, a filter step every 10 s).
+2. The same per-step cost inside the C test host (tests/test_fmu_host.c --bench; in soft-sensor mode
+   the readings come from --inputs, one fmi2SetReal per step): no Python at all.
+3. A 10 h batch at 1-s steps in the C host (36,000 doSteps; the CSV is written after the clock stops),
+   also in soft-sensor mode.
 4. Resident memory per extra instance in one C process.
 
 Times are the minimum of --repeat runs. The machine is shared (2 cores, several jobs): wall-clock
@@ -157,7 +160,14 @@ def main() -> int:
                  ("native hybrid + forecast/300 s", "native", {"correction_on": True}, {}),
                  ("Python physics", "python", {"correction_on": False}, off),
                  ("Python hybrid", "python", {"correction_on": True}, off),
-                 ("Python hybrid + soft sensor", "python", {"correction_on": True, "estimator_on": True}, off)]
+                 ("native physics + soft sensor", "native", {"correction_on": False, "estimator_on": True}, off),
+                 ("native hybrid + soft sensor", "native", {"correction_on": True, "estimator_on": True}, off),
+                 ("native hybrid + soft sensor + forecast/300 s", "native", {"correction_on": True,
+                                                                             "estimator_on": True}, {}),
+                 ("Python physics + soft sensor", "python", {"correction_on": False, "estimator_on": True}, off),
+                 ("Python hybrid + soft sensor", "python", {"correction_on": True, "estimator_on": True}, off),
+                 ("Python hybrid + soft sensor + forecast/300 s", "python", {"correction_on": True,
+                                                                             "estimator_on": True}, {})]
 
         print(f"\n1. per 1-s step through FMPy (fmi2SetReal 2 inputs + fmi2DoStep + fmi2GetReal {len(OUT)} outputs), "
               f"{n} steps ({n_py} for the Python FMU), wall clock, minimum of {rep}")
@@ -166,14 +176,19 @@ def main() -> int:
             d, md = fmus[key]
             steps = n if key != "python" else n_py
             fmpy_t[label] = min(fmpy_per_step(d, md, steps, booleans, reals) for _ in range(rep))
-            print(f"   {label:38s} {fmpy_t[label] * 1e6:9.2f} us")
-        print(f"   {'native soft sensor':38s}       n/a   (the EKF is not ported to C: estimator_on is refused)")
+            print(f"   {label:44s} {fmpy_t[label] * 1e6:9.2f} us")
         empty = fmpy_t["empty FMU (baseline)"]
         r_fmpy = fmpy_t["native hybrid"] / empty
         print(f"   native hybrid / empty FMU: {r_fmpy:.2f}x; Python hybrid / native hybrid: "
               f"{fmpy_t['Python hybrid'] / fmpy_t['native hybrid']:.1f}x")
+        for mode in ("physics + soft sensor", "hybrid + soft sensor", "hybrid + soft sensor + forecast/300 s"):
+            print(f"   Python {mode} / native {mode}: {fmpy_t['Python ' + mode] / fmpy_t['native ' + mode]:.1f}x")
 
         exe = host_binary(folder)
+        readings = folder / "readings.txt"  # the soft sensor's T_measured per 1-s step (--inputs)
+        vr_meas = {v.name: v.valueReference for v in fmus["native"][1].modelVariables}["T_measured"]
+        readings.write_text("".join(f"{float(i)!r} R {vr_meas} {float(v)!r}\n"
+                                    for i, v in enumerate(measured_temperatures(36000))))
         print(f"\n2. per 1-s step inside the C host (set + doStep + get), {n} calls each, minimum of {rep}")
         host_t = {}
         for label, key, booleans, reals in cases:
@@ -184,8 +199,8 @@ def main() -> int:
             flags = ["--in", str(vr["T_jacket"]), "--out", ",".join(str(vr[k]) for k in OUT),
                      *[a for k, v in reals.items() for a in ("--set", f"{vr[k]}={v}")],
                      *[a for k, v in booleans.items() for a in ("--setb", f"{vr[k]}={int(v)}")]]
-            if booleans.get("estimator_on"):  # T_measured held at its start value: the filter still runs
-                flags += ["--set", f"{vr['T_measured']}=298.15"]
+            if booleans.get("estimator_on"):  # the readings of every step, T_measured at its start value before
+                flags += ["--set", f"{vr['T_measured']}=298.15", "--inputs", str(readings)]
             calls = n if key != "python" else n_py
             per = {}
             for clock in ("wall", "cpu"):
@@ -196,13 +211,20 @@ def main() -> int:
                     best = min(best, m["do_step_ns"] + m["set_real_ns"] + m[f"get_real_{len(OUT)}_ns"])
                 per[clock] = best
             host_t[label] = per
-            print(f"   {label:38s} {per['wall'] / 1e3:9.3f} us wall   {per['cpu'] / 1e3:9.3f} us CPU")
+            print(f"   {label:44s} {per['wall'] / 1e3:9.3f} us wall   {per['cpu'] / 1e3:9.3f} us CPU")
+        for mode in ("physics + soft sensor", "hybrid + soft sensor"):
+            print(f"   Python {mode} / native {mode} (CPU): "
+                  f"{host_t['Python ' + mode]['cpu'] / host_t['native ' + mode]['cpu']:.0f}x")
 
         print("\n3. a 10 h batch at 1-s steps in the C host (36,000 steps, jacket 25 -> 70 degC at 1 h)")
         batch = {}
         for label, key, booleans, reals in (("native physics", "native", {"correction_on": False}, off),
                                             ("native hybrid", "native", {"correction_on": True}, off),
                                             ("native hybrid + forecast/300 s", "native", {"correction_on": True}, {}),
+                                            ("native hybrid + soft sensor", "native",
+                                             {"correction_on": True, "estimator_on": True}, off),
+                                            ("native hybrid + soft sensor + forecast/300 s", "native",
+                                             {"correction_on": True, "estimator_on": True}, {}),
                                             ("Python hybrid", "python", {"correction_on": True}, off)):
             d, md = fmus[key]
             vr = {v.name: v.valueReference for v in md.modelVariables}
@@ -210,25 +232,31 @@ def main() -> int:
                      "--step", "3600:298.15:343.15",
                      *[a for k, v in reals.items() for a in ("--set", f"{vr[k]}={v}")],
                      *[a for k, v in booleans.items() for a in ("--setb", f"{vr[k]}={int(v)}")]]
+            if booleans.get("estimator_on"):
+                flags += ["--set", f"{vr['T_measured']}=298.15", "--inputs", str(readings)]
             wall = min(float(re.search(r"run_ns=(\d+)", run_host(exe, d, md, *flags)).group(1)) for _ in range(rep))
             cpu = min(float(re.search(r"run_ns=(\d+)", run_host(exe, d, md, *flags, "--cpu-time")).group(1))
                       for _ in range(rep))
             batch[label] = (wall, cpu)
-            print(f"   {label:38s} {wall / 1e6:9.1f} ms wall   {cpu / 1e6:9.1f} ms CPU")
+            print(f"   {label:44s} {wall / 1e6:9.1f} ms wall   {cpu / 1e6:9.1f} ms CPU")
 
         print(f"\n4. resident memory per extra instance in one C process ({args.instances} instances, 1 h of 1-s steps)")
-        for label, key in (("native hybrid", "native"), ("Python hybrid", "python")):
+        for label, key, est in (("native hybrid", "native", False), ("native hybrid + soft sensor", "native", True),
+                                ("Python hybrid", "python", False)):
             d, md = fmus[key]
             vr = {v.name: v.valueReference for v in md.modelVariables}
             common = ["--in", str(vr["T_jacket"]), "--out", str(vr["c_B"]), "--stop", "3600", "--dt", "1",
                       "--setb", f"{vr['correction_on']}=1", "--set", f"{vr['forecast_interval']}=0"]
+            if est:
+                common += ["--setb", f"{vr['estimator_on']}=1", "--set", f"{vr['T_measured']}=298.15",
+                           "--inputs", str(readings)]
             one = run_host(exe, d, md, *common, "--instances", "1")
             many = run_host(exe, d, md, *common, "--instances", str(args.instances))
             r1 = int(re.search(r"after_run=(\d+)", one).group(1))
             rn = int(re.search(r"after_run=(\d+)", many).group(1))
             per = (rn - r1) / (args.instances - 1)
             host_rows = 3601 * 2 * 8 / 1024  # the host's own recording buffer per instance (t, c_B per step)
-            print(f"   {label:20s} process with one instance {r1 / 1024:6.1f} MB; each further instance "
+            print(f"   {label:28s} process with one instance {r1 / 1024:6.1f} MB; each further instance "
                   f"{per:7.1f} kB, of which {host_rows:.1f} kB the host's recording -> {per - host_rows:7.1f} kB "
                   f"the FMU's")
 

@@ -355,6 +355,7 @@ static void bench(Api *a, fmi2Component c)
     double time = 0.0;
     for (int i = 0; i < n; i++) {
         double next = 0.0 + (i + 1) * 1.0;
+        if (g_ninputs) apply_inputs(a, c, time); /* --inputs: the readings of each step (soft-sensor mode) */
         api.doStep(c, time, next - time, fmi2True);
         time = next;
     }

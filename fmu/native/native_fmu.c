@@ -421,7 +421,7 @@ FMI2_Export fmi2Status fmi2ExitInitializationMode(fmi2Component c)
     if (s->ints[VR_estimator_on]) {
         bt_est_config cfg;
         est_config(s, &cfg);
-        inst->est = malloc(sizeof *inst->est);
+        inst->est = calloc(1, sizeof *inst->est); /* pages untouched until the history fills them */
         if (inst->est == NULL) {
             logf_(inst, fmi2Error, "exitInitializationMode: out of memory for the soft sensor");
             return fmi2Error;

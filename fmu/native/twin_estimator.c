@@ -12,6 +12,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -940,7 +941,10 @@ static int refresh_forecast(bt_est *e, double t)
 int bt_est_start(bt_est *e, const bt_est_config *cfg, const bt_params *p, int has_correction, double t0,
                  double T_meas, double l1, double l2, double plan_end)
 {
-    memset(e, 0, sizeof *e);
+    /* Everything but the record slots, which are written whole when used: a fresh (calloc'd)
+       estimator keeps its pages untouched until the history grows into them. */
+    memset(e, 0, offsetof(bt_est, records));
+    memset((char *)e + offsetof(bt_est, pending), 0, sizeof *e - offsetof(bt_est, pending));
     e->cfg = *cfg;
     e->params = *p;
     bt_coefficients(p, &e->coef);
