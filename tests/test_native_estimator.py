@@ -278,3 +278,35 @@ def test_native_forecast_equals_twin_core(native: NativeEstimator, onnx) -> None
             checked += 1
             interior += fc.t_stop_opt_s < 36000.0
     assert checked == 12 and 3 <= interior < 12
+
+
+@pytest.mark.slow
+def test_native_soft_sensor_pools_fast_scans_like_twin_core(native: NativeEstimator, onnx) -> None:
+    """1-s scans (ten per filter step: the weighted line fit of the readings, the jacket's trapezoid,
+    spikes down-weighted within the interval) and a lab assay that arrives before the next step
+    (pending): the same estimates at every scan."""
+    from twin_core.estimation import SoftSensor
+
+    batch = make_batch(dt_s=1.0, seed=11, t_end_s=5400.0, lab_every_s=900.0, lab_delay_s=5.5)
+    s = SoftSensor(None, onnx)
+    est_py = [s.start(0.0, T_measured_K=float(batch.T_meas_K[0]))]
+    s.set_plan(None, T_END_S)
+    c = CSensor(native, True)
+    est_c = [c.start(0.0, float(batch.T_meas_K[0]), T_END_S)]
+    labs = {round(r[3]): r for r in batch.labs}
+    for i in range(1, len(batch.t_s)):
+        t, u = float(batch.t_s[i]), float(batch.T_jacket_K[i])
+        y = float(batch.T_meas_K[i]) + (5.0 if i in (1234, 1235, 3000) else 0.0)
+        est_py.append(s.update(t, y, u))
+        c.update(t, y, u)
+        est_c.append(c.estimate(t))
+        if i in labs:
+            ts, cB, cC, _ = labs[i]
+            est_py.append(s.add_lab(ts, cB, cC))
+            c.add_lab(ts, cB, cC)
+            est_c.append(c.estimate(t))
+    assert len(est_py) == len(est_c) == 5400 + 1 + 5  # five assays arrived within the batch
+    assert rel([list(e.x) for e in est_c], [e.x for e in est_py]) <= REL
+    assert rel([list(e.std) for e in est_c], [e.std for e in est_py]) <= REL
+    assert [e.health for e in est_c] == [e.health for e in est_py]
+    assert [e.alarms for e in est_c] == [int(e.alarms) for e in est_py]
