@@ -257,3 +257,46 @@ def test_win64_dll_under_wine_runs_the_soft_sensor(fmus: FmuBuilds, plant: dict,
     got = read_host_csv(win)[0][1:]
     want = _reference(plant, N, _correction(fmus, kind))[:, :-1]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hybrid", "native_hybrid"])
+def test_long_plc_outage_at_one_second_steps(fmus: FmuBuilds, kind: str) -> None:
+    """A 25-min outage at 1-s steps: every open-loop step is a filter step of the history (1500 of
+    them, beyond what 10-s filter steps need); the estimates stay SoftSensor's, and a state saved
+    mid-outage (history packed) restores bit-identically in another instance."""
+    n_closed, n_open = 300, 1500
+    rng = np.random.default_rng(3)
+    T_meas = 298.15 + 0.05 * rng.standard_normal(n_closed + 1)
+
+    def run(s, n_from: int, n_to: int) -> list:  # noqa: ANN001
+        rows = []
+        for n in range(n_from, n_to):
+            closed = n < n_closed
+            s.setBoolean([s.vr["T_measured_valid"]], [closed])
+            s.setReal([s.vr["T_jacket"], s.vr["T_measured"]], [_jacket(float(n)), T_meas[n + 1] if closed else 300.0])  # a stale reading, not used
+            s.doStep(currentCommunicationPoint=float(n), communicationStepSize=1.0)
+            rows.append(s.getReal([s.vr[k] for k in OUT]))
+        return rows
+
+    plant = {"T_meas": T_meas}
+    with slave(fmus, kind, init=False) as s:
+        _init(s, plant)
+        rows = run(s, 0, 1200)
+        blob = s.serializeFMUstate(s.getFMUstate())
+        rows += run(s, 1200, n_closed + n_open)
+    with slave(fmus, kind, init=False) as s2:
+        s2.setFMUstate(s2.deSerializeFMUstate(blob))
+        tail = run(s2, 1200, n_closed + n_open)
+    np.testing.assert_array_equal(tail, rows[1200:])
+    sig = by_name()
+    cfg = SoftSensorConfig(T_noise_std_K=sig["sigma_T_meas"].start, lab_abs_std_mol_per_m3=sig["sigma_lab"].start,
+                           rate_rel_std=sig["sigma_rate_rel"].start, forecast_interval_s=sig["forecast_interval"].start)
+    sensor = SoftSensor(ModelParams(), _correction(fmus, kind), cfg)
+    sensor.start(0.0, T_measured_K=T_meas[0])
+    sensor.set_plan(None, 36000.0)
+    for n in range(n_closed + n_open):
+        est = (sensor.update(n + 1.0, T_meas[n + 1], _jacket(float(n))) if n < n_closed
+               else sensor.predict(n + 1.0, _jacket(float(n))))
+    assert len(sensor.history()) > 1400
+    np.testing.assert_allclose(rows[-1][:8], [*est.x[:4], *est.std[:4]], rtol=1e-9, atol=0.0)

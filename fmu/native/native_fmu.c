@@ -721,14 +721,27 @@ FMI2_Export fmi2Status fmi2SetString(fmi2Component c, const fmi2ValueReference v
 
 typedef struct {
     run_state s;
-    bt_est *est;
+    unsigned char *est; /* the soft sensor packed (bt_est_pack), or NULL */
+    size_t est_size, est_cap;
 } fmu_state;
 
 typedef struct {
     unsigned long long magic;
-    unsigned int version, size, est_size;
+    unsigned int version, size;
+    unsigned long long est_size;
     char guid[40];
 } state_header;
+
+/* Room for n packed bytes in st (kept when large enough). */
+static int reserve(fmu_state *st, size_t n)
+{
+    if (st->est_cap >= n) return 1;
+    unsigned char *p = realloc(st->est, n);
+    if (p == NULL) return 0;
+    st->est = p;
+    st->est_cap = n;
+    return 1;
+}
 
 FMI2_Export fmi2Status fmi2GetFMUstate(fmi2Component c, fmi2FMUstate *fs)
 {
@@ -739,16 +752,16 @@ FMI2_Export fmi2Status fmi2GetFMUstate(fmi2Component c, fmi2FMUstate *fs)
         return fmi2Error;
     }
     if (inst->est != NULL) {
-        if (copy->est == NULL) copy->est = malloc(sizeof *copy->est);
-        if (copy->est == NULL) {
+        size_t n = bt_est_packed_size(inst->est);
+        if (!reserve(copy, n)) {
             if (*fs == NULL) free(copy);
             logf_(inst, fmi2Error, "fmi2GetFMUstate: out of memory for the soft sensor's state");
             return fmi2Error;
         }
-        memcpy(copy->est, inst->est, sizeof *copy->est);
+        bt_est_pack(inst->est, copy->est);
+        copy->est_size = n;
     } else {
-        free(copy->est);
-        copy->est = NULL;
+        copy->est_size = 0;
     }
     copy->s = inst->s;
     *fs = copy;
@@ -764,13 +777,13 @@ FMI2_Export fmi2Status fmi2SetFMUstate(fmi2Component c, fmi2FMUstate fs)
         return fmi2Error;
     }
     int wants_est = st->s.stepping && st->s.ints[VR_estimator_on];
-    if (wants_est != (st->est != NULL)) {
+    if (wants_est != (st->est_size != 0)) {
         logf_(inst, fmi2Error, "setFMUstate: the state's soft sensor does not match its estimator_on");
         return fmi2Error;
     }
     bt_est *est = inst->est;
-    if (st->est != NULL) {
-        if (est == NULL) est = malloc(sizeof *est);
+    if (wants_est && est == NULL) {
+        est = calloc(1, sizeof *est);
         if (est == NULL) {
             logf_(inst, fmi2Error, "setFMUstate: out of memory for the soft sensor");
             return fmi2Error;
@@ -779,13 +792,14 @@ FMI2_Export fmi2Status fmi2SetFMUstate(fmi2Component c, fmi2FMUstate fs)
     run_state old = inst->s;
     inst->s = st->s;
     inst->f0_valid = 0;
-    if (inst->s.stepping && make_model(inst, "setFMUstate") != fmi2OK) {
+    if ((inst->s.stepping && make_model(inst, "setFMUstate") != fmi2OK) ||
+        (wants_est && !bt_est_unpack(est, st->est, st->est_size))) {
+        if (wants_est && inst->s.stepping) logf_(inst, fmi2Error, "setFMUstate: corrupt soft-sensor state");
         inst->s = old;
         if (est != inst->est) free(est);
         return fmi2Error;
     }
-    if (st->est != NULL) {
-        memcpy(est, st->est, sizeof *est);
+    if (wants_est) {
         inst->est = est;
     } else {
         free(inst->est);
@@ -806,10 +820,7 @@ FMI2_Export fmi2Status fmi2FreeFMUstate(fmi2Component c, fmi2FMUstate *fs)
     return fmi2OK;
 }
 
-static size_t serialized_size(const fmu_state *st)
-{
-    return sizeof(state_header) + sizeof(run_state) + (st->est != NULL ? sizeof(bt_est) : 0);
-}
+static size_t serialized_size(const fmu_state *st) { return sizeof(state_header) + sizeof(run_state) + st->est_size; }
 
 FMI2_Export fmi2Status fmi2SerializedFMUstateSize(fmi2Component c, fmi2FMUstate fs, size_t *size)
 {
@@ -835,11 +846,11 @@ FMI2_Export fmi2Status fmi2SerializeFMUstate(fmi2Component c, fmi2FMUstate fs, f
     h.magic = STATE_MAGIC;
     h.version = STATE_VERSION;
     h.size = (unsigned int)sizeof(run_state);
-    h.est_size = st->est != NULL ? (unsigned int)sizeof(bt_est) : 0u;
+    h.est_size = st->est_size;
     strncpy(h.guid, BT_GUID, sizeof h.guid - 1);
     memcpy(b, &h, sizeof h);
     memcpy(b + sizeof h, &st->s, sizeof(run_state));
-    if (st->est != NULL) memcpy(b + sizeof h + sizeof(run_state), st->est, sizeof(bt_est));
+    if (st->est_size) memcpy(b + sizeof h + sizeof(run_state), st->est, st->est_size);
     return fmi2OK;
 }
 
@@ -847,19 +858,15 @@ FMI2_Export fmi2Status fmi2DeSerializeFMUstate(fmi2Component c, const fmi2Byte b
 {
     instance *inst = c;
     state_header h;
-    if (size < sizeof h) {
+    if (size < sizeof h + sizeof(run_state)) {
         logf_(inst, fmi2Error, "deSerializeFMUstate: %lu bytes are not a serialized state of this FMU", (unsigned long)size);
         return fmi2Error;
     }
     memcpy(&h, b, sizeof h);
     if (h.magic != STATE_MAGIC || h.version != STATE_VERSION || h.size != sizeof(run_state) ||
-        (h.est_size != 0 && h.est_size != sizeof(bt_est))) {
-        logf_(inst, fmi2Error, "deSerializeFMUstate: not a serialized state of this FMU (format version %u)", h.version);
-        return fmi2Error;
-    }
-    if (size != sizeof h + sizeof(run_state) + h.est_size) {
-        logf_(inst, fmi2Error, "deSerializeFMUstate: %lu bytes are not a serialized state of this FMU (%lu expected)",
-              (unsigned long)size, (unsigned long)(sizeof h + sizeof(run_state) + h.est_size));
+        size != sizeof h + sizeof(run_state) + h.est_size) {
+        logf_(inst, fmi2Error, "deSerializeFMUstate: not a serialized state of this FMU (format version %u, %lu bytes)",
+              h.version, (unsigned long)size);
         return fmi2Error;
     }
     if (strncmp(h.guid, BT_GUID, sizeof h.guid) != 0) {
@@ -874,22 +881,13 @@ FMI2_Export fmi2Status fmi2DeSerializeFMUstate(fmi2Component c, const fmi2Byte b
         return fmi2Error;
     }
     fmu_state *copy = *fs != NULL ? (fmu_state *)*fs : calloc(1, sizeof *copy);
-    if (copy == NULL) {
+    if (copy == NULL || !reserve(copy, (size_t)h.est_size)) {
+        if (*fs == NULL) free(copy);
         logf_(inst, fmi2Error, "deSerializeFMUstate: out of memory");
         return fmi2Error;
     }
-    if (h.est_size != 0) {
-        if (copy->est == NULL) copy->est = malloc(sizeof *copy->est);
-        if (copy->est == NULL) {
-            if (*fs == NULL) free(copy);
-            logf_(inst, fmi2Error, "deSerializeFMUstate: out of memory for the soft sensor's state");
-            return fmi2Error;
-        }
-        memcpy(copy->est, b + sizeof h + sizeof(run_state), sizeof(bt_est));
-    } else {
-        free(copy->est);
-        copy->est = NULL;
-    }
+    if (h.est_size) memcpy(copy->est, b + sizeof h + sizeof(run_state), (size_t)h.est_size);
+    copy->est_size = (size_t)h.est_size;
     copy->s = rs;
     *fs = copy;
     return fmi2OK;

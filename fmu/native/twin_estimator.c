@@ -40,6 +40,38 @@ void bt_est_default_config(bt_est_config *c)
     c->lab_bias_bound = BT_SS_LAB_BIAS_BOUND;
 }
 
+#define HEAD_BYTES offsetof(bt_est, records)
+#define TAIL_BYTES (sizeof(bt_est) - offsetof(bt_est, pending))
+
+size_t bt_est_packed_size(const bt_est *e)
+{
+    return HEAD_BYTES + TAIL_BYTES + (size_t)e->n_records * sizeof(bt_record);
+}
+
+void bt_est_pack(const bt_est *e, unsigned char *buf)
+{
+    const int first = 0; /* the records re-based at slot 0 */
+    memcpy(buf, e, HEAD_BYTES);
+    memcpy(buf + offsetof(bt_est, first), &first, sizeof first);
+    memcpy(buf + HEAD_BYTES, (const char *)e + offsetof(bt_est, pending), TAIL_BYTES);
+    unsigned char *p = buf + HEAD_BYTES + TAIL_BYTES;
+    for (int k = 0; k < e->n_records; k++, p += sizeof(bt_record)) memcpy(p, REC(e, k), sizeof(bt_record));
+}
+
+int bt_est_unpack(bt_est *e, const unsigned char *buf, size_t size)
+{
+    int n, first;
+    if (size < HEAD_BYTES + TAIL_BYTES) return 0;
+    memcpy(&n, buf + offsetof(bt_est, n_records), sizeof n);
+    memcpy(&first, buf + offsetof(bt_est, first), sizeof first);
+    if (n < 0 || n > BT_EST_RECORDS || first != 0 || size != HEAD_BYTES + TAIL_BYTES + (size_t)n * sizeof(bt_record))
+        return 0;
+    memcpy(e, buf, HEAD_BYTES);
+    memcpy((char *)e + offsetof(bt_est, pending), buf + HEAD_BYTES, TAIL_BYTES);
+    memcpy(e->records, buf + HEAD_BYTES + TAIL_BYTES, (size_t)n * sizeof(bt_record));
+    return 1;
+}
+
 size_t bt_est_size(void) { return sizeof(bt_est); }
 const double *bt_est_covariance(const bt_est *e) { return e->P; }
 

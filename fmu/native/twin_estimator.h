@@ -6,7 +6,7 @@
  *
  * Augmented state (n = 9, SI units): x = (c_A, c_B, c_C [mol/m3], T [K], UA_factor, k1_factor,
  * k2_factor, lambda_1, lambda_2 [1]). Everything lives in one fixed-size struct (no allocation),
- * so an FMU state is a copy of it. Capacities are fixed (BT_EST_*); going past one is an error
+ * so an FMU state is a copy of it (bt_est_pack: the used history slots only). Capacities are fixed (BT_EST_*); going past one is an error
  * with a message, never a silent change of the result.
  */
 #ifndef BT_TWIN_ESTIMATOR_H
@@ -17,7 +17,9 @@
 #include <stddef.h>
 
 #define BT_NS 9
-#define BT_EST_RECORDS 1200  /* filter steps in the history window (5400 s / 10 s = 540 by default) */
+#define BT_EST_RECORDS 8192  /* filter steps in the history window: 540 at the default 10 s / 5400 s; open-loop
+                                 steps (T_measured_valid false) are one each, so an outage at 1-s steps fills
+                                 5400 (the slots are untouched memory until used; FMU states pack the used ones) */
 #define BT_EST_RECORD_LABS 6 /* lab assays sampled within one filter step */
 #define BT_EST_PENDING 16    /* assays waiting for the next filter step */
 #define BT_EST_LABS 512      /* assays per batch (duplicate check) */
@@ -127,6 +129,11 @@ void bt_est_estimate(const bt_est *e, double t, bt_estimate *out);
 /* The last automatic forecast: (t_stop_opt [s], yield at it [1], impurity fraction there [1]);
    returns 0 while there is none yet. */
 int bt_est_forecast_outputs(const bt_est *e, double out[3]);
+/* An FMU state of the estimator: everything but the unused history slots, the records in order.
+   bt_est_unpack returns 0 (and leaves e alone) when the bytes are not a packed estimator. */
+size_t bt_est_packed_size(const bt_est *e);
+void bt_est_pack(const bt_est *e, unsigned char *buf);
+int bt_est_unpack(bt_est *e, const unsigned char *buf, size_t size);
 /* For the tests: the covariance at the last filter step. */
 const double *bt_est_covariance(const bt_est *e);
 size_t bt_est_size(void);
