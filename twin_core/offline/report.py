@@ -435,8 +435,10 @@ def machine() -> str:
 # -- the command ---------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     # The soft-sensor section injects sensor faults on purpose: its health warnings are results, not news.
+    # Generating plant data on purpose: the generator's notes are not news either.
     if not args.verbose:
-        logging.getLogger("twin_core.estimation").setLevel(logging.ERROR)
+        for name in ("twin_core.estimation", "plant_sim"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     out = Path(args.out)
     ctx = Context(out, quick=args.quick, correction=args.correction, fmu=args.fmu, data=args.data)
     rep = build_report(ctx, only=args.only, progress=not args.no_progress)
