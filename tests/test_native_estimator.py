@@ -283,8 +283,8 @@ def test_native_forecast_equals_twin_core(native: NativeEstimator, onnx) -> None
 @pytest.mark.slow
 def test_native_soft_sensor_pools_fast_scans_like_twin_core(native: NativeEstimator, onnx) -> None:
     """1-s scans (ten per filter step: the weighted line fit of the readings, the jacket's trapezoid,
-    spikes down-weighted within the interval) and a lab assay that arrives before the next step
-    (pending): the same estimates at every scan."""
+    spikes down-weighted within the interval), an outage that starts mid-interval (open loop) and
+    lab assays that arrive before the next step (pending): the same estimates at every scan."""
     from twin_core.estimation import SoftSensor
 
     batch = make_batch(dt_s=1.0, seed=11, t_end_s=5400.0, lab_every_s=900.0, lab_delay_s=5.5)
@@ -297,8 +297,12 @@ def test_native_soft_sensor_pools_fast_scans_like_twin_core(native: NativeEstima
     for i in range(1, len(batch.t_s)):
         t, u = float(batch.t_s[i]), float(batch.T_jacket_K[i])
         y = float(batch.T_meas_K[i]) + (5.0 if i in (1234, 1235, 3000) else 0.0)
-        est_py.append(s.update(t, y, u))
-        c.update(t, y, u)
+        if 2005 <= i < 2105:  # an outage starting mid-interval: the pooled scans are filtered first
+            est_py.append(s.predict(t, u))
+            c.predict(t, u)
+        else:
+            est_py.append(s.update(t, y, u))
+            c.update(t, y, u)
         est_c.append(c.estimate(t))
         if i in labs:
             ts, cB, cC, _ = labs[i]
