@@ -35,7 +35,7 @@ class SoftSensorConfig:
     correction_rel_std: float = spec(0.15, ge=0.0)                  # extra relative rate noise per unit of |lambda_i g_i| (the correction's own error)
     T_process_std_K_per_sqrt_s: float = spec(0.001, unit="K/s0.5", ge=0.0)  # energy-balance model error (random walk on T)
     UA_factor_walk_per_sqrt_s: float = spec(2e-4, unit="1/s0.5", ge=0.0)    # random walk of the UA factor
-    k_factor_walk_per_sqrt_s: float = spec(2e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor (hybrid) ...
+    k_factor_walk_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor (hybrid) ...
     k_factor_walk_physics_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)  # ... and without a correction (the model is further off)
     trust_walk_per_sqrt_s: float = spec(1e-4, unit="1/s0.5", ge=0.0)        # random walk of lambda_1 and lambda_2 (nearly constant in a batch)
     out_of_domain_noise_factor: float = spec(6.0, ge=1.0)          # rate noise and k-factor walk x this while the correction is faded out
