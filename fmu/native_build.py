@@ -141,9 +141,9 @@ def native_header(guid: str, build_id: str, starts: dict[str, float], domain: ob
     return "\n".join(lines)
 
 
-ESTIMATOR_FIELDS_SKIPPED = ("nis_alpha", "lab_bias_alpha", "jacket_settle_s")
+ESTIMATOR_FIELDS_SKIPPED = ("nis_alpha", "lab_bias_alpha", "lab_white_alpha", "jacket_settle_s")
 """SoftSensorConfig fields the C estimator does not read as such: the two alphas become the chi-square
-bounds computed here (BT_SS_NIS_BOUNDS, BT_SS_NIS_Z, BT_SS_LAB_BIAS_BOUND); the jacket settling
+bounds computed here (BT_SS_NIS_BOUNDS, BT_SS_NIS_Z, BT_SS_LAB_BIAS_BOUND, BT_SS_LAB_WHITE_BOUND); the jacket settling
 time only matters for a forecast on a recipe (the FMU's forecast holds the jacket)."""
 
 
@@ -154,7 +154,7 @@ def softsensor_defines() -> list[str]:
     from dataclasses import fields
 
     from twin_core.estimation.config import SoftSensorConfig
-    from twin_core.estimation.health import _window_bound, chi2_quantile, normal_quantile
+    from twin_core.estimation.health import _window_bound, chi2_quantile, normal_quantile, runs_min_same
 
     cfg = SoftSensorConfig()
     names = [f.name for f in fields(cfg) if f.name not in ESTIMATOR_FIELDS_SKIPPED]
@@ -168,6 +168,7 @@ def softsensor_defines() -> list[str]:
     lines.append("#define BT_SS_NIS_BOUNDS {" + ", ".join(map(_c_double, bounds)) + "}")
     lines.append(f"#define BT_SS_NIS_Z {_c_double(normal_quantile(1.0 - cfg.nis_alpha))}")
     lines.append(f"#define BT_SS_LAB_BIAS_BOUND {_c_double(chi2_quantile(1.0 - cfg.lab_bias_alpha, 2))}")
+    lines.append(f"#define BT_SS_LAB_WHITE_BOUND {runs_min_same(cfg.lab_white_window, cfg.lab_white_alpha)}")
     return lines
 
 

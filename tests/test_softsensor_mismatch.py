@@ -1,6 +1,8 @@
 """CORRECTION_MISMATCH (issue 12): the lab-innovation bias test and the trust-weight shift test.
 
-Oracles: on simulated white innovations the windowed mean test fails at its design rate alpha;
+Oracles: on simulated white innovations the windowed mean test fails at its design rate alpha and
+the whiteness (runs) test at its exact attained size (<= alpha); on correlated innovations the
+whiteness test fires where the mean test mostly does not;
 on a plant where the learned correction is exactly right the warning never comes, where it is
 wrong it comes within three lab assays; a sensor fault is not taken for it, and it is a warning
 (health 1), not an alarm.
@@ -14,8 +16,16 @@ import numpy as np
 import pytest
 from softsensor_synthetic import RECIPE, make_batch, run
 
+from twin_core.errors import ParameterError
 from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig
-from twin_core.estimation.health import LabBiasTest, ModelHealth, chi2_quantile
+from twin_core.estimation.health import (
+    LabBiasTest,
+    LabWhitenessTest,
+    ModelHealth,
+    binomial_half_sf,
+    chi2_quantile,
+    runs_min_same,
+)
 from twin_core.params import ModelParams
 
 CM = SoftSensorAlarm.CORRECTION_MISMATCH
@@ -46,6 +56,109 @@ def test_false_alarm_rate_on_white_innovations_is_the_design_value(window: int, 
     fails = sum(t.add((float(a), float(b))) for a, b in rng.standard_normal((n, 2)))
     # Each test's statistic is chi2(2) under H0: the fraction failing is alpha (binomial, 4 sigma).
     assert abs(fails / n - alpha) <= 4.0 * math.sqrt(alpha * (1 - alpha) / n), fails / n
+
+
+@pytest.mark.parametrize("window,alpha", [(4, 0.2), (6, 0.05), (8, 0.01)])
+def test_whiteness_false_alarm_rate_on_white_innovations_is_its_design_value(window: int, alpha: float) -> None:
+    t = LabWhitenessTest(window, alpha)
+    n_pairs = 2 * (window - 1)
+    # The bound is the smallest count whose binomial tail is within alpha; the attained size is that tail.
+    assert t.size == pytest.approx(binomial_half_sf(t.bound, n_pairs)) and t.size <= alpha
+    assert binomial_half_sf(t.bound - 1, n_pairs) > alpha
+    rng = np.random.default_rng(100 + window)
+    m = 40_000
+    fails = 0
+    for e in rng.standard_normal((m, window, 2)):   # independent windows: each a Bernoulli(size) trial
+        t = LabWhitenessTest(window, alpha)
+        fails += [t.add((float(a), float(b))) for a, b in e][-1]
+    p = t.size
+    assert abs(fails / m - p) <= 4.0 * math.sqrt(p * (1 - p) / m), (fails / m, p)
+
+
+def test_whiteness_default_design() -> None:
+    cfg = SoftSensorConfig()
+    t = LabWhitenessTest(cfg.lab_white_window, cfg.lab_white_alpha)
+    assert (cfg.lab_white_window, t.bound) == (8, 14)          # all 14 neighbour pairs alike
+    assert t.size == pytest.approx(2.0 ** -14)                  # P(14 of 14) = 6.1e-5 <= 1e-4
+    assert runs_min_same(8, 1e-3) == 13
+    assert [t.add((1.0, -1.0)) for _ in range(8)] == [False] * 7 + [True]   # no test before 8 assays
+
+
+def test_whiteness_fires_on_correlated_innovations_where_the_mean_test_mostly_does_not() -> None:
+    # Zero-mean AR(1) innovations with unit variance and rho = 0.95 (a slowly drifting model error),
+    # 15 assays per batch: each test alone, on the same sequences.
+    rng = np.random.default_rng(5)
+    rho, n_b = 0.95, 400
+    white = mean = 0
+    for _ in range(n_b):
+        v = rng.standard_normal(2)
+        w, m = LabWhitenessTest(8, 1e-4), LabBiasTest(3, 1e-4)
+        fw = fm = False
+        for _ in range(15):
+            v = rho * v + math.sqrt(1.0 - rho * rho) * rng.standard_normal(2)
+            fw |= w.add((float(v[0]), float(v[1])))
+            fm |= m.add((float(v[0]), float(v[1])))
+        white += fw
+        mean += fm
+    assert white / n_b >= 0.5 and white >= 3 * mean, (white / n_b, mean / n_b)
+
+
+def test_whiteness_in_the_health_check() -> None:
+    h = ModelHealth(SoftSensorConfig())
+    for _ in range(7):
+        h.lab(1.0, (0.3, -0.2))   # small, but on one side: the mean test stays quiet (q = 0.13 n)
+        assert not h.alarms
+    h.lab(1.0, (0.3, -0.2))
+    assert h.alarms == int(CM) and h.level(True) == 1
+    off = ModelHealth(SoftSensorConfig(), has_correction=False)
+    for _ in range(10):
+        off.lab(1.0, (0.3, -0.2))
+    assert not off.alarms
+
+
+def test_whiteness_window_too_short_for_its_alpha_is_refused() -> None:
+    with pytest.raises(ParameterError, match="lab_white_window"):
+        SoftSensorConfig(lab_white_window=4)   # P(6 of 6 alike) = 1.6 % > 1e-4: it could never fail
+    SoftSensorConfig(lab_white_window=4, lab_white_alpha=0.02)
+
+
+@pytest.mark.parametrize("checks,fires", [
+    ([0.3], False),                 # one lab check over the margin: not yet
+    ([0.3, 0.3], True),             # confirmed by the next
+    ([0.3, 0.1, 0.3], False),       # not in a row
+    ([0.2, 0.2, 0.2], False),       # within rate_shift_min
+    ([-0.3, 0.3], True),            # either sign
+])
+def test_rate_shift_needs_two_lab_checks_in_a_row(checks, fires) -> None:
+    h = ModelHealth(SoftSensorConfig())
+    for d in checks:
+        h.rate_shift([(d, 0.02), (0.0, 0.02)])
+    assert bool(h.alarms & int(CM)) is fires
+
+
+def test_labs_far_off_after_the_correction_warning_are_not_a_model_mismatch_alarm() -> None:
+    far = 2.0 * SoftSensorConfig().lab_gate_nis
+    plain = ModelHealth(SoftSensorConfig())
+    plain.lab(far, (0.0, 0.0))
+    plain.lab(far, (0.0, 0.0))
+    assert plain.alarms & int(SoftSensorAlarm.MODEL_MISMATCH) and plain.level(True) == 2
+    h = ModelHealth(SoftSensorConfig())
+    h.trust((0.5, 1.0), (0.05, 0.05), (1.0, 1.0))    # CORRECTION_MISMATCH latched
+    h.lab(far, (0.0, 0.0))
+    h.lab(far, (0.0, 0.0))
+    assert h.alarms == int(CM) and h.lab_warning and h.level(True) == 1
+
+
+def test_a_failing_temperature_window_after_the_correction_warning_is_not_a_model_mismatch_alarm() -> None:
+    MM, DRIFT = int(SoftSensorAlarm.MODEL_MISMATCH), int(SoftSensorAlarm.T_SENSOR_DRIFT)
+    plain, h = ModelHealth(SoftSensorConfig()), ModelHealth(SoftSensorConfig())
+    h.trust((0.5, 1.0), (0.05, 0.05), (1.0, 1.0))    # CORRECTION_MISMATCH latched
+    for k in range(400):                               # NIS 4 for 4000 s: the window fails throughout
+        plain.temperature(10.0 * k, 2.0, 1.0, True)
+        h.temperature(10.0 * k, 2.0, 1.0, True)
+    assert plain.nis_window.failing and plain.alarms & MM
+    assert h.nis_window.failing and not h.alarms & MM and h.alarms & int(CM)
+    assert not (plain.alarms | h.alarms) & DRIFT        # 2 sigma is within the CUSUM's slack
 
 
 def test_a_bias_of_three_sigma_fails_within_three_assays() -> None:
@@ -127,3 +240,4 @@ def test_state_with_the_test_round_trips() -> None:
     g.set_state(h.get_state())
     assert g.get_state() == h.get_state()
     assert g.lab_bias.add((0.0, 0.0)) == h.lab_bias.add((0.0, 0.0))
+    assert g.lab_white.add((0.1, 0.1)) == h.lab_white.add((0.1, 0.1)) and g.lab_white.same == h.lab_white.same

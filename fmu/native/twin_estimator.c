@@ -38,6 +38,7 @@ void bt_est_default_config(bt_est_config *c)
     memcpy(c->nis_bound_small, bounds, sizeof bounds);
     c->nis_z = BT_SS_NIS_Z;
     c->lab_bias_bound = BT_SS_LAB_BIAS_BOUND;
+    c->lab_white_bound = BT_SS_LAB_WHITE_BOUND;
 }
 
 #define HEAD_BYTES offsetof(bt_est, records)
@@ -594,7 +595,8 @@ static void health_temperature(bt_est *e, double t, double innov, double S, int 
     int f = nis_add(e, t, fmin(e->nis, cfg->nis_clip));
     if (f) {
         if (e->warn_since != e->warn_since) e->warn_since = t;
-        if (t - e->warn_since >= cfg->mismatch_persist_s) e->alarms |= BT_ALARM_MISMATCH;
+        /* with CORRECTION_MISMATCH latched, the model's disagreement is that warning (ModelHealth.temperature) */
+        if (t - e->warn_since >= cfg->mismatch_persist_s && !(e->alarms & BT_ALARM_CORRECTION)) e->alarms |= BT_ALARM_MISMATCH;
     } else {
         e->warn_since = NAN;
         if (e->lab_fail_run < 2) e->alarms &= ~BT_ALARM_MISMATCH;
@@ -642,11 +644,32 @@ static void health_lab(bt_est *e, double nis, const double white[2])
         e->lb_q = (s1 * s1 + s2 * s2) / e->lb_n;
         e->lb_failing = e->lb_q > cfg->lab_bias_bound;
         if (e->lb_failing) correction_mismatch(e);
+        /* LabWhitenessTest.add: same-sign neighbours over the last lab_white_window innovations */
+        int ww = cfg->lab_white_window;
+        if (e->lw_n < ww) {
+            e->lw_e[(e->lw_first + e->lw_n) % ww][0] = white[0];
+            e->lw_e[(e->lw_first + e->lw_n) % ww][1] = white[1];
+            e->lw_n++;
+        } else {
+            e->lw_e[e->lw_first][0] = white[0];
+            e->lw_e[e->lw_first][1] = white[1];
+            e->lw_first = (e->lw_first + 1) % ww;
+        }
+        e->lw_same = 0;
+        e->lw_failing = 0;
+        if (e->lw_n >= ww) {
+            for (int k = 1; k < e->lw_n; k++)
+                for (int j = 0; j < 2; j++)
+                    e->lw_same += (e->lw_e[(e->lw_first + k) % ww][j] > 0.0) == (e->lw_e[(e->lw_first + k - 1) % ww][j] > 0.0);
+            e->lw_failing = e->lw_same >= cfg->lab_white_bound;
+            if (e->lw_failing) correction_mismatch(e);
+        }
     }
     if (nis > cfg->lab_gate_nis) {
         e->lab_fail_run++;
         e->lab_warning = 1;
-        if (e->lab_fail_run >= 2) e->alarms |= BT_ALARM_MISMATCH;
+        /* with CORRECTION_MISMATCH latched, assays far off are that warning (ModelHealth.lab) */
+        if (e->lab_fail_run >= 2 && !(e->alarms & BT_ALARM_CORRECTION)) e->alarms |= BT_ALARM_MISMATCH;
     } else {
         e->lab_fail_run = 0;
         e->lab_warning = 0;
@@ -673,14 +696,17 @@ static void check_trust(bt_est *e, const double *x, double *P)
         if (d > cfg->trust_shift_min && d > cfg->trust_shift_z * sd[i]) correction_mismatch(e);
     }
     const int il[2] = {IL1, IL2}, ik[2] = {IK1, IK2};
+    int hit = 0; /* ModelHealth.rate_shift: confirmed at two lab checks in a row */
     for (int i = 0; i < 2; i++) {
         double g = e->last_g[i];
         double k = fmax(x[ik[i]], 1e-9);
         double d = (x[il[i]] - e->trust0[i]) * g + log(k);
         double var = g * g * P[il[i] * N + il[i]] + P[ik[i] * N + ik[i]] / (k * k) + 2.0 * g * P[il[i] * N + ik[i]] / k;
         double s = sqrt(fmax(var, 0.0));
-        if (fabs(d) > cfg->rate_shift_min && fabs(d) > cfg->trust_shift_z * s) correction_mismatch(e);
+        if (fabs(d) > cfg->rate_shift_min && fabs(d) > cfg->trust_shift_z * s) hit = 1;
     }
+    if (hit && e->rate_prev) correction_mismatch(e);
+    e->rate_prev = hit;
     if (!before && (e->alarms & BT_ALARM_CORRECTION)) {
         double t2 = cfg->trust0_std * cfg->trust0_std;
         P[IL1 * N + IL1] += t2;
@@ -983,6 +1009,8 @@ int bt_est_start(bt_est *e, const bt_est_config *cfg, const bt_params *p, int ha
     e->has_correction = has_correction && bt_correction != NULL;
     if (cfg->lab_bias_window > BT_EST_LAB_WINDOW || cfg->lab_bias_window < 1)
         return fail(e, BT_EST_REFUSED, "lab_bias_window %d outside [1, %d]", cfg->lab_bias_window, BT_EST_LAB_WINDOW);
+    if (cfg->lab_white_window > BT_EST_LAB_WINDOW || cfg->lab_white_window < 2)
+        return fail(e, BT_EST_REFUSED, "lab_white_window %d outside [2, %d]", cfg->lab_white_window, BT_EST_LAB_WINDOW);
     if (!(cfg->trust_min <= l1 && l1 <= cfg->trust_max && cfg->trust_min <= l2 && l2 <= cfg->trust_max))
         return fail(e, BT_EST_REFUSED, "trust0 (%.17g, %.17g) outside the trust range", l1, l2);
     double x4[4] = {p->c_A0, p->c_B0, p->c_C0, p->T0};

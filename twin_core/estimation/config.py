@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from twin_core.errors import ParameterError
+from twin_core.estimation.health import binomial_half_sf
 from twin_core.signals.table import C_HI, T_HI_K, T_LO_K
 from twin_core.validate import from_mapping, spec, validated
 
@@ -66,6 +67,8 @@ class SoftSensorConfig:
     cusum_clip: float = spec(5.0, gt=0.0)                          # one innovation adds at most clip - slack (spikes)
     lab_bias_window: int = spec(3, kind="int", ge=1)                 # CORRECTION_MISMATCH: windowed mean test over this many lab assays ...
     lab_bias_alpha: float = spec(1e-4, gt=0.0, lt=0.5)             # ... at this false-alarm probability per test
+    lab_white_window: int = spec(8, kind="int", ge=2, le=16)         # ... and a whiteness (runs) test over this many ...
+    lab_white_alpha: float = spec(1e-4, gt=0.0, lt=0.5)            # ... at most this false-alarm probability per test
     trust_shift_min: float = spec(0.25, gt=0.0)                    # CORRECTION_MISMATCH also when a trust weight moved more than this ...
     trust_shift_z: float = spec(3.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
     rate_shift_min: float = spec(0.25, gt=0.0)                     # ... or when the rates need a log-shift beyond this on top of the correction
@@ -85,6 +88,10 @@ class SoftSensorConfig:
             raise ParameterError("softsensor.trust_max", self.trust_max, "the trust range must contain 1 strictly (and trust_min < 1)")
         if not self.T_sensor_max_K > self.T_sensor_min_K:
             raise ParameterError("softsensor.T_sensor_max_K", self.T_sensor_max_K, "must be > T_sensor_min_K")
+        if binomial_half_sf(2 * (self.lab_white_window - 1), 2 * (self.lab_white_window - 1)) > self.lab_white_alpha:
+            raise ParameterError("softsensor.lab_white_window", self.lab_white_window,
+                                 f"too short for lab_white_alpha {self.lab_white_alpha}: even all neighbours alike "
+                                 "is more likely than that (the whiteness test could never fail)")
         if self.max_step_s < self.filter_interval_s:
             raise ParameterError("softsensor.max_step_s", self.max_step_s, "must be >= filter_interval_s")
 

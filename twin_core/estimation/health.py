@@ -339,6 +339,67 @@ class LabBiasTest:
         self.q, self.count, self.failing = float(s["q"]), int(s["count"]), bool(s["failing"])
 
 
+def binomial_half_sf(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2) (exact)."""
+    return sum(math.comb(n, j) for j in range(max(k, 0), n + 1)) / 2.0 ** n
+
+
+def runs_min_same(window: int, alpha: float) -> int:
+    """The smallest count k of same-sign neighbours with P(X >= k) <= alpha for X ~ Bin(2 (window - 1),
+    1/2): the bound of :class:`LabWhitenessTest` (2 (window - 1) + 1, never reached, when even all
+    pairs alike is more likely than alpha)."""
+    n = 2 * (window - 1)
+    for k in range(n + 1):
+        if binomial_half_sf(k, n) <= alpha:
+            return k
+    return n + 1
+
+
+class LabWhitenessTest:
+    """Windowed whiteness (runs) test on the whitened lab innovations: are they serially correlated?
+
+    While the model fits, the whitened innovations e_k = L^-1 (z_k - H x_k) of successive assays are
+    independent N(0, 1) pairs, so each component's sign is a fair coin and the products of
+    neighbouring signs s_k s_(k-1) are independent fair coins as well (the map from signs to products
+    is one to one given the first). Over the last ``window`` assays the count of neighbours with the
+    same sign, both components, is therefore exactly Binomial(2 (window - 1), 1/2); the test fails
+    when it reaches the smallest k with P(X >= k) <= alpha (one-sided: a model error that drifts
+    keeps the innovations on one side for several assays, which a windowed mean can average away).
+    The attained false-alarm probability per test, ``size``, is at most alpha (the count is discrete);
+    tests/test_softsensor_mismatch.py checks it on simulated white innovations. No test before
+    ``window`` assays.
+    """
+
+    def __init__(self, window: int, alpha: float) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window!r}")
+        self.window = int(window)
+        self.alpha = float(alpha)
+        self.bound = runs_min_same(self.window, self.alpha)
+        self.size = binomial_half_sf(self.bound, 2 * (self.window - 1))
+        self._e: deque[tuple[float, float]] = deque(maxlen=self.window)
+        self.same = 0
+        self.failing = False
+
+    def add(self, e: tuple[float, float]) -> bool:
+        """Add one whitened innovation; True when the window test fails."""
+        self._e.append((float(e[0]), float(e[1])))
+        if len(self._e) < self.window:
+            self.same, self.failing = 0, False
+            return False
+        v = list(self._e)
+        self.same = sum((v[k][j] > 0.0) == (v[k - 1][j] > 0.0) for k in range(1, len(v)) for j in (0, 1))
+        self.failing = self.same >= self.bound
+        return self.failing
+
+    def get_state(self) -> dict:
+        return {"e": [list(v) for v in self._e], "same": self.same, "failing": self.failing}
+
+    def set_state(self, s: dict) -> None:
+        self._e = deque((tuple(map(float, v)) for v in s["e"]), maxlen=self.window)  # type: ignore[misc]
+        self.same, self.failing = int(s["same"]), bool(s["failing"])
+
+
 def chi2_bounds_mean(dof: int, n: int, p: float = 0.95) -> tuple[float, float]:
     """Two-sided p-probability bounds of the mean of n independent chi-square(dof) values."""
     a = 0.5 * (1.0 - p)
@@ -350,11 +411,14 @@ class ModelHealth:
 
     - T_SENSOR_STUCK while the raw reading is frozen (:meth:`reading`);
     - MODEL_MISMATCH when the NIS window test has failed for ``mismatch_persist_s``, or two lab
-      assays in a row were beyond the lab gate (:meth:`lab`); cleared when both are fine again;
+      assays in a row were beyond the lab gate (:meth:`lab`); cleared when both are fine again; not
+      raised while CORRECTION_MISMATCH is latched (the model is then known not to fit: the warning
+      says so, with its cause);
     - T_SENSOR_DRIFT (latched until :meth:`reset`) when the CUSUM of the normalised temperature
       innovations crosses its threshold (:meth:`temperature`);
     - CORRECTION_MISMATCH (a warning: health level 1, latched until :meth:`reset`) when the lab
-      innovations are biased (:class:`LabBiasTest`, :meth:`lab`) or when they have moved a trust
+      innovations are biased (:class:`LabBiasTest`) or serially correlated
+      (:class:`LabWhitenessTest`, both in :meth:`lab`), or when they have moved a trust
       weight confidently away from its prior (:meth:`trust`: the filter's own summary of every lab
       innovation in the direction of the correction). The temperature innovations are
       not used for it: a sensor fault moves the reading, not the assays, and a rate model that is
@@ -371,6 +435,8 @@ class ModelHealth:
         self.cusum = Cusum(cfg.cusum_slack, cfg.cusum_threshold, cfg.cusum_clip)
         self.stuck = StuckDetector(cfg.stuck_time_s, cfg.stuck_min_readings, cfg.stuck_tolerance_K)
         self.lab_bias = LabBiasTest(cfg.lab_bias_window, cfg.lab_bias_alpha)
+        self.lab_white = LabWhitenessTest(cfg.lab_white_window, cfg.lab_white_alpha)
+        self.rate_prev = False       # the rate-shift test held at the previous lab check (confirmation)
         self._shift_min = cfg.trust_shift_min
         self._shift_z = cfg.trust_shift_z
         self._rate_min = cfg.rate_shift_min
@@ -396,7 +462,9 @@ class ModelHealth:
         if self.nis_window.add(t_s, min(self.nis, self._nis_clip)):
             if self.warn_since != self.warn_since:
                 self.warn_since = t_s
-            if t_s - self.warn_since >= self._persist_s:
+            # With CORRECTION_MISMATCH latched the model is already known not to fit: its persistent
+            # disagreement with the temperature is that warning, not a second alarm (as in lab()).
+            if t_s - self.warn_since >= self._persist_s and not self.alarms & _CORR:
                 self.alarms |= _MISMATCH
         else:
             self.warn_since = math.nan
@@ -421,10 +489,15 @@ class ModelHealth:
         """The log-rate shifts (delta_i, sd_i) the assays ask for on top of the correction as
         trained (trust weights and k-factors together, SoftSensor._check_trust): CORRECTION_MISMATCH
         when one exceeds ``rate_shift_min`` (beyond the batch-to-batch raw-material activity) and
-        ``trust_shift_z`` of its SD."""
-        for d, sd in shifts:
-            if self.has_correction and abs(d) > self._rate_min and abs(d) > self._shift_z * sd:
-                self._correction_mismatch(f"rate shift {d:+.2f} +- {sd:.2f} on top of the correction")
+        ``trust_shift_z`` of its SD at two lab checks in a row (a confirmation: the test is re-run on
+        the posterior after every assay, and one assay can carry it just over its margin)."""
+        if not self.has_correction:
+            return
+        hit = [(d, sd) for d, sd in shifts if abs(d) > self._rate_min and abs(d) > self._shift_z * sd]
+        if hit and self.rate_prev:
+            d, sd = hit[0]
+            self._correction_mismatch(f"rate shift {d:+.2f} +- {sd:.2f} on top of the correction (twice)")
+        self.rate_prev = bool(hit)
 
     def _correction_mismatch(self, why: str) -> None:
         if self.alarms & _CORR:
@@ -439,10 +512,16 @@ class ModelHealth:
         """The NIS and whitened innovation of a lab assay processed for the first time."""
         if self.has_correction and white is not None and self.lab_bias.add(white):
             self._correction_mismatch(f"lab innovations biased (q={self.lab_bias.q:.1f} > {self.lab_bias.bound:.1f})")
+        if self.has_correction and white is not None and self.lab_white.add(white):
+            self._correction_mismatch(f"lab innovations correlated ({self.lab_white.same} of "
+                                      f"{2 * (self.lab_white.window - 1)} neighbours alike >= {self.lab_white.bound})")
         if nis > self._lab_gate:
             self.lab_fail_run += 1
             self.lab_warning = True
-            if self.lab_fail_run >= 2:
+            # With CORRECTION_MISMATCH latched the assays are already known to disagree with the
+            # corrected model (and the filter has re-opened its trust and rate priors): assays far
+            # off are that warning, not a second, separate model-mismatch alarm.
+            if self.lab_fail_run >= 2 and not self.alarms & _CORR:
                 self.alarms |= _MISMATCH
         else:
             self.lab_fail_run = 0
@@ -462,13 +541,16 @@ class ModelHealth:
         self.alarms = 0
         self.cusum.reset()
         self.lab_bias = LabBiasTest(self.lab_bias.window, self.lab_bias.alpha)
+        self.lab_white = LabWhitenessTest(self.lab_white.window, self.lab_white.alpha)
+        self.rate_prev = False
         self.warn_since = math.nan
         self.lab_fail_run = 0
         self.lab_warning = False
 
     def get_state(self) -> dict:
         return {"nis_window": self.nis_window.get_state(), "cusum": self.cusum.get_state(),
-                "stuck": self.stuck.get_state(), "lab_bias": self.lab_bias.get_state(), "alarms": self.alarms, "nis": self.nis,
+                "stuck": self.stuck.get_state(), "lab_bias": self.lab_bias.get_state(),
+                "lab_white": self.lab_white.get_state(), "rate_prev": self.rate_prev, "alarms": self.alarms, "nis": self.nis,
                 "warn_since": self.warn_since, "lab_fail_run": self.lab_fail_run, "lab_warning": self.lab_warning}
 
     def set_state(self, s: dict) -> None:
@@ -476,6 +558,8 @@ class ModelHealth:
         self.cusum.set_state(s["cusum"])
         self.stuck.set_state(s["stuck"])
         self.lab_bias.set_state(s["lab_bias"])
+        self.lab_white.set_state(s.get("lab_white", {"e": [], "same": 0, "failing": False}))  # absent before v4
+        self.rate_prev = bool(s.get("rate_prev", False))
         self.alarms = int(s["alarms"])
         self.nis = float(s["nis"])
         self.warn_since = float(s["warn_since"])
