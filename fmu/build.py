@@ -349,23 +349,29 @@ def build_fmu(opts: BuildOptions | None = None) -> Path:
         compile_native(bin_dir, opts.model_identifier, bridge_name, env)
 
         md = _model_description(res, guid, opts.model_identifier)
-        (stage / "modelDescription.xml").write_bytes(md)
-        doc = ROOT / "docs" / "fmu.md"
-        if doc.is_file():
-            (stage / "documentation").mkdir()
-            shutil.copy2(doc, stage / "documentation" / "fmu.md")
-
-        out = Path(opts.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(out.name + ".part")
-        with zipfile.ZipFile(tmp_out, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(p for p in stage.rglob("*") if p.is_file()):
-                info = zipfile.ZipInfo(f.relative_to(stage).as_posix(), ZIP_DATE)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = (0o755 if f.suffix == ".so" else 0o644) << 16
-                zf.writestr(info, f.read_bytes())
-        tmp_out.replace(out)
+        out = write_archive(stage, md, Path(opts.out))
     log.info("wrote %s", out)
+    return out
+
+
+def write_archive(stage: Path, model_description: bytes, out: Path) -> Path:
+    """Finish an FMU folder (modelDescription.xml, docs/fmu.md as its documentation) and zip it to
+    ``out`` reproducibly (sorted entries, fixed dates, shared libraries executable), through a
+    ``.part`` file so a failed build never leaves half an FMU under the final name. Both FMUs use it."""
+    (stage / "modelDescription.xml").write_bytes(model_description)
+    doc = ROOT / "docs" / "fmu.md"
+    if doc.is_file():
+        (stage / "documentation").mkdir()
+        shutil.copy2(doc, stage / "documentation" / "fmu.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".part")
+    with zipfile.ZipFile(tmp_out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(p for p in stage.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(f.relative_to(stage).as_posix(), ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (0o755 if f.suffix in (".so", ".dll") else 0o644) << 16
+            zf.writestr(info, f.read_bytes())
+    tmp_out.replace(out)
     return out
 
 

@@ -30,14 +30,12 @@ import subprocess
 import sys
 import tempfile
 import uuid
-import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
 from fmu.build import (
     NATIVE,
     ROOT,
-    ZIP_DATE,
     BuildError,
     BuildOptions,
     _compile,
@@ -45,6 +43,7 @@ from fmu.build import (
     _model_description,
     compiler,
     fmi_headers,
+    write_archive,
 )
 from fmu.slave import CORRECTION_FILE, MODEL_NAME
 from fmu.variables import MODE_GATES, fmi_variables
@@ -256,21 +255,6 @@ def build_native_fmu(opts: BuildOptions) -> Path:
         md = _model_description(md_res, guid, mi, generation_tool=f"batch-reactor-twin build-fmu --native "
                                 f"(emx-onnx-cgen {version(EMX)})",
                                 flags={"needsExecutionTool": "false"}, source_files=SOURCE_FILES)
-        (stage / "modelDescription.xml").write_bytes(md)
-        doc = ROOT / "docs" / "fmu.md"
-        if doc.is_file():
-            (stage / "documentation").mkdir()
-            shutil.copy2(doc, stage / "documentation" / "fmu.md")
-
-        out = Path(opts.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(out.name + ".part")
-        with zipfile.ZipFile(tmp_out, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(p for p in stage.rglob("*") if p.is_file()):
-                info = zipfile.ZipInfo(f.relative_to(stage).as_posix(), ZIP_DATE)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = (0o755 if f.suffix in (".so", ".dll") else 0o644) << 16
-                zf.writestr(info, f.read_bytes())
-        tmp_out.replace(out)
+        out = write_archive(stage, md, Path(opts.out))
     log.info("wrote %s", out)
     return out

@@ -25,6 +25,8 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
+from modbus_raw import recv_exact
+
 MBAP = struct.Struct(">HHHB")
 FRAME_KINDS = ("unknown_function", "short_pdu", "long_pdu", "bad_count", "unmapped", "write", "length_too_big",
                "length_too_small", "bad_protocol", "truncated_header", "truncated_pdu", "garbage")
@@ -86,16 +88,6 @@ def frames(n: int, seed: int = 0, *, unmapped_address: int = 9000, read_only: bo
         else:
             out.append(Frame(kind, rng.randbytes(rng.randrange(1, 64)), "drain"))
     return out
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 @dataclass
@@ -169,8 +161,8 @@ class Fuzzer:
             self.result.note(frame, "closed" if closed else "kept open", closed)
             return
         try:
-            tid, pid, length, _unit = MBAP.unpack(_recv_exact(sock, 7))
-            pdu = _recv_exact(sock, length - 1)
+            tid, pid, length, _unit = MBAP.unpack(recv_exact(sock, 7))
+            pdu = recv_exact(sock, length - 1)
         except (ConnectionError, TimeoutError) as exc:
             self._drop()
             self.result.note(frame, f"no answer ({type(exc).__name__})", False)

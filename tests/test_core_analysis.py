@@ -12,9 +12,9 @@ from scipy.optimize import brentq
 from twin_core import DEFAULT_RECIPE, ModelParams, Recipe, Tolerance, Twin
 from twin_core.analysis import Economics, economic_stop, impurity_fraction, optimal_stop
 from twin_core.model import coefficients, rate_constants
-from twin_core.params import R_J_PER_MOL_K
 from twin_core.offline.sensitivity import OUTPUTS, local_sensitivities
 from twin_core.offline.study import default_grid, format_study, profile_study
+from twin_core.params import R_J_PER_MOL_K
 
 C0 = 273.15
 T_ISO = C0 + 70.0

@@ -9,11 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from ml_onnx.export import save, to_onnx
 from ml_onnx.features import FEATURES
-from ml_onnx.model import RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
-from tests.test_ml_contract import synthetic_rows
+from tests.test_ml_contract import synthetic_onnx, synthetic_onnx_bytes
 from twin_core.batch_sim import Programme, coefficients_from_arrays, cqas, simulate_batches
 from twin_core.errors import ParameterError, ParameterTypeError
 from twin_core.hybrid import HybridTwin
@@ -222,10 +220,7 @@ def test_one_factor_study_with_the_ramp_rate(tmp_path) -> None:
 # -- the correction in vectorised form --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corr(tmp_path_factory: pytest.TempPathFactory) -> OnnxCorrection:
-    X, y = synthetic_rows(600, seed=3)
-    model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
-    path = tmp_path_factory.mktemp("ds") / "m.onnx"
-    save(to_onnx(model, "0" * 64), path)
+    path = synthetic_onnx(tmp_path_factory.mktemp("ds") / "m.onnx")
     return OnnxCorrection(path)
 
 
@@ -292,9 +287,7 @@ def test_study_with_a_correction_file_runs(corr: OnnxCorrection, tmp_path) -> No
 
 
 def _onnx_bytes() -> bytes:
-    X, y = synthetic_rows(600, seed=3)
-    model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
-    return to_onnx(model, "0" * 64).SerializeToString()
+    return synthetic_onnx_bytes()
 
 
 def test_a_fitted_toml_with_covariance_drives_the_sampling(tmp_path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,22 @@ def synthetic_correction(folder: Path) -> Path:
     out = Path(folder) / "correction.onnx"
     save(to_onnx(model, "0" * 64, description="test correction"), out)
     return out
+
+
+def compile_fmu_sources(fmu: Path, folder: Path, name: str) -> Path:
+    """A shared library built from nothing but the ``sources/`` of the native FMU ``fmu`` (extracted into
+    ``folder``), with the flags the native build uses (no contraction of a*b+c: the C kernel equals
+    twin_core to the bit); the tests load it with ctypes to call the kernel or the estimator directly."""
+    src = folder / "sources"
+    with zipfile.ZipFile(fmu) as zf:
+        for n in zf.namelist():
+            if n.startswith("sources/"):
+                zf.extract(n, folder)
+    so = folder / f"{name}.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-std=c99", "-ffp-contract=off", f"-I{src}",
+                    *sorted(str(p) for p in src.glob("*.c")), "-o", str(so), "-lm"], check=True,
+                   capture_output=True, text=True)
+    return so
 
 
 class FmuBuilds:

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_onnx.export import save, to_onnx
-from ml_onnx.model import RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
-from tests.test_ml_contract import synthetic_rows
+from tests.test_ml_contract import synthetic_onnx
 from twin_core.errors import ParameterError
 from twin_core.hybrid import HybridTwin, TrustWeightedRates, log_factor_function
 from twin_core.model import coefficients, rates
@@ -30,10 +28,7 @@ C0 = 273.15
 
 @pytest.fixture(scope="module")
 def corr(tmp_path_factory: pytest.TempPathFactory) -> OnnxCorrection:
-    X, y = synthetic_rows(600, seed=3)
-    model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
-    path = tmp_path_factory.mktemp("rhs") / "m.onnx"
-    save(to_onnx(model, "0" * 64), path)
+    path = synthetic_onnx(tmp_path_factory.mktemp("rhs") / "m.onnx")
     return OnnxCorrection(path)
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_onnx.export import save, to_onnx
-from ml_onnx.model import RateCorrectionRegressor, candidates
 from ml_onnx.runtime import OnnxCorrection
 from ml_onnx.trust import TrustTracker, fit_trust, fit_UA_factor, open_loop_trust, species_imposed_T
-from tests.test_ml_contract import synthetic_rows
+from tests.test_ml_contract import synthetic_onnx
 from twin_core.hybrid import HybridTwin
 from twin_core.offline.batches import Batch, LabAssay
 from twin_core.params import ModelParams
@@ -21,10 +19,7 @@ C0 = 273.15
 
 @pytest.fixture(scope="module")
 def corr(tmp_path_factory: pytest.TempPathFactory) -> OnnxCorrection:
-    X, y = synthetic_rows(600, seed=3)
-    model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
-    path = tmp_path_factory.mktemp("trust") / "m.onnx"
-    save(to_onnx(model, "0" * 64), path)
+    path = synthetic_onnx(tmp_path_factory.mktemp("trust") / "m.onnx")
     return OnnxCorrection(path)
 
 

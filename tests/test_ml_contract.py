@@ -30,6 +30,20 @@ def synthetic_rows(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return X, y
 
 
+def synthetic_onnx_bytes(n: int = 600, seed: int = 3) -> bytes:
+    """A ridge_poly2 correction fitted on ``synthetic_rows(n, seed)``, as ONNX bytes (deterministic):
+    the hybrid, trust, update and design-space tests share this one small model."""
+    X, y = synthetic_rows(n, seed=seed)
+    model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
+    return to_onnx(model, "0" * 64).SerializeToString()
+
+
+def synthetic_onnx(path: Path, n: int = 600, seed: int = 3) -> Path:
+    """:func:`synthetic_onnx_bytes` written to ``path``."""
+    path.write_bytes(synthetic_onnx_bytes(n, seed))
+    return path
+
+
 @pytest.fixture(scope="module")
 def good_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[RateCorrectionRegressor, Path]:
     X, y = synthetic_rows()

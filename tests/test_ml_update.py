@@ -22,14 +22,9 @@ CFG = UpdateConfig(window=8, gate_batches=3, margin=0.05, prior_batches=4.0)
 
 @pytest.fixture(scope="module")
 def corr_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ml_onnx.export import save, to_onnx
-    from ml_onnx.model import RateCorrectionRegressor, candidates
-    from tests.test_ml_contract import synthetic_rows
+    from tests.test_ml_contract import synthetic_onnx
 
-    X, y = synthetic_rows(600, seed=3)
-    model = RateCorrectionRegressor(candidates()["ridge_poly2"]).fit(X, y)
-    path = tmp_path_factory.mktemp("upd") / "current.onnx"
-    save(to_onnx(model, "0" * 64), path)
+    path = synthetic_onnx(tmp_path_factory.mktemp("upd") / "current.onnx")
     return path
 
 

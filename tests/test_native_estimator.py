@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import math
-import subprocess
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from softsensor_synthetic import make_batch
-from test_fmu_helpers import FmuBuilds
+from test_fmu_helpers import FmuBuilds, compile_fmu_sources
 
 REL = 1e-9
 N = 9
@@ -39,15 +37,7 @@ class NativeEstimator:
     """twin_estimator.c of one native build, loaded with ctypes (the estimator is an opaque buffer)."""
 
     def __init__(self, fmu: Path, folder: Path) -> None:
-        src = folder / "sources"
-        with zipfile.ZipFile(fmu) as zf:
-            for n in zf.namelist():
-                if n.startswith("sources/"):
-                    zf.extract(n, folder)
-        so = folder / "estimator.so"
-        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-std=c99", "-ffp-contract=off", f"-I{src}",
-                        *sorted(str(p) for p in src.glob("*.c")), "-o", str(so), "-lm"], check=True,
-                       capture_output=True, text=True)
+        so = compile_fmu_sources(fmu, folder, "estimator")
         lib = self.lib = ctypes.CDLL(str(so))
         lib.bt_est_size.restype = ctypes.c_size_t
         self.size = lib.bt_est_size()

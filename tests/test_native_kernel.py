@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import math
-import subprocess
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fmu_helpers import FmuBuilds
+from test_fmu_helpers import FmuBuilds, compile_fmu_sources
 
 REL = 1e-12
 
@@ -44,15 +42,7 @@ class Kernel:
     """The C kernel of one native FMU build, loaded with ctypes."""
 
     def __init__(self, fmu: Path, folder: Path) -> None:
-        src = folder / "sources"
-        with zipfile.ZipFile(fmu) as zf:
-            for n in zf.namelist():
-                if n.startswith("sources/"):
-                    zf.extract(n, folder)
-        so = folder / "kernel.so"
-        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-std=c99", "-ffp-contract=off", f"-I{src}",
-                        *sorted(str(p) for p in src.glob("*.c")), "-o", str(so), "-lm"], check=True,
-                       capture_output=True, text=True)
+        so = compile_fmu_sources(fmu, folder, "kernel")
         self.lib = ctypes.CDLL(str(so))
         self.lib.bt_integrate.restype = ctypes.c_int
         self.lib.bt_integrate.argtypes = [ctypes.POINTER(Ctx), ctypes.c_double, D4, ctypes.c_double,

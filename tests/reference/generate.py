@@ -50,8 +50,9 @@ def write(name: str, header: str, data: np.ndarray) -> None:
 def main() -> None:
     import tempfile
 
-    from fmu.build import BuildOptions, build_fmu
     from test_fmu_helpers import synthetic_correction
+
+    from fmu.build import BuildOptions, build_fmu
 
     write("simulate_default.csv", "t_s,c_A,c_B,c_C,T_K,T_jacket_K", simulate_default())
     with tempfile.TemporaryDirectory() as tmp:
