@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
-from scipy.integrate import solve_ivp
 
 from twin_core import DEFAULT_RECIPE, ModelParams, RateMultipliers, Recipe, Tolerance, Twin
 from twin_core.analysis import optimal_stop
 from twin_core.hybrid import HybridTwin
-from twin_core.model import coefficients, derivatives, rate_constants, rates, rhs, scaled
+from twin_core.model import coefficients, derivatives, rate_constants, rates, scaled
+from twin_core.offline.report_model import radau_reference  # the one Radau oracle (the report runs it too)
 
 C0 = 273.15
 
@@ -102,27 +102,12 @@ def test_adiabatic_temperature_rise_equals_heat_released() -> None:
     assert rel.max() <= 1e-8
 
 
-def _radau_reference(p: ModelParams, recipe: Recipe, t_out: np.ndarray) -> np.ndarray:
-    """scipy's Radau, piece by piece between the recipe's breakpoints, tight tolerances."""
-    ref = np.empty((len(t_out), 4))
-    ref[0] = p.charge.x0
-    x = np.array(p.charge.x0)
-    edges = [0.0, *recipe.breakpoints(), recipe.end_time_s]
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        m = (t_out > a) & (t_out <= b)
-        sol = solve_ivp(lambda t, y: rhs(t, y, recipe.setpoint(t), p), (a, b), x, method="Radau",
-                        rtol=1e-10, atol=1e-20, t_eval=t_out[m])
-        assert sol.success
-        ref[m] = sol.y.T
-        x = sol.y[:, -1]
-    return ref
-
 
 def test_non_isothermal_matches_radau() -> None:
     p = ModelParams()
     recipe = DEFAULT_RECIPE
     tight = Twin(p, tolerance=Tolerance(rtol=1e-9, atol=(1e-14, 1e-14, 1e-14, 1e-14))).simulate(recipe, dt_out_s=60.0)
-    ref = _radau_reference(p, recipe, tight.t_s)
+    ref = radau_reference(p, recipe, tight.t_s)
     assert np.ptp(ref[:, 3]) > 40.0
     # Pointwise, every component relative to itself (c_C starts ~1e-7 mol/m3: hence the tiny atol).
     rel = np.abs(tight.x[1:] - ref[1:]) / np.abs(ref[1:])
