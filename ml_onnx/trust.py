@@ -224,3 +224,128 @@ class TrustTracker:
         cleaning, and the jacket readings that drive every open-loop replay)."""
         return open_loop_trust(batch, self.correction, self.trust, self.params,
                                self.UA_factor_for(batch.batches_since_cleaning))
+
+
+@dataclass
+class PlantPrior:
+    """The soft sensor's prior for the next batch of one plant, from the batches it has finished.
+
+    A soft sensor deployed on a known plant should not start each batch as if the plant were new:
+    its generic prior (SoftSensorConfig: lambda +- 0.3, k-factors +- 0.1/0.15, UA factor 1 +- 0.2)
+    is what the *first* batch needs, and carried into every batch it makes the intervals too wide
+    (docs/softsensor.md, "Robustness on a plant family"). Per completed batch:
+
+    - lambda: mean from the :class:`TrustTracker` belief; SD the larger of the tracker's own
+      prediction for the next batch, sqrt(cov + walk^2), and the method-of-moments SD (below) of
+      the soft sensor's end-of-batch lambda around the prior mean it started from (the tracker's
+      open-loop fit cannot see a correction whose *shape* is off; the filter's scatter does);
+    - UA factor: the tracker's fouling trend for the batch's recorded batches-since-cleaning, its SD
+      the residual SD of ln UA around the trend line (at least ``UA_sd_min``; the generic SD until
+      three batches of different counts since cleaning are known);
+    - k1, k2 factors: mean 1 (the correction and lambda carry the plant's systematic part), SD by
+      the method of moments of a random-effects model: the end-of-batch estimates k_end = k + e with
+      Var e = the filter's end SD^2, so tau^2 = (n0 tau0^2 + sum((k_end - 1)^2 - sd_end^2)) / (n0 + n)
+      over the last ``window`` batches (tau0: the generic SD as ``n0`` pseudo-batches), at least
+      ``k_sd_min``.
+
+    :meth:`start_kwargs` gives the keywords of ``SoftSensor.start`` (trust0, factors0, prior_std) for
+    the next batch; :meth:`update` folds a finished batch in (its measured columns through the
+    tracker, the soft sensor's end-of-batch factors and lambdas with their SDs; the lambda deviation
+    is taken from the prior mean the last :meth:`start_kwargs` gave). Before any batch it returns the
+    generic prior. Uses only what the plant records (never the hidden truth).
+    """
+
+    tracker: TrustTracker
+    generic_std: tuple[float, float, float, float, float] = (0.2, 0.1, 0.15, 0.3, 0.3)
+    window: int = 15
+    n0: float = 1.0
+    k_sd_min: float = 0.02
+    UA_sd_min: float = 0.03
+    k_records: list[tuple[float, float, float, float]] = field(default_factory=list)
+    lambda_records: list[tuple[float, float, float, float]] = field(default_factory=list)
+    scale_records: list[tuple[float, float]] = field(default_factory=list)
+    scale_range: tuple[float, float] = (0.25, 2.0)
+    _last_trust0: tuple[float, float] | None = None
+    _last_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.generic_std) != 5 or not all(v > 0.0 for v in self.generic_std):
+            raise ParameterError("plant prior generic_std", self.generic_std, "five SDs > 0 (UA, k1, k2, lambda_1, lambda_2)")
+        if not (self.window >= 1 and self.n0 >= 0.0 and self.k_sd_min > 0.0 and self.UA_sd_min > 0.0):
+            raise ParameterError("plant prior", (self.window, self.n0, self.k_sd_min, self.UA_sd_min),
+                                 "window >= 1, n0 >= 0, k_sd_min > 0, UA_sd_min > 0")
+
+    @classmethod
+    def for_config(cls, tracker: TrustTracker, config, **kw) -> PlantPrior:
+        """A prior whose generic SDs are those of a SoftSensorConfig."""
+        c = config
+        return cls(tracker, (c.UA_factor0_std, c.k1_factor0_std, c.k2_factor0_std, c.trust0_std, c.trust0_std), **kw)
+
+    def _UA_sd(self) -> float:
+        h = self.tracker.ua_history[-self.tracker.ua_window:] if self.tracker.track_UA else []
+        n = np.array([a for a, _ in h], dtype=float)
+        if len(set(n.tolist())) < 3:
+            return self.generic_std[0]
+        y = np.log([b for _, b in h])
+        slope, icpt = np.polyfit(n, y, 1)
+        res = y - (icpt + slope * n)
+        return max(float(math.sqrt(float(res @ res) / max(len(h) - 2, 1))), self.UA_sd_min)
+
+    def _moments(self, records: list, tau0: tuple[float, float], floor: float) -> tuple[float, float]:
+        """Method-of-moments SDs of two random effects from (dev_1, dev_2, sd_1, sd_2) records."""
+        e = np.array(records[-self.window:], dtype=float).reshape(-1, 4)
+        out = []
+        for i, t0 in enumerate(tau0):
+            s = self.n0 * t0 ** 2 + float(np.sum(e[:, i] ** 2 - e[:, 2 + i] ** 2))
+            out.append(max(math.sqrt(max(s / (self.n0 + len(e)), 0.0)), floor))
+        return out[0], out[1]
+
+    def _k_sd(self) -> tuple[float, float]:
+        return self._moments(self.k_records, self.generic_std[1:3], self.k_sd_min)
+
+    def _lambda_sd(self) -> tuple[float, float]:
+        tr = self.tracker
+        own = np.sqrt(np.diag(tr.cov) + tr.walk_per_batch ** 2)
+        mom = self._moments(self.lambda_records, self.generic_std[3:5], 0.0)
+        return max(float(own[0]), mom[0]), max(float(own[1]), mom[1])
+
+    def start_kwargs(self, batch: Batch) -> dict:
+        """Keywords of SoftSensor.start for ``batch`` (only its recorded batches-since-cleaning used)."""
+        tr = self.tracker
+        self._last_trust0 = tr.trust
+        if not tr.history:
+            return {"trust0": tr.trust, "prior_std": tuple(self.generic_std)}
+        l1, l2 = self._lambda_sd()
+        k1, k2 = self._k_sd()
+        s = self._last_scale = self.scale
+        return {"trust0": tr.trust, "factors0": (tr.UA_factor_for(batch.batches_since_cleaning), 1.0, 1.0),
+                "prior_std": tuple(s * v for v in (self._UA_sd(), k1, k2, l1, l2))}
+
+    @property
+    def scale(self) -> float:
+        """Factor on the learned prior SDs from the lab z-scores of the recent batches: per batch
+        s_b = s_used sqrt(mean z^2) (z^2 ~ 1 / s^2 where the prior dominates the interval), the
+        geometric mean over the window shrunk to 1 by n0 pseudo-batches, within scale_range."""
+        recs = [r for r in self.scale_records[-self.window:] if r[1] > 0]
+        if not recs:
+            return 1.0
+        ln = sum(math.log(su) + 0.5 * math.log(m) for su, m in recs) / (self.n0 + len(recs))
+        return float(np.clip(math.exp(ln), *self.scale_range))
+
+    def update(self, batch: Batch, factors_end: tuple[float, ...], factors_end_std: tuple[float, ...],
+               lab_z: list[float] | None = None) -> None:
+        """Fold a finished batch in: its measured columns (tracker) and the soft sensor's end-of-batch
+        (UA, k1, k2[, lambda_1, lambda_2]) estimates with their SDs."""
+        if len(factors_end) < 3 or len(factors_end_std) < 3:
+            raise ParameterError("factors_end", factors_end, "must start with (UA_factor, k1_factor, k2_factor)")
+        self.k_records.append((float(factors_end[1]) - 1.0, float(factors_end[2]) - 1.0,
+                               float(factors_end_std[1]), float(factors_end_std[2])))
+        if len(factors_end) >= 5 and len(factors_end_std) >= 5:
+            l0 = self._last_trust0 if self._last_trust0 is not None else self.tracker.trust
+            self.lambda_records.append((float(factors_end[3]) - l0[0], float(factors_end[4]) - l0[1],
+                                        float(factors_end_std[3]), float(factors_end_std[4])))
+        z = [float(v) for v in (lab_z or ()) if math.isfinite(v)]
+        if z and self.tracker.history:   # the first batch ran on the generic prior: nothing to scale
+            self.scale_records.append((self._last_scale, float(np.mean(np.square(z)))))
+        self._last_trust0 = None
+        self.tracker.update(batch)

@@ -16,20 +16,22 @@ Per variant, on its first N batches (40; --quick 6) in order:
   plant's trust weight and fouling trend learned batch to batch from the previous batches' labs
   and temperatures (ml_onnx.trust.TrustTracker, "trust-weighted"); and, to show what the fouling
   trend alone gives, physics with the same UA trend;
-- the soft sensor with lambda fixed at 1 (today's filter) and adaptive (lambda states, prior mean
-  from the tracker: what the plant's previous batches said): c_B RMSE as % of the batch's largest
+- the soft sensor with lambda fixed at 1 (today's filter) and adaptive (lambda states, started from
+  ml_onnx.trust.PlantPrior: what the plant's previous batches said about lambda, the UA factor and
+  the k-factors, means and SDs; the generic prior on the first batch): c_B RMSE as % of the batch's largest
   c_B, coverage of the 95 % interval of c_B, alarms, the final-yield forecast at 50 % of the batch
   (error and interval coverage) and the optimal-stop time;
 - CORRECTION_MISMATCH: the adaptive soft sensor started from lambda = 1 on every batch ("the first
   batch after the plant changed"): the number of lab results until the warning;
-- false alarms: M fresh fault-free batches (100; --quick 6) of another seed, adaptive soft sensor;
+- false alarms: M fresh fault-free batches (100; --quick 6) of another seed, adaptive soft sensor
+  (the plant prior as it stands after the N batches);
 - batch-to-batch learning: a campaign of 50 batches (--quick 12) from the shipped correction,
   `twin train --update` (ml_onnx.update) every 5 batches from batch 10 on, open-loop error per
   batch with the model released at that time; the reference is a correction fitted on 150
   batches (--quick 20) of the variant (another seed), scored on the campaign's batches after 20.
 Plus the committed data set: physics, fixed and trust-weighted hybrid on its held-out batches (the
-tracker runs through all 200 batches in file order, each held-out batch predicted before its own
-labs are used) and the soft-sensor forecast there.
+tracker and the plant prior run through all 200 batches in file order, each held-out batch predicted
+before its own labs are used) and the soft-sensor forecast there.
 
 Writes robustness.json and robustness.md (the tables) to --out-dir (default validation/) and the
 figure validation/figures/robustness_error_vs_batch.png. Function API: :func:`run_robustness`.
@@ -53,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ml_onnx.runtime import OnnxCorrection  # noqa: E402
-from ml_onnx.trust import TrustTracker, open_loop_trust  # noqa: E402
+from ml_onnx.trust import PlantPrior, TrustTracker, open_loop_trust  # noqa: E402
 from ml_onnx.update import UpdateConfig, fit_on_batches, update_from_batches  # noqa: E402
 from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig  # noqa: E402
 from twin_core.offline.batches import Batch, c_B_rmse_percent, params_for, read_batches  # noqa: E402
@@ -99,10 +101,13 @@ def _first_cm_labs(res, b: Batch) -> int | None:
     return sum(1 for a in b.labs if a.arrival_s <= t + 1e-9)
 
 
-def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, float]) -> dict:
+def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, float],
+                    start: dict | None = None) -> dict:
+    """One batch through the soft sensor started with prior trust0 (and ``start``: more keywords
+    of SoftSensor.start, e.g. a PlantPrior's factors0 and prior_std)."""
     s = SoftSensor(params_for(b), corr, cfg)
     t50 = 0.5 * b.t_end_s
-    res = replay(_Start(s, trust0), b, [t50])
+    res = replay(_Start(s, {"trust0": trust0, **(start or {})}), b, [t50])
     fc = res.forecasts[t50]
     y = true_final_yield(b)
     inside = np.abs(res.x[:, 1] - b.truth[:, 1]) <= 1.959963984540054 * res.std[:, 1]
@@ -111,6 +116,14 @@ def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, 
     live = b.truth[:, 1] >= 0.05 * float(np.max(b.truth[:, 1]))
     alarms = int(np.bitwise_or.reduce(res.alarms))
     i_opt = int(np.argmax(np.where(b.t_s <= b.t_end_s, b.truth[:, 1], -np.inf)))
+    # Each lab's c_B against the estimate shown at its sample time (before the assay was known),
+    # standardised by the estimate's SD and the assay's: what a plant can check its intervals by.
+    lab_z = []
+    for a in b.labs:
+        i = min(int(np.searchsorted(b.t_s, a.sample_s - 1e-9)), len(b.t_s) - 1)
+        if math.isfinite(a.c_B_mol_per_m3) and a.arrival_s > a.sample_s:
+            r = cfg.lab_abs_std_mol_per_m3 + cfg.lab_rel_std * abs(a.c_B_mol_per_m3)
+            lab_z.append(float((a.c_B_mol_per_m3 - res.x[i, 1]) / math.hypot(res.std[i, 1], r)))
     return {"rmse_pct": c_B_rmse_percent(res.x[:, 1], b.truth[:, 1]), "coverage95": float(np.mean(inside)),
             "coverage95_live": float(np.mean(inside[live])), "z_rms": float(np.sqrt(np.mean(
                 ((res.x[live, 1] - b.truth[live, 1]) / np.maximum(res.std[live, 1], 1e-9)) ** 2))),
@@ -119,17 +132,19 @@ def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, 
             "t_stop_err_min": (fc.t_stop_opt_s - float(b.t_s[i_opt])) / 60.0,
             "t_stop_in_interval": bool(fc.t_stop_opt_lo_s - 60.0 <= float(b.t_s[i_opt]) <= fc.t_stop_opt_hi_s + 60.0),
             "t_stop_interval_min": (fc.t_stop_opt_hi_s - fc.t_stop_opt_lo_s) / 60.0,
-            "lambda_end": [float(res.x[-1, 7]), float(res.x[-1, 8])]}
+            "lambda_end": [float(res.x[-1, 7]), float(res.x[-1, 8])],
+            "factors_end": [float(v) for v in res.x[-1, 4:9]], "factors_end_std": [float(v) for v in res.std[-1, 4:9]],
+            "lab_z": lab_z}
 
 
 class _Start:
     """A SoftSensor whose start() (called by replay) uses the given trust prior."""
 
-    def __init__(self, sensor: SoftSensor, trust0: tuple[float, float]) -> None:
-        self._s, self._trust0 = sensor, trust0
+    def __init__(self, sensor: SoftSensor, start: dict) -> None:
+        self._s, self._start = sensor, start
 
     def start(self, *a, **k):
-        return self._s.start(*a, trust0=self._trust0, **k)
+        return self._s.start(*a, **{**k, **self._start})
 
     def __getattr__(self, name: str):
         return getattr(self._s, name)
@@ -160,6 +175,7 @@ def evaluate_variant(name: str, corr_path: Path, sizes: dict, work: Path) -> dic
     camp = generate(work / f"{stem}_{sizes['campaign']}.csv", sizes["campaign"], seed, cfg_path)
     scored = camp[:sizes["batches"]]
     tracker, tracker_phys = TrustTracker(corr), TrustTracker(None)
+    prior = PlantPrior.for_config(tracker, ADAPTIVE)
     per_batch = []
     ss_fixed, ss_adapt, ss_first = [], [], []
     for b in scored:
@@ -170,11 +186,11 @@ def evaluate_variant(name: str, corr_path: Path, sizes: dict, work: Path) -> dic
                "physics_ua_tracked": _rmse(tracker_phys.predict(b), b),
                "trust": list(tracker.trust), "UA_factor_predicted": tracker.UA_factor_for(b.batches_since_cleaning)}
         ss_fixed.append(soft_sensor_row(b, corr, FIXED_TRUST, (1.0, 1.0)))
-        ss_adapt.append(soft_sensor_row(b, corr, ADAPTIVE, tracker.trust))
+        ss_adapt.append(soft_sensor_row(b, corr, ADAPTIVE, tracker.trust, prior.start_kwargs(b)))
         ss_first.append(soft_sensor_row(b, corr, ADAPTIVE, (1.0, 1.0)))
         per_batch.append(row)
         plain = b.without_truth()
-        tracker.update(plain)
+        prior.update(plain, ss_adapt[-1]["factors_end"], ss_adapt[-1]["factors_end_std"], ss_adapt[-1]["lab_z"])  # and the tracker
         tracker_phys.update(plain)
 
     def total(key: str) -> float:
@@ -195,7 +211,7 @@ def evaluate_variant(name: str, corr_path: Path, sizes: dict, work: Path) -> dic
            "per_batch": per_batch}
     # False alarms on fresh fault-free batches (another seed), the adaptive soft sensor as deployed.
     fresh = generate(work / f"{stem}_fresh_{sizes['fault_free']}.csv", sizes["fault_free"], seed + 5000, cfg_path)
-    fa = [soft_sensor_row(b, corr, ADAPTIVE, tracker.trust) for b in fresh]
+    fa = [soft_sensor_row(b, corr, ADAPTIVE, tracker.trust, prior.start_kwargs(b)) for b in fresh]
     res["fault_free"] = {"batches": len(fa), "with_alarm": int(sum(1 for x in fa if x["other_alarms"])),
                          "with_correction_mismatch": int(sum(1 for x in fa if x["alarms"] & CM)),
                          "coverage95": float(np.mean([x["coverage95"] for x in fa]))}
@@ -255,14 +271,16 @@ def committed_holdout(corr_path: Path, quick: bool) -> dict:
     if quick:
         batches = batches[:20]
     tracker = TrustTracker(corr)
+    prior = PlantPrior.for_config(tracker, ADAPTIVE)
     rows, ss = [], []
     for b in batches:
+        row = soft_sensor_row(b, corr, ADAPTIVE, tracker.trust, prior.start_kwargs(b))
         if b.split == "holdout":
             rows.append({"batch": b.batch_id, "physics": _rmse(open_loop_trust(b, None, (0.0, 0.0)), b),
                          "hybrid_fixed": _rmse(open_loop_trust(b, corr, (1.0, 1.0)), b),
                          "hybrid_trust": _rmse(tracker.predict(b), b)})
-            ss.append(soft_sensor_row(b, corr, ADAPTIVE, tracker.trust))
-        tracker.update(b.without_truth())
+            ss.append(row)
+        prior.update(b.without_truth(), row["factors_end"], row["factors_end_std"], row["lab_z"])  # and the tracker
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("physics", "hybrid_fixed", "hybrid_trust")}
     return {"batches": len(rows), "mean_rmse_c_B_mol_per_m3": mean,
             "hybrid_fixed_gain": 1.0 - mean["hybrid_fixed"] / mean["physics"],

@@ -74,13 +74,17 @@ class SoftSensor:
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, t0_s: float = 0.0, x0: Sequence[float] | None = None,
               factors0: Sequence[float] = (1.0, 1.0, 1.0), T_measured_K: float | None = None,
-              trust0: Sequence[float] = (1.0, 1.0)) -> Estimate:
+              trust0: Sequence[float] = (1.0, 1.0), prior_std: Sequence[float] | None = None) -> Estimate:
         """Start (or restart) the estimator at time t0_s [s] of the batch.
 
         x0 = (c_A, c_B, c_C [mol/m3], T [K]) is the prior guess (default: the charge of the
         parameters); factors0 the prior (UA, k1, k2) factors; a measured T_measured_K [K] replaces
         the guessed temperature (with the sensor's noise as its uncertainty); trust0 the prior mean
         of the trust weights (lambda_1, lambda_2) on the learned correction (std ``trust0_std``).
+        prior_std = (UA_factor, k1_factor, k2_factor, lambda_1, lambda_2) prior standard deviations
+        replaces the configuration's (``UA_factor0_std``, ``k1_factor0_std``, ``k2_factor0_std``,
+        ``trust0_std``) for this batch: what the plant's previous batches said
+        (:class:`twin_core.estimation.PlantPrior`).
         """
         cfg = self.config
         t0 = _num("t0_s", t0_s)
@@ -101,6 +105,13 @@ class SoftSensor:
         for i, v in enumerate(trust0):
             if not cfg.trust_min <= _num(f"trust0[{i}]", v) <= cfg.trust_max:
                 raise ParameterError(f"trust0[{i}]", v, f"must be within [{cfg.trust_min}, {cfg.trust_max}]")
+        if prior_std is None:
+            prior_std = (cfg.UA_factor0_std, cfg.k1_factor0_std, cfg.k2_factor0_std, cfg.trust0_std, cfg.trust0_std)
+        if len(prior_std) != 5:
+            raise ParameterError("prior_std", prior_std, "must be (UA_factor, k1_factor, k2_factor, lambda_1, lambda_2) SDs")
+        for i, v in enumerate(prior_std):
+            if not _num(f"prior_std[{i}]", v) > 0.0:
+                raise ParameterError(f"prior_std[{i}]", v, "must be > 0")
         T_std = cfg.T0_std_K
         if T_measured_K is not None:
             x4[3] = self._check_T("T_measured", T_measured_K)
@@ -109,8 +120,7 @@ class SoftSensor:
         self._trust0 = (float(trust0[0]), float(trust0[1]))
         c_total = x4[0] + x4[1] + x4[2]
         self._P = np.diag(np.array([cfg.c_A0_rel_std * max(c_total, 1.0), cfg.c_BC0_std_mol_per_m3,
-                                    cfg.c_BC0_std_mol_per_m3, T_std, cfg.UA_factor0_std,
-                                    cfg.k1_factor0_std, cfg.k2_factor0_std, cfg.trust0_std, cfg.trust0_std]) ** 2)
+                                    cfg.c_BC0_std_mol_per_m3, T_std, *map(float, prior_std)]) ** 2)
         self._h = 0.0
         # Rate factors used by the extrapolation until the first step (then those of each step).
         self._ekf.held.f1, self._ekf.held.f2 = float(factors0[1]), float(factors0[2])
