@@ -306,6 +306,8 @@ class PlantPrior:
     def _lambda_sd(self) -> tuple[float, float]:
         tr = self.tracker
         own = np.sqrt(np.diag(tr.cov) + tr.walk_per_batch ** 2)
+        if not self.lambda_records:
+            return float(own[0]), float(own[1])
         mom = self._moments(self.lambda_records, self.generic_std[3:5], 0.0)
         return max(float(own[0]), mom[0]), max(float(own[1]), mom[1])
 

@@ -60,6 +60,30 @@ def test_a_learned_plant_gets_its_own_lambda_UA_and_a_narrower_prior(corr) -> No
     assert sd[0] == prior.UA_sd_min   # the fitted UA factors lie on the trend line (an exact plant)
 
 
+def test_lambda_sd_is_the_wider_of_the_tracker_and_the_filter_scatter(corr) -> None:  # noqa: F811
+    prior = PlantPrior.for_config(TrustTracker(corr), CFG, n0=1.0)
+    prior.tracker.history.append((1, (1.0, 1.0), (0.01, 0.01), 1.0))  # a tracker that has seen a batch
+    prior.tracker.cov = np.diag([0.01 ** 2, 0.02 ** 2])
+    prior.lambda_records.extend([(0.4, 0.0, 0.1, 0.05), (-0.4, 0.01, 0.1, 0.05)])
+    l1, l2 = prior._lambda_sd()
+    assert l1 == pytest.approx(math.sqrt((0.3 ** 2 + 2 * (0.4 ** 2 - 0.1 ** 2)) / 3.0), rel=1e-14)
+    assert l2 == pytest.approx(math.sqrt((0.3 ** 2 + 0.0 - 0.05 ** 2 + 0.01 ** 2 - 0.05 ** 2) / 3.0), rel=1e-14)
+    prior.lambda_records.clear()
+    own = math.sqrt(0.01 ** 2 + prior.tracker.walk_per_batch ** 2), math.sqrt(0.02 ** 2 + prior.tracker.walk_per_batch ** 2)
+    assert prior._lambda_sd() == pytest.approx(own, rel=1e-14)
+
+
+def test_scale_follows_the_lab_z_scores(corr) -> None:  # noqa: F811
+    prior = PlantPrior.for_config(TrustTracker(corr), CFG, n0=1.0)
+    assert prior.scale == 1.0
+    prior.scale_records.extend([(1.0, 0.25), (0.5, 1.0)])   # z^2 = 1/4 at scale 1; calibrated at 0.5
+    assert prior.scale == pytest.approx(math.exp((math.log(0.5) + math.log(0.5)) / 3.0), rel=1e-14)
+    prior.scale_records[:] = [(1.0, 1e-6)] * 5               # far too wide: clipped at the range
+    assert prior.scale == prior.scale_range[0]
+    prior.scale_records[:] = [(2.0, 100.0)] * 5
+    assert prior.scale == prior.scale_range[1]
+
+
 def test_start_puts_the_prior_into_the_covariance() -> None:
     s = SoftSensor(ModelParams(), None, CFG)
     sd = (0.05, 0.04, 0.03, 0.2, 0.1)
