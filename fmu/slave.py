@@ -76,6 +76,9 @@ _BY_NAME = {v.name: v for v in _VARS}
 _PARAM_TO_SIGNAL = {v.signal.param: v.name for v in _VARS if v.signal.param}
 _MODEL_PARAMS = tuple(v for v in _VARS if v.signal.param)
 _MODE_SLOT = len(_VARS)
+PRIOR_SIGMAS = ("sigma_UA_factor0", "sigma_k1_factor0", "sigma_k2_factor0", "sigma_lambda_1", "sigma_lambda_2")
+"""The estimator's prior SDs of (UA, k1, k2 factors, lambda_1, lambda_2): SoftSensor.start(prior_std=...)."""
+
 _GATE = {v.vr: _BY_NAME[MODE_GATES[v.name]].vr for v in _VARS if v.name in MODE_GATES}
 """Value reference of a mode's input -> value reference of the Boolean parameter turning the mode on."""
 
@@ -346,8 +349,11 @@ class BatchReactorTwin(Fmi2Slave):
             twin, sensor = self._make_models()
             est = None
             if sensor is not None:
-                est = sensor.start(self._t_start, T_measured_K=self._real[self._vr["T_measured"]],
-                                   trust0=(self._real[self._vr["lambda_1"]], self._real[self._vr["lambda_2"]]))
+                r, vr = self._real, self._vr
+                est = sensor.start(self._t_start, T_measured_K=r[vr["T_measured"]],
+                                   trust0=(r[vr["lambda_1"]], r[vr["lambda_2"]]),
+                                   factors0=(r[vr["UA_factor0"]], 1.0, 1.0),
+                                   prior_std=tuple(r[vr[n]] for n in PRIOR_SIGMAS))
                 if self._real[self._vr["forecast_interval"]] > 0.0:
                     sensor.set_plan(None, self._real[self._vr["t_batch_end"]])  # jacket held at its value
         except TwinError as exc:

@@ -78,13 +78,14 @@ def _fmu_run(s, plant: dict, n_from: int, n_to: int) -> np.ndarray:  # noqa: ANN
     return np.array(rows)
 
 
-def _reference(plant: dict, n: int, correction=None) -> np.ndarray:  # noqa: ANN001
-    """twin_core's SoftSensor driven as the FMU documents it (scan at t + dt, assay on arrival)."""
+def _reference(plant: dict, n: int, correction=None, **start) -> np.ndarray:  # noqa: ANN001, ANN003
+    """twin_core's SoftSensor driven as the FMU documents it (scan at t + dt, assay on arrival);
+    ``start``: more keywords of SoftSensor.start (the plant prior)."""
     sig = by_name()  # the FMU's tuning parameters at their start values (signal table)
     cfg = SoftSensorConfig(T_noise_std_K=sig["sigma_T_meas"].start, lab_abs_std_mol_per_m3=sig["sigma_lab"].start,
                            rate_rel_std=sig["sigma_rate_rel"].start, forecast_interval_s=sig["forecast_interval"].start)
     sensor = SoftSensor(ModelParams(), correction, cfg)
-    sensor.start(0.0, T_measured_K=plant["T_meas"][0])
+    sensor.start(0.0, T_measured_K=plant["T_meas"][0], **start)
     sensor.set_plan(None, 36000.0)
     cB, cC = _lab(plant)
     rows, lab_done = [], False
@@ -107,10 +108,12 @@ def fmu_rows(fmus: FmuBuilds, plant: dict, kind: str) -> np.ndarray:
         return _fmu_run(s, plant, 0, N)
 
 
-def _init(s, plant: dict) -> None:  # noqa: ANN001
+def _init(s, plant: dict, prior: dict[str, float] | None = None) -> None:  # noqa: ANN001
     s.setupExperiment(startTime=0.0)
     s.enterInitializationMode()
     s.setBoolean([s.vr["estimator_on"]], [True])
+    if prior:
+        s.setReal([s.vr[k] for k in prior], list(prior.values()))
     s.setReal([s.vr["T_jacket"], s.vr["T_measured"]], [_jacket(0.0), plant["T_meas"][0]])
     s.exitInitializationMode()
 
@@ -123,6 +126,28 @@ def test_fmu_outputs_are_the_soft_sensor_estimates(fmus: FmuBuilds, plant: dict,
     # the late assay pulled the estimate of c_B towards the plant's
     i = int(LAB_ARRIVAL_S / DT) - 1
     assert abs(fmu_rows[i + 1, 2] - plant["x"][i + 2, 1]) < abs(fmu_rows[i - 1, 2] - plant["x"][i, 1]) + 1.0
+
+
+PRIOR = {"UA_factor0": 0.9, "sigma_UA_factor0": 0.05, "sigma_k1_factor0": 0.03, "sigma_k2_factor0": 0.04,
+         "sigma_lambda_1": 0.1, "sigma_lambda_2": 0.08}
+
+
+def test_plant_prior_parameters_start_the_soft_sensor(fmus: FmuBuilds, plant: dict, fmu_rows: np.ndarray,
+                                                      kind: str) -> None:
+    """UA_factor0 and the sigma_*0 / sigma_lambda_* parameters are SoftSensor.start's factors0 and
+    prior_std (what ml_onnx.trust.PlantPrior gives for a known plant), in all four FMUs."""
+    with slave(fmus, kind, init=False) as s:
+        _init(s, plant, PRIOR)
+        got = _fmu_run(s, plant, 0, N)
+        lam_sd = s.getReal([s.vr["lambda_1_std"], s.vr["lambda_2_std"]])
+    p = list(PRIOR.values())
+    want = _reference(plant, N, _correction(fmus, kind), factors0=(p[0], 1.0, 1.0), prior_std=tuple(p[1:]))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=0.0)
+    assert not np.allclose(got[:, 1:5], fmu_rows[:, 1:5], rtol=1e-6)   # the prior changed the estimate
+    if kind.endswith("hybrid"):   # the prior SD grown by the trust walk at most (the lab only narrows it)
+        walk = SoftSensorConfig().trust_walk_per_sqrt_s ** 2 * N * DT
+        assert 0.0 < lam_sd[0] <= np.sqrt(0.1 ** 2 + walk) + 1e-12
+        assert 0.0 < lam_sd[1] <= np.sqrt(0.08 ** 2 + walk) + 1e-12
 
 
 def test_soft_sensor_state_restores_bit_identically(fmus: FmuBuilds, plant: dict, fmu_rows: np.ndarray,

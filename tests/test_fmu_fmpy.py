@@ -229,6 +229,10 @@ BAD_SET = [
     ("T0", 1000.0, "init", ["T0", "outside"]),
     ("k1_ref", 0.0, "init", ["k1_ref", "outside"]),
     ("UA", -10.0, "init", ["UA", "outside"]),
+    ("sigma_k1_factor0", 0.0, "init", ["sigma_k1_factor0", "outside"]),   # the estimator's plant prior
+    ("sigma_lambda_2", -0.1, "init", ["sigma_lambda_2", "outside"]),
+    ("UA_factor0", 0.05, "init", ["UA_factor0", "outside"]),
+    ("sigma_UA_factor0", math.nan, "init", ["sigma_UA_factor0", "finite"]),
     ("k1_ref", 2e-4, "step", ["k1_ref", "fixed parameter", "step"]),
     ("c_A", 1.0, "step", ["c_A", "output"]),
 ]

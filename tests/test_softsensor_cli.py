@@ -67,3 +67,7 @@ def test_fmu_tuning_starts_equal_the_estimator_defaults():
     assert sig["sigma_T_meas"].start == cfg.T_noise_std_K
     assert sig["sigma_lab"].start == cfg.lab_abs_std_mol_per_m3
     assert sig["sigma_rate_rel"].start == cfg.rate_rel_std
+    assert (sig["sigma_UA_factor0"].start, sig["sigma_k1_factor0"].start, sig["sigma_k2_factor0"].start,
+            sig["sigma_lambda_1"].start, sig["sigma_lambda_2"].start) == (
+        cfg.UA_factor0_std, cfg.k1_factor0_std, cfg.k2_factor0_std, cfg.trust0_std, cfg.trust0_std)
+    assert sig["UA_factor0"].start == 1.0

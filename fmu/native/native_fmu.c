@@ -427,8 +427,11 @@ FMI2_Export fmi2Status fmi2ExitInitializationMode(fmi2Component c)
             return fmi2Error;
         }
         double plan_end = s->real[VR_forecast_interval] > 0.0 ? s->real[VR_t_batch_end] : NAN;
-        if (bt_est_start(inst->est, &cfg, &inst->p, s->ints[VR_correction_on] && BT_HAS_CORRECTION, s->t_start,
-                         s->real[VR_T_measured], s->real[VR_lambda_1], s->real[VR_lambda_2], plan_end) != BT_EST_OK) {
+        const double prior_sd[5] = {s->real[VR_sigma_UA_factor0], s->real[VR_sigma_k1_factor0],
+                                    s->real[VR_sigma_k2_factor0], s->real[VR_sigma_lambda_1], s->real[VR_sigma_lambda_2]};
+        if (bt_est_start_prior(inst->est, &cfg, &inst->p, s->ints[VR_correction_on] && BT_HAS_CORRECTION, s->t_start,
+                               s->real[VR_T_measured], s->real[VR_lambda_1], s->real[VR_lambda_2], plan_end,
+                               s->real[VR_UA_factor0], prior_sd) != BT_EST_OK) {
             logf_(inst, fmi2Error, "exitInitializationMode: %s", inst->est->msg);
             free(inst->est);
             inst->est = NULL;

@@ -999,6 +999,12 @@ static int refresh_forecast(bt_est *e, double t)
 int bt_est_start(bt_est *e, const bt_est_config *cfg, const bt_params *p, int has_correction, double t0,
                  double T_meas, double l1, double l2, double plan_end)
 {
+    return bt_est_start_prior(e, cfg, p, has_correction, t0, T_meas, l1, l2, plan_end, 1.0, NULL);
+}
+
+int bt_est_start_prior(bt_est *e, const bt_est_config *cfg, const bt_params *p, int has_correction, double t0,
+                       double T_meas, double l1, double l2, double plan_end, double UA0, const double *prior_sd)
+{
     /* Everything but the record slots, which are written whole when used: a fresh (calloc'd)
        estimator keeps its pages untouched until the history grows into them. */
     memset(e, 0, offsetof(bt_est, records));
@@ -1013,6 +1019,17 @@ int bt_est_start(bt_est *e, const bt_est_config *cfg, const bt_params *p, int ha
         return fail(e, BT_EST_REFUSED, "lab_white_window %d outside [2, %d]", cfg->lab_white_window, BT_EST_LAB_WINDOW);
     if (!(cfg->trust_min <= l1 && l1 <= cfg->trust_max && cfg->trust_min <= l2 && l2 <= cfg->trust_max))
         return fail(e, BT_EST_REFUSED, "trust0 (%.17g, %.17g) outside the trust range", l1, l2);
+    if (!(cfg->factor_min <= UA0 && UA0 <= cfg->factor_max))
+        return fail(e, BT_EST_REFUSED, "factors0[0]=%.17g: must be within [%.17g, %.17g]", UA0, cfg->factor_min,
+                    cfg->factor_max);
+    double psd[5] = {cfg->UA_factor0_std, cfg->k1_factor0_std, cfg->k2_factor0_std, cfg->trust0_std, cfg->trust0_std};
+    if (prior_sd != NULL) {
+        for (int i = 0; i < 5; i++) {
+            if (!(isfinite(prior_sd[i]) && prior_sd[i] > 0.0))
+                return fail(e, BT_EST_REFUSED, "prior_std[%d]=%.17g: must be > 0", i, prior_sd[i]);
+            psd[i] = prior_sd[i];
+        }
+    }
     double x4[4] = {p->c_A0, p->c_B0, p->c_C0, p->T0};
     double T_std = cfg->T0_std_K;
     if (T_meas == T_meas) {
@@ -1022,13 +1039,13 @@ int bt_est_start(bt_est *e, const bt_est_config *cfg, const bt_params *p, int ha
         x4[3] = T_meas;
         T_std = sqrt(cfg->T_noise_std_K * cfg->T_noise_std_K + cfg->T_floor_std_K * cfg->T_floor_std_K); /* math.hypot */
     }
-    double x[N] = {x4[0], x4[1], x4[2], x4[3], 1.0, 1.0, 1.0, l1, l2};
+    double x[N] = {x4[0], x4[1], x4[2], x4[3], UA0, 1.0, 1.0, l1, l2};
     memcpy(e->x, x, sizeof x);
     e->trust0[0] = l1;
     e->trust0[1] = l2;
     double c_total = x4[0] + x4[1] + x4[2];
     double sd[N] = {cfg->c_A0_rel_std * fmax(c_total, 1.0), cfg->c_BC0_std_mol_per_m3, cfg->c_BC0_std_mol_per_m3, T_std,
-                    cfg->UA_factor0_std, cfg->k1_factor0_std, cfg->k2_factor0_std, cfg->trust0_std, cfg->trust0_std};
+                    psd[0], psd[1], psd[2], psd[3], psd[4]};
     for (int i = 0; i < N; i++) e->P[i * N + i] = sd[i] * sd[i];
     e->h = 0.0;
     e->held_f1 = e->held_f2 = 1.0;

@@ -126,6 +126,10 @@ void bt_est_default_config(bt_est_config *cfg);
    charge's T0), trust0=(l1, l2)); plan_end NaN: no automatic forecast, else set_plan(None, plan_end). */
 int bt_est_start(bt_est *e, const bt_est_config *cfg, const bt_params *p, int has_correction, double t0,
                  double T_meas, double l1, double l2, double plan_end);
+/* The same with factors0 = (UA0, 1, 1) and prior_std = prior_sd[5] (UA, k1, k2 factors, lambda_1,
+   lambda_2; NULL: the configuration's), as SoftSensor.start(..., factors0=, prior_std=). */
+int bt_est_start_prior(bt_est *e, const bt_est_config *cfg, const bt_params *p, int has_correction, double t0,
+                       double T_meas, double l1, double l2, double plan_end, double UA0, const double *prior_sd);
 int bt_est_update(bt_est *e, double t, double T_meas, double T_jacket);
 int bt_est_predict(bt_est *e, double t, double T_jacket);
 int bt_est_add_lab(bt_est *e, double sample_t, double c_B, double c_C);

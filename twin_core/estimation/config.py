@@ -70,7 +70,7 @@ class SoftSensorConfig:
     lab_white_window: int = spec(8, kind="int", ge=2, le=16)         # ... and a whiteness (runs) test over this many ...
     lab_white_alpha: float = spec(1e-4, gt=0.0, lt=0.5)            # ... at most this false-alarm probability per test
     trust_shift_min: float = spec(0.25, gt=0.0)                    # CORRECTION_MISMATCH also when a trust weight moved more than this ...
-    trust_shift_z: float = spec(3.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
+    trust_shift_z: float = spec(2.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
     rate_shift_min: float = spec(0.25, gt=0.0)                     # ... or when the rates need a log-shift beyond this on top of the correction
     stuck_time_s: float = spec(60.0, unit="s", gt=0.0)
     stuck_min_readings: int = spec(6, kind="int", ge=2)
