@@ -313,12 +313,14 @@ class PlantPrior:
 
     def start_kwargs(self, batch: Batch) -> dict:
         """Keywords of SoftSensor.start for ``batch`` (only its recorded batches-since-cleaning used)."""
-        tr = self.tracker
+        tr, g = self.tracker, self.generic_std
         self._last_trust0 = tr.trust
-        if not tr.history:
-            return {"trust0": tr.trust, "prior_std": tuple(self.generic_std)}
-        l1, l2 = self._lambda_sd()
-        k1, k2 = self._k_sd()
+        if not tr.history and not tr.ua_history and not self.k_records:
+            return {"trust0": tr.trust, "prior_std": tuple(g)}
+        # A tracker without history (a new correction was released: a new lambda belief) keeps the
+        # generic lambda SD; the plant's fouling trend, k-factor records and scale still apply.
+        l1, l2 = self._lambda_sd() if tr.history else (g[3], g[4])
+        k1, k2 = self._k_sd() if self.k_records else (g[1], g[2])
         s = self._last_scale = self.scale
         return {"trust0": tr.trust, "factors0": (tr.UA_factor_for(batch.batches_since_cleaning), 1.0, 1.0),
                 "prior_std": tuple(s * v for v in (self._UA_sd(), k1, k2, l1, l2))}
@@ -347,7 +349,7 @@ class PlantPrior:
             self.lambda_records.append((float(factors_end[3]) - l0[0], float(factors_end[4]) - l0[1],
                                         float(factors_end_std[3]), float(factors_end_std[4])))
         z = [float(v) for v in (lab_z or ()) if math.isfinite(v)]
-        if z and self.tracker.history:   # the first batch ran on the generic prior: nothing to scale
+        if z and self.k_records[:-1]:   # the first batch ran on the generic prior: nothing to scale
             self.scale_records.append((self._last_scale, float(np.mean(np.square(z)))))
         self._last_trust0 = None
         self.tracker.update(batch)

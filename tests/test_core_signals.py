@@ -80,9 +80,13 @@ def test_bad_signal_declarations_name_the_field(kwargs: dict, field: str) -> Non
 def test_twin_table_is_unchanged_by_the_split() -> None:
     """The FMU's variables come from TWIN_SIGNALS: same names, same order as before the package split
     (plus, for issue 10, T_measured_valid: the estimator's open loop while the PLC link is down, and
-    impurity_forecast; for issue 12, the trust weights lambda_1, lambda_2 and their estimates and std)."""
+    impurity_forecast; for issue 12, the trust weights lambda_1, lambda_2 and their estimates and std,
+    and the six parameters of the estimator's plant prior after sigma_rate_rel)."""
     names = [s.name for s in TWIN_SIGNALS]
-    assert len(names) == len(set(names)) == 49
+    assert len(names) == len(set(names)) == 55
+    i = names.index("sigma_rate_rel")
+    assert names[i + 1:i + 7] == ["UA_factor0", "sigma_UA_factor0", "sigma_k1_factor0", "sigma_k2_factor0",
+                                  "sigma_lambda_1", "sigma_lambda_2"]
     assert names[names.index("T_measured") + 1] == "T_measured_valid"
     assert names[:3] == ["k1_ref", "k2_ref", "T_ref"] and names[-1] == "model_health"
     assert by_name()["T"].display_unit == "degC"

@@ -122,10 +122,10 @@ def robustness(ctx: Context) -> str:
                   "error reduction", 100 * min(large), ">=", 50.0, "%")
     ctx.check("b2b", "batch-to-batch learning: learned / 150-batch-reference error, worst variant",
               max(r["b2b"]["ratio_learned_to_reference"] for r in v.values()), "<=", 1.5)
-    ss = [r["softsensor_adaptive"] for r in v.values()]
-    ctx.check("ss_rmse_mean", "adaptive soft sensor c_B RMSE, worst variant mean", max(x["rmse_pct_mean"] for x in ss),
+    ss = [r.get("softsensor_learning", r["softsensor_adaptive"]) for r in v.values()]   # the deployed soft sensor
+    ctx.check("ss_rmse_mean", "deployed soft sensor c_B RMSE, worst variant mean", max(x["rmse_pct_mean"] for x in ss),
               "<=", 2.0, "% of c_B,max")
-    ctx.check("ss_rmse_worst", "adaptive soft sensor c_B RMSE, worst batch of any variant",
+    ctx.check("ss_rmse_worst", "deployed soft sensor c_B RMSE, worst batch of any variant",
               max(x["rmse_pct_worst"] for x in ss), "<=", 3.0, "% of c_B,max")
     ctx.check("ss_cov_lo", "95 % coverage of c_B, lowest variant", 100 * min(x["coverage95"] for x in ss), ">=", 90.0,
               "%")
