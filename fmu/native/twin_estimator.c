@@ -317,7 +317,7 @@ static int substep(bt_est *e, double ta, double tb, double *x, double *P, double
     double w1 = l1 * lg1, w2 = l2 * lg2;
     double rq1 = rq + cq * w1 * w1, rq2 = rq + cq * w2 * w2;
     double qk = kw * kw * dt;
-    if (e->mismatch) qk *= ood;
+    if (e->mismatch) qk *= cfg->mismatch_walk_factor * cfg->mismatch_walk_factor;
     if (!*ok) {
         rq1 *= ood;
         rq2 *= ood;

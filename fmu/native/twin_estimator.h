@@ -38,7 +38,7 @@ typedef struct {
     double lab_abs_std_mol_per_m3, lab_rel_std, lab_max_mol_per_m3;
     double rate_rel_std, rate_noise_time_s, correction_rel_std, T_process_std_K_per_sqrt_s;
     double UA_factor_walk_per_sqrt_s, k_factor_walk_per_sqrt_s, k_factor_walk_physics_per_sqrt_s;
-    double trust_walk_per_sqrt_s, out_of_domain_noise_factor;
+    double trust_walk_per_sqrt_s, out_of_domain_noise_factor, mismatch_walk_factor;
     double c_A0_rel_std, c_BC0_std_mol_per_m3, T0_std_K, UA_factor0_std, k1_factor0_std, k2_factor0_std;
     double trust0_std, trust_min, trust_max, factor_min, factor_max;
     double huber_threshold, scan_jump_K, T_rate_max_K_per_s, lab_gate_nis;

@@ -39,7 +39,8 @@ class SoftSensorConfig:
     k_factor_walk_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)     # random walk of k1_factor and k2_factor (hybrid) ...
     k_factor_walk_physics_per_sqrt_s: float = spec(5e-4, unit="1/s0.5", ge=0.0)  # ... and without a correction (the model is further off)
     trust_walk_per_sqrt_s: float = spec(1e-4, unit="1/s0.5", ge=0.0)        # random walk of lambda_1 and lambda_2 (nearly constant in a batch)
-    out_of_domain_noise_factor: float = spec(6.0, ge=1.0)          # rate noise and k-factor walk x this while the correction is faded out
+    out_of_domain_noise_factor: float = spec(20.0, ge=1.0)         # rate noise and k-factor walk x this while the correction is faded out
+    mismatch_walk_factor: float = spec(6.0, ge=1.0)                # k-factor walk x this for the rest of a batch after CORRECTION_MISMATCH
     # -- initial uncertainty (start of the batch)
     c_A0_rel_std: float = spec(0.005, gt=0.0)                      # the charge is weighed (plant records it to ~0.3 %)
     c_BC0_std_mol_per_m3: float = spec(1.0, unit="mol/m3", gt=0.0)

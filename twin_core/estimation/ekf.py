@@ -112,11 +112,12 @@ class Ekf:
         self._rate_q = cfg.rate_rel_std ** 2 * cfg.rate_noise_time_s
         self._corr_q = cfg.correction_rel_std ** 2 * cfg.rate_noise_time_s
         self._ood = cfg.out_of_domain_noise_factor ** 2
+        self._mwf = cfg.mismatch_walk_factor ** 2
         self.lab_gate = cfg.lab_gate_nis
         self.last_phi = self.eye
         self.last_lab_white = (0.0, 0.0)
         self.last_g = (0.0, 0.0)          # the correction's log-factors of the last sub-step
-        self.mismatch = False             # CORRECTION_MISMATCH raised: k-factors walk faster (x out_of_domain_noise_factor)
+        self.mismatch = False             # CORRECTION_MISMATCH raised: k-factors walk faster (x mismatch_walk_factor)
 
     @contextmanager
     def preserved(self) -> Iterator[None]:
@@ -216,7 +217,7 @@ class Ekf:
         rq1, rq2 = rq + cq * w1 * w1, rq + cq * w2 * w2
         qk = self._qk * dt
         if self.mismatch:
-            qk *= self._ood
+            qk *= self._mwf
         if not ok:
             # The learned correction has faded out: the rates are less certain, and so is how
             # the k-factors must move to make up for it.
