@@ -42,6 +42,17 @@ def test_tiny_run_writes_tables_and_judges_goals(correction: Path, tmp_path: Pat
         assert len(r["per_batch"]) == 3 and len(r["b2b"]["errors"]) == 6
         assert r["fault_free"]["batches"] == 2
         assert 0.0 <= r["softsensor_adaptive"]["coverage95"] <= 1.0
+        assert 0.0 <= r[R.DEPLOYED]["coverage95"] <= 1.0
+        # The deployed soft sensor ran each batch with the correction in use then: the shipped one
+        # until the first update (batch 4 at TINY sizes), a released one only after a release.
+        used = r["b2b"]["models_in_use"]
+        assert len(used) == 7 and len(set(used[:4])) == 1
+        released = [x["after_batch"] for x in r["b2b"]["releases"] if x["released"]]
+        assert (len(set(used)) > 1) == bool(released)
+        for k in released:
+            assert used[k] != used[k - 1]
+    h = res["holdout"]
+    assert R.DEPLOYED in h and h["batches"] == 2 and 0.0 <= h[R.DEPLOYED]["coverage95"] <= 1.0
     # The plant with the opposite sign on r1 pulls lambda_1 below the training plant's.
     assert v["opposite sign on r1"]["trust_final"][0] < v["training plant"]["trust_final"][0]
     assert set(res["goals"]) == set(R.GOALS_TEXT)
