@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import math
 import tempfile
 import time
@@ -34,7 +33,7 @@ from gateways.fmu_runner import DEFAULT_FMU, FmuRunner
 from gateways.opcua_server import NAMESPACE_URI
 from gateways.plant_process import PlantProcess
 from gateways.plc_client import AsyncPlcClient, PlcRequestError
-from gateways.runtime import serve
+from gateways.runtime import serve, wait_event
 from gateways.tcp_relay import TcpRelay
 from twin_core.errors import ParameterError, TwinError
 from twin_core.recipe import DEFAULT_RECIPE, Recipe
@@ -198,7 +197,8 @@ async def _demo(plc_port: int, res: DemoResult, say: Callable[..., None], speed:
             ready: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
             runtime = asyncio.create_task(serve(cfg, stop, on_ready=lambda rt, servers: ready.set_result(servers)))
             try:
-                servers = await asyncio.wait_for(asyncio.shield(ready), timeout=120.0)
+                async with asyncio.timeout(120.0):  # not wait_for: 3.11's can lose a Ctrl-C (runtime._sleep)
+                    servers = await asyncio.shield(ready)
             except BaseException:
                 stop.set()
                 await runtime
@@ -237,8 +237,7 @@ async def _scada(url: str, plc_port: int, relay: TcpRelay, res: DemoResult, say:
             if time.monotonic() > deadline:
                 raise DemoError("the runtime never reached the PLC")
             scada.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(scada.changed.wait(), timeout=0.5)
+            await wait_event(scada.changed, 0.5)
         request = ua.CallMethodRequest(ObjectId=reactor_obj.nodeid, MethodId=ua.NodeId(f"{PLANT}.{REACTOR}.StartBatch", ns),
                                        InputArguments=[ua.Variant(recipe.to_toml(), ua.VariantType.String),
                                                        ua.Variant(f"twin demo: recipe {recipe.name}", ua.VariantType.String)])
@@ -261,8 +260,7 @@ async def _scada(url: str, plc_port: int, relay: TcpRelay, res: DemoResult, say:
         wall_end = time.monotonic() + 3.0 * recipe.end_time_s / speed + 120.0
         while time.monotonic() < wall_end:
             scada.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(scada.changed.wait(), timeout=0.5)
+            await wait_event(scada.changed, 0.5)
             try:
                 t = await truth_client.read_sim_truth()
                 m = await truth_client.read_measurements()

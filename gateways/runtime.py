@@ -86,6 +86,18 @@ class LabEntry:
     c_C: float
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` [s] have passed; True if it was set.
+
+    asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives in
+    the loop tick where the wait ends (CPython gh-86296), and the task then runs on after a stop or
+    a Ctrl-C (tests/test_gateways.py)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
+    return event.is_set()
+
+
 class ReactorRuntime:
     """One reactor: its PLC link, its FMU, its published values. Implements ReactorControl.
 
@@ -183,8 +195,7 @@ class ReactorRuntime:
             await self._sleep(clock.wall_seconds_until(m["plant_time"] + self.rt.scan_s))
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+        await wait_event(self._stop, seconds)
 
     async def _read(self) -> dict[str, float] | None:
         """The PLC's measurements, or None when the link is down (it is then closed for a retry)."""

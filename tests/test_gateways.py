@@ -222,3 +222,43 @@ def test_ctrl_c_in_twin_demo_ends_the_plant_process():
     assert _wait_closed(port)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the demo ended and reaped its plant
+
+
+@pytest.mark.parametrize("ticks", range(6))
+def test_a_cancel_in_the_tick_the_wait_ends_is_not_lost(ticks: int) -> None:
+    """gateways.runtime.wait_event (the runtime's scan sleep, the demo's SCADA waits): a task
+    cancelled in the same loop tick as its event is set still ends cancelled, whatever the tick
+    offset (Python 3.11's asyncio.wait_for loses it at some: CPython gh-86296; a lost Ctrl-C let
+    `twin demo` run on)."""
+    import asyncio
+
+    from gateways.runtime import wait_event
+
+    async def main() -> str:
+        ev = asyncio.Event()
+        task = asyncio.create_task(wait_event(ev, 10.0))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        ev.set()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "ran on"
+
+    assert asyncio.run(main()) == "cancelled"
+
+
+def test_wait_event_times_out_or_reports_the_event() -> None:
+    import asyncio
+
+    from gateways.runtime import wait_event
+
+    async def main() -> tuple[bool, bool]:
+        ev = asyncio.Event()
+        timed_out = await wait_event(ev, 0.01)
+        asyncio.get_running_loop().call_later(0.01, ev.set)
+        return timed_out, await wait_event(ev, 10.0)
+
+    assert asyncio.run(main()) == (False, True)
