@@ -195,16 +195,26 @@ class TrustTracker:
     def sd(self) -> tuple[float, float]:
         return float(math.sqrt(self.cov[0, 0])), float(math.sqrt(self.cov[1, 1]))
 
+    def UA_trend(self) -> tuple[float, float, float] | None:
+        """The fouling trend ln UA_factor = icpt + slope * batches since cleaning over the last
+        ``ua_window`` batches: (slope, icpt, residual SD), or None before three different counts."""
+        h = self.ua_history[-self.ua_window:] if self.track_UA else []
+        n = np.array([a for a, _ in h], dtype=float)
+        if len(set(n.tolist())) < 3:
+            return None
+        y = np.log([b for _, b in h])
+        slope, icpt = np.polyfit(n, y, 1)
+        res = y - (icpt + slope * n)
+        return float(slope), float(icpt), float(math.sqrt(float(res @ res) / max(len(h) - 2, 1)))
+
     def UA_factor_for(self, batches_since_cleaning: int) -> float:
         """Predicted UA factor [1] of a batch with this recorded count of batches since cleaning."""
         if not self.track_UA or not self.ua_history:
             return 1.0
-        h = self.ua_history[-self.ua_window:]
-        n = np.array([a for a, _ in h], dtype=float)
-        y = np.log([b for _, b in h])
-        if len(set(n.tolist())) < 3:
-            return float(math.exp(np.mean(y)))
-        slope, icpt = np.polyfit(n, y, 1)
+        trend = self.UA_trend()
+        if trend is None:
+            return float(math.exp(np.mean(np.log([b for _, b in self.ua_history[-self.ua_window:]]))))
+        slope, icpt, _ = trend
         return float(np.clip(math.exp(icpt + slope * batches_since_cleaning), 0.2, 2.0))
 
     def update(self, batch: Batch) -> tuple[float, float]:
@@ -246,7 +256,9 @@ class PlantPrior:
       the method of moments of a random-effects model: the end-of-batch estimates k_end = k + e with
       Var e = the filter's end SD^2, so tau^2 = (n0 tau0^2 + sum((k_end - 1)^2 - sd_end^2)) / (n0 + n)
       over the last ``window`` batches (tau0: the generic SD as ``n0`` pseudo-batches), at least
-      ``k_sd_min``.
+      ``k_sd_min``;
+    - all five SDs times :attr:`scale`, learned from the lab z-scores of the recent batches (the
+      intervals a plant can check against its own assays), within ``scale_range``.
 
     :meth:`start_kwargs` gives the keywords of ``SoftSensor.start`` (trust0, factors0, prior_std) for
     the next batch; :meth:`update` folds a finished batch in (its measured columns through the
@@ -265,8 +277,8 @@ class PlantPrior:
     lambda_records: list[tuple[float, float, float, float]] = field(default_factory=list)
     scale_records: list[tuple[float, float]] = field(default_factory=list)
     scale_range: tuple[float, float] = (0.25, 2.0)
-    _last_trust0: tuple[float, float] | None = None
-    _last_scale: float = 1.0
+    _last_trust0: tuple[float, float] | None = field(default=None, init=False, repr=False)
+    _last_scale: float = field(default=1.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.generic_std) != 5 or not all(v > 0.0 for v in self.generic_std):
@@ -282,14 +294,8 @@ class PlantPrior:
         return cls(tracker, (c.UA_factor0_std, c.k1_factor0_std, c.k2_factor0_std, c.trust0_std, c.trust0_std), **kw)
 
     def _UA_sd(self) -> float:
-        h = self.tracker.ua_history[-self.tracker.ua_window:] if self.tracker.track_UA else []
-        n = np.array([a for a, _ in h], dtype=float)
-        if len(set(n.tolist())) < 3:
-            return self.generic_std[0]
-        y = np.log([b for _, b in h])
-        slope, icpt = np.polyfit(n, y, 1)
-        res = y - (icpt + slope * n)
-        return max(float(math.sqrt(float(res @ res) / max(len(h) - 2, 1))), self.UA_sd_min)
+        trend = self.tracker.UA_trend()
+        return self.generic_std[0] if trend is None else max(trend[2], self.UA_sd_min)
 
     def _moments(self, records: list, tau0: tuple[float, float], floor: float) -> tuple[float, float]:
         """Method-of-moments SDs of two random effects from (dev_1, dev_2, sd_1, sd_2) records."""

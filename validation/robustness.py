@@ -235,7 +235,7 @@ def evaluate_variant(name: str, corr_path: Path, sizes: dict, work: Path) -> dic
     fa = [soft_sensor_row(b, corr, ADAPTIVE, tracker.trust, prior.start_kwargs(b)) for b in fresh]
     res["fault_free_shipped"] = _fault_free(fa)
     # As deployed: the plant prior and the correction released for the plant after the N batches.
-    res["fault_free"] = _fault_free([deployed.row(b, in_use[len(scored)], learn=False) for b in fresh])
+    res["fault_free"] = _fault_free([deployed.row(b, in_use[len(scored)]) for b in fresh])
     res["b2b"] = b2b
     res["elapsed_s"] = time.perf_counter() - t0
     log.info("%s: open loop %s; %.0f s", name, {k: round(v, 1) for k, v in open_loop.items()}, res["elapsed_s"])
@@ -274,11 +274,9 @@ class _Deployed:
             self.prior.k_records = list(old.k_records)
             self.prior.scale_records = list(old.scale_records)
 
-    def row(self, b: Batch, path: Path, learn: bool = True) -> dict:
+    def row(self, b: Batch, path: Path) -> dict:
         self._use(path)
         kw = self.prior.start_kwargs(b)
-        if not learn:
-            self.prior._last_trust0 = None
         return soft_sensor_row(b, self.corr, ADAPTIVE, kw["trust0"], kw)
 
     def update(self, plain: Batch, row: dict) -> None:
