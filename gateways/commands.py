@@ -7,6 +7,7 @@ import argparse
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     from gateways.demo import run_demo
     from twin_core.recipe import DEFAULT_RECIPE, load_recipe
@@ -14,6 +15,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe) if args.recipe else DEFAULT_RECIPE
     # The demo shows what SCADA sees (the runtime's events arrive over OPC UA); its logs: errors only.
     logging.getLogger().setLevel(logging.ERROR)
+    # Ctrl-C (SIGINT) ends the demo and its plant even when started from a shell that made background
+    # jobs ignore it (Python then keeps SIGINT ignored); `twin run` handles SIGINT/SIGTERM itself too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_demo(speed=args.speed, seed=args.seed, fmu_path=args.fmu, recipe=recipe, port=args.port,
              cut_at_s=None if args.no_cut else args.cut_at * 3600.0)
     return 0
