@@ -261,23 +261,17 @@ def test_native_fmu_in_the_c_host_equals_the_soft_sensor(fmus: FmuBuilds, plant:
 def test_win64_dll_under_wine_runs_the_soft_sensor(fmus: FmuBuilds, plant: dict, tmp_path) -> None:  # noqa: ANN001
     """The win64 DLL (mingw-w64, msvcrt's libm) in soft-sensor mode under Wine: the recorded batch
     gives twin_core's SoftSensor estimates to <= 1e-9 as the linux64 binary does."""
-    import subprocess
-
+    from test_fmu_helpers import wine_path
     from test_native_fmu import WINE, _wine_ok
 
     why = _wine_ok()
     if why is not None:
         pytest.skip(why)
     kind = "native_hybrid"
-    mi, guid, _ = fmus.model(kind)
     args = _host_inputs(fmus, kind, plant, tmp_path / "inputs.txt")
-    args[-1] = "Z:" + args[-1].replace("/", "\\")
+    args[-1] = wine_path(args[-1])
     win = tmp_path / "win.csv"
-    env = {"WINEDEBUG": "-all", "WINEPREFIX": str(fmus.folder / "wineprefix"), "HOME": str(tmp_path),
-           "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([WINE, str(fmus.win_host()), "Z:" + str(fmus.extracted(kind)).replace("/", "\\"), mi, guid,
-                           "Z:" + str(win).replace("/", "\\"), *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = fmus.run_win_host(kind, win, *args, home=tmp_path, timeout=600, wine=WINE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = read_host_csv(win)[0][1:]
     want = _reference(plant, N, _correction(fmus, kind))[:, :-1]

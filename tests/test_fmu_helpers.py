@@ -174,6 +174,22 @@ class FmuBuilds:
                               env=dict(env or {}), capture_output=True, text=True, timeout=timeout)
 
 
+    def run_win_host(self, kind: str, csv: Path, *options: str, home: Path, timeout: float = 300.0,
+                     wine: str = "/usr/lib/wine/wine64") -> subprocess.CompletedProcess:
+        """Run the mingw-w64 C host under Wine on FMU variant ``kind`` (binaries/win64): paths as
+        Wine sees them (Z:\\...), a Wine prefix shared by the session, ``home`` as HOME."""
+        mi, guid, _ = self.model(kind)
+        env = {"WINEDEBUG": "-all", "WINEPREFIX": str(self.folder / "wineprefix"), "HOME": str(home),
+               "PATH": "/usr/bin:/bin"}
+        return subprocess.run([wine, str(self.win_host()), wine_path(self.extracted(kind)), mi, guid, wine_path(csv),
+                               *options], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wine_path(path: Path | str) -> str:
+    """A Linux path as a Windows program under Wine sees it (drive Z:)."""
+    return "Z:" + str(path).replace("/", "\\")
+
+
 def read_host_csv(path: Path) -> dict[int, np.ndarray]:
     """Rows of the C host's CSV by instance: columns t, then the recorded outputs."""
     data = np.loadtxt(path, delimiter=",", ndmin=2)

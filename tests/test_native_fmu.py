@@ -123,17 +123,12 @@ def _wine_ok() -> str | None:
 def test_win64_dll_under_wine_prints_the_linux64_trajectory(fmus: FmuBuilds, kind: str, tmp_path: Path) -> None:
     """A host cross-compiled with mingw-w64 loads binaries/win64/*.dll under Wine: the same c_B
     trajectory as the linux64 binary to 1e-12 relative (in practice to the last digit)."""
-    mi, guid, _ = fmus.model(kind)
     args = _host_args(fmus, kind)
     lin = tmp_path / "lin.csv"
     proc = fmus.run_host(kind, lin, *args)
     assert proc.returncode == 0, proc.stderr
     win = tmp_path / "win.csv"
-    env = {"WINEDEBUG": "-all", "WINEPREFIX": str(fmus.folder / "wineprefix"), "HOME": str(tmp_path),
-           "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([WINE, str(fmus.win_host()), "Z:" + str(fmus.extracted(kind)).replace("/", "\\"), mi, guid,
-                           "Z:" + str(win).replace("/", "\\"), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = fmus.run_win_host(kind, win, *args, home=tmp_path, wine=WINE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = read_host_csv(lin)[0], read_host_csv(win)[0]
     assert a.shape == b.shape == (121, 5)
