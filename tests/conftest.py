@@ -61,6 +61,14 @@ def fmus(tmp_path_factory: pytest.TempPathFactory) -> FmuBuilds:
     return FmuBuilds(tmp_path_factory.mktemp("fmu_builds"))
 
 
+@pytest.fixture(scope="module")
+def onnx(fmus: FmuBuilds):  # noqa: ANN201
+    """The session's test correction (the one the native FMUs compile in) under onnxruntime."""
+    from ml_onnx.runtime import OnnxCorrection
+
+    return OnnxCorrection(fmus.correction())
+
+
 @pytest.fixture(scope="session")
 def dist_artifacts() -> Path:
     """dist/ with the product's artifacts (correction.onnx, BatchReactorTwin.fmu) built from the

@@ -106,13 +106,6 @@ def native(fmus: FmuBuilds, tmp_path_factory: pytest.TempPathFactory) -> NativeE
     return NativeEstimator(fmus.fmu("native_hybrid"), tmp_path_factory.mktemp("native_estimator"))
 
 
-@pytest.fixture(scope="module")
-def onnx(fmus: FmuBuilds):
-    from ml_onnx.runtime import OnnxCorrection
-
-    return OnnxCorrection(fmus.correction())
-
-
 T_END_S = 4 * 3600.0
 OUTAGE = (5000.0, 5600.0)   # the PLC link is down: open loop on the jacket reading (predict)
 SPIKES = {300: 4.0, 301: -3.0, 900: 6.0}  # scan index -> reading offset [K]

@@ -93,13 +93,6 @@ def kernel(fmus: FmuBuilds, tmp_path_factory: pytest.TempPathFactory) -> Kernel:
     return Kernel(fmus.fmu("native_hybrid"), tmp_path_factory.mktemp("native_kernel"))
 
 
-@pytest.fixture(scope="module")
-def onnx(fmus: FmuBuilds):
-    from ml_onnx.runtime import OnnxCorrection
-
-    return OnnxCorrection(fmus.correction())
-
-
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))) if a.size else 0.0
