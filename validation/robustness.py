@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 from ml_onnx.runtime import OnnxCorrection  # noqa: E402
 from ml_onnx.trust import PlantPrior, TrustTracker, open_loop_trust  # noqa: E402
 from ml_onnx.update import UpdateConfig, fit_on_batches, update_from_batches  # noqa: E402
-from twin_core.estimation import SoftSensor, SoftSensorAlarm, SoftSensorConfig  # noqa: E402
+from twin_core.estimation import SENSOR_FAULTS, SoftSensor, SoftSensorAlarm, SoftSensorConfig  # noqa: E402
 from twin_core.offline.batches import Batch, c_B_rmse_percent, params_for, read_batches  # noqa: E402
 from twin_core.offline.softsensor_replay import replay, true_final_yield  # noqa: E402
 
@@ -86,7 +86,6 @@ DEPLOYED = "softsensor_learning"
 released for the plant by the campaign's `twin train --update` at the time of each batch."""
 CM = int(SoftSensorAlarm.CORRECTION_MISMATCH)
 MM = int(SoftSensorAlarm.MODEL_MISMATCH)
-SENSOR_FAULTS = int(SoftSensorAlarm.T_SENSOR_STUCK | SoftSensorAlarm.T_SENSOR_DRIFT)
 
 
 def generate(path: Path, n: int, seed: int, config: Path | None) -> list[Batch]:
@@ -131,7 +130,7 @@ def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, 
     for a in b.labs:
         i = min(int(np.searchsorted(b.t_s, a.sample_s - 1e-9)), len(b.t_s) - 1)
         if math.isfinite(a.c_B_mol_per_m3) and a.arrival_s > a.sample_s:
-            r = cfg.lab_abs_std_mol_per_m3 + cfg.lab_rel_std * abs(a.c_B_mol_per_m3)
+            r = cfg.lab_std(abs(a.c_B_mol_per_m3))
             lab_z.append(float((a.c_B_mol_per_m3 - res.x[i, 1]) / math.hypot(res.std[i, 1], r)))
     return {"rmse_pct": c_B_rmse_percent(res.x[:, 1], b.truth[:, 1]), "coverage95": float(np.mean(inside)),
             "coverage95_live": float(np.mean(inside[live])), "z_rms": float(np.sqrt(np.mean(

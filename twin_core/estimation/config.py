@@ -96,6 +96,10 @@ class SoftSensorConfig:
         if self.max_step_s < self.filter_interval_s:
             raise ParameterError("softsensor.max_step_s", self.max_step_s, "must be >= filter_interval_s")
 
+    def lab_std(self, value_mol_per_m3: float) -> float:
+        """Standard deviation [mol/m3] of one lab assay reading ``value_mol_per_m3``: abs + rel * value."""
+        return self.lab_abs_std_mol_per_m3 + self.lab_rel_std * value_mol_per_m3
+
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 

@@ -292,8 +292,8 @@ class Ekf:
         """Update with a lab assay of c_B and c_C at its sample time; returns (x, P, NIS)."""
         cfg = self.cfg
         zB, zC = lab.c_B_mol_per_m3, lab.c_C_mol_per_m3
-        rB = (cfg.lab_abs_std_mol_per_m3 + cfg.lab_rel_std * zB) ** 2
-        rC = (cfg.lab_abs_std_mol_per_m3 + cfg.lab_rel_std * zC) ** 2
+        rB = cfg.lab_std(zB) ** 2
+        rC = cfg.lab_std(zC) ** 2
         vB, vC = zB - x[IB], zC - x[IC]
         pBB, pBC, pCC = P[IB, IB], P[IB, IC], P[IC, IC]
         sBB, sCC = pBB + rB, pCC + rC
