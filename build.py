@@ -35,7 +35,9 @@ ARTIFACTS.append(("onnx", ["ml_onnx", "twin_core", "data/simulated_batch_data.cs
 ARTIFACTS.append(("fmu", ["fmu", "twin_core", "ml_onnx", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
                   ["dist/BatchReactorTwin.fmu"], ["build-fmu"]))
 # The native FMU: C physics and the ONNX correction compiled to C (emx-onnx-cgen), no Python at run time.
-ARTIFACTS.append(("fmu-native", ["fmu", "twin_core/signals", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
+# Its C estimator takes its defaults and health-test bounds from twin_core.estimation (generated header).
+ARTIFACTS.append(("fmu-native", ["fmu", "twin_core/signals", "twin_core/estimation", "twin_core/simulation.py",
+                                 "ml_onnx/features.py", "dist/correction.onnx", "docs/fmu.md", "requirements.lock"],
                   ["dist/BatchReactorTwinNative.fmu"], ["build-fmu", "--native"]))
 
 

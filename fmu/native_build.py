@@ -142,7 +142,7 @@ def native_header(guid: str, build_id: str, starts: dict[str, float], domain: ob
 
 ESTIMATOR_FIELDS_SKIPPED = ("nis_alpha", "lab_bias_alpha", "lab_white_alpha", "jacket_settle_s")
 """SoftSensorConfig fields the C estimator does not read as such: the two alphas become the chi-square
-bounds computed here (BT_SS_NIS_BOUNDS, BT_SS_NIS_Z, BT_SS_LAB_BIAS_BOUND, BT_SS_LAB_WHITE_BOUND); the jacket settling
+bounds computed here (BT_SS_NIS_BOUNDS, BT_SS_NIS_Z, BT_SS_LAB_BIAS_BOUND, BT_SS_LAB_WHITE_BOUNDS); the jacket settling
 time only matters for a forecast on a recipe (the FMU's forecast holds the jacket)."""
 
 
@@ -152,8 +152,8 @@ def softsensor_defines() -> list[str]:
     the C estimator reads the Python tuning, so a retuned constant reaches both FMUs."""
     from dataclasses import fields
 
-    from twin_core.estimation.config import SoftSensorConfig
-    from twin_core.estimation.health import _window_bound, chi2_quantile, normal_quantile, runs_min_same
+    from twin_core.estimation.config import LAB_WINDOW_MAX, SoftSensorConfig
+    from twin_core.estimation.health import _window_bound, chi2_quantile, normal_quantile, runs_bound
 
     cfg = SoftSensorConfig()
     names = [f.name for f in fields(cfg) if f.name not in ESTIMATOR_FIELDS_SKIPPED]
@@ -167,7 +167,8 @@ def softsensor_defines() -> list[str]:
     lines.append("#define BT_SS_NIS_BOUNDS {" + ", ".join(map(_c_double, bounds)) + "}")
     lines.append(f"#define BT_SS_NIS_Z {_c_double(normal_quantile(1.0 - cfg.nis_alpha))}")
     lines.append(f"#define BT_SS_LAB_BIAS_BOUND {_c_double(chi2_quantile(1.0 - cfg.lab_bias_alpha, 2))}")
-    lines.append(f"#define BT_SS_LAB_WHITE_BOUND {runs_min_same(cfg.lab_white_window, cfg.lab_white_alpha)}")
+    white = [runs_bound(m, cfg.lab_white_alpha) for m in range(2 * LAB_WINDOW_MAX - 1)]
+    lines.append("#define BT_SS_LAB_WHITE_BOUNDS {" + ", ".join(map(str, white)) + "}")
     return lines
 
 

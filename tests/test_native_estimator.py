@@ -297,3 +297,77 @@ def test_native_soft_sensor_pools_fast_scans_like_twin_core(native: NativeEstima
     assert rel([list(e.std) for e in est_c], [e.std for e in est_py]) <= REL
     assert [e.health for e in est_c] == [e.health for e in est_py]
     assert [e.alarms for e in est_c] == [int(e.alarms) for e in est_py]
+
+
+def _run_recorded(batch, step, lab) -> None:
+    """A recorded batch row by row (readings, then the assays that arrived on the row)."""
+    labs = sorted(batch.labs, key=lambda a: a.arrival_s)
+    j = 0
+    for i in range(1, len(batch.t_s)):
+        t = float(batch.t_s[i])
+        step(t, float(batch.T_reactor_K[i]), float(batch.T_jacket_K[i]))
+        while j < len(labs) and labs[j].arrival_s <= t + 1e-9:
+            lab(labs[j].sample_s, labs[j].c_B_mol_per_m3, labs[j].c_C_mol_per_m3)
+            j += 1
+
+
+@pytest.mark.slow
+def test_native_whiteness_gives_no_sign_inside_the_dead_zone(dist_artifacts: Path, tmp_path: Path) -> None:
+    """Held-out batch 160 of the committed data set (a cold recipe, C04) with the shipped correction:
+    its c_C assays are far inside the lab SD's absolute floor (whitened innovations ~0) while the c_B
+    ones stay on one side for long. Counting every sign, the whiteness test fails there (dead zone 0);
+    with the default dead zone it does not, in Python and in the native FMU's C alike, row for row."""
+    from ml_onnx.runtime import OnnxCorrection
+    from twin_core.errors import MeasurementError
+    from twin_core.estimation import SoftSensor, SoftSensorConfig
+    from twin_core.offline.batches import params_for, read_batches
+
+    batch = read_batches(Path(__file__).resolve().parents[1] / "data" / "simulated_batch_data.csv")[160]
+    assert batch.recipe_id == "C04" and batch.split == "holdout"
+    corr = OnnxCorrection(dist_artifacts / "correction.onnx")
+    params = params_for(batch)
+    T0 = params.charge.T0_K
+    cm = 8
+
+    def python(cfg: SoftSensorConfig) -> list[int]:
+        s = SoftSensor(params, corr, cfg)
+        s.start(float(batch.t_s[0]), T_measured_K=T0)
+        out: list[int] = []
+
+        def step(t, y, u):
+            try:
+                out.append(int(s.update(t, y, u).alarms))
+            except MeasurementError:
+                out.append(-1)
+
+        def lab(ts, cB, cC):
+            out.append(int(s.add_lab(ts, cB, cC).alarms))
+        _run_recorded(batch, step, lab)
+        return out
+
+    native = NativeEstimator(dist_artifacts / "BatchReactorTwinNative.fmu", tmp_path)
+    c = CSensor(native, True)
+    p = default_params()
+    p.c_A0, p.T0 = params.charge.c_A0_mol_per_m3, T0
+    c._rc(native.lib.bt_est_start(c.e, c.cfg, ctypes.byref(p), 1, float(batch.t_s[0]), T0, 1.0, 1.0, math.nan))
+    out_c: list[int] = []
+    now = [float(batch.t_s[0])]
+
+    def step_c(t, y, u):
+        now[0] = t
+        try:
+            c.update(t, y, u)
+            out_c.append(int(c.estimate(t).alarms))
+        except ValueError:
+            out_c.append(-1)
+
+    def lab_c(ts, cB, cC):
+        c.add_lab(ts, cB, cC)
+        out_c.append(int(c.estimate(now[0]).alarms))
+    _run_recorded(batch, step_c, lab_c)
+
+    signed = python(SoftSensorConfig(lab_white_dead_zone=0.0))
+    default = python(SoftSensorConfig())
+    assert any(a > 0 and a & cm for a in signed)          # every sign counted: a (false) warning
+    assert not any(a > 0 and a & cm for a in default)     # the dead zone: none
+    assert out_c == default

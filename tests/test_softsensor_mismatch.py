@@ -24,7 +24,9 @@ from twin_core.estimation.health import (
     ModelHealth,
     binomial_half_sf,
     chi2_quantile,
+    runs_bound,
     runs_min_same,
+    runs_size,
 )
 from twin_core.params import ModelParams
 
@@ -82,6 +84,37 @@ def test_whiteness_default_design() -> None:
     assert t.size == pytest.approx(2.0 ** -14)                  # P(14 of 14) = 6.1e-5 <= 1e-4
     assert runs_min_same(8, 1e-3) == 13
     assert [t.add((1.0, -1.0)) for _ in range(8)] == [False] * 7 + [True]   # no test before 8 assays
+    # Fewer pairs (values in the dead zone): the bound is that of their number; below 14 pairs the
+    # test cannot fail at 1e-4 (P(13 of 13) = 1.2e-4).
+    assert [runs_bound(m, 1e-4) for m in (12, 13, 14, 18, 22)] == [13, 14, 14, 17, 20]
+
+
+@pytest.mark.parametrize("window,alpha,dead_zone", [(6, 0.05, 0.5), (8, 0.01, 0.3), (8, 0.2, 0.8)])
+def test_whiteness_with_a_dead_zone_fails_at_its_design_value(window: int, alpha: float, dead_zone: float) -> None:
+    t = LabWhitenessTest(window, alpha, dead_zone)
+    p = runs_size(window, alpha, dead_zone)
+    assert t.size == p and 0.0 < p <= alpha   # at most alpha whatever the number of pairs
+    rng = np.random.default_rng(200 + window)
+    m = 40_000
+    fails = 0
+    for e in rng.standard_normal((m, window, 2)):   # independent windows: each a Bernoulli(size) trial
+        t = LabWhitenessTest(window, alpha, dead_zone)
+        fails += [t.add((float(a), float(b))) for a, b in e][-1]
+    assert abs(fails / m - p) <= 4.0 * math.sqrt(p * (1 - p) / m), (fails / m, p)
+
+
+@pytest.mark.parametrize("values,pairs,same,fails", [
+    # (c_B, c_C) whitened innovations of 8 assays, default test (dead zone 0.1, bound 14 of 14)
+    ([(-0.8, -0.5)] * 8, 14, 14, True),                         # all on one side, all with a sign
+    ([(-0.8, -0.05)] * 8, 7, 7, False),                         # c_C inside the dead zone: no sign, 7 pairs
+    ([(-0.8, -0.5)] * 7 + [(-0.8, 0.05)], 13, 13, False),       # one value without a sign: 13 pairs
+    ([(-0.8, 0.5)] * 4 + [(0.8, 0.5)] * 4, 14, 13, False),      # one sign change
+])
+def test_whiteness_counts_only_innovations_with_a_sign(values, pairs, same, fails) -> None:
+    cfg = SoftSensorConfig()
+    t = LabWhitenessTest(cfg.lab_white_window, cfg.lab_white_alpha, cfg.lab_white_dead_zone)
+    out = [t.add(v) for v in values]
+    assert (t.pairs, t.same, out[-1]) == (pairs, same, fails)
 
 
 def test_whiteness_fires_on_correlated_innovations_where_the_mean_test_mostly_does_not() -> None:

@@ -32,13 +32,14 @@
 void bt_est_default_config(bt_est_config *c)
 {
     static const double bounds[30] = BT_SS_NIS_BOUNDS;
+    static const int white[2 * BT_EST_LAB_WINDOW - 1] = BT_SS_LAB_WHITE_BOUNDS;
 #define F(name) c->name = BT_SS_##name;
     BT_SS_FIELDS(F)
 #undef F
     memcpy(c->nis_bound_small, bounds, sizeof bounds);
     c->nis_z = BT_SS_NIS_Z;
     c->lab_bias_bound = BT_SS_LAB_BIAS_BOUND;
-    c->lab_white_bound = BT_SS_LAB_WHITE_BOUND;
+    memcpy(c->lab_white_bounds, white, sizeof white);
 }
 
 #define HEAD_BYTES offsetof(bt_est, records)
@@ -656,12 +657,24 @@ static void health_lab(bt_est *e, double nis, const double white[2])
             e->lw_first = (e->lw_first + 1) % ww;
         }
         e->lw_same = 0;
+        e->lw_pairs = 0;
         e->lw_failing = 0;
         if (e->lw_n >= ww) {
-            for (int k = 1; k < e->lw_n; k++)
-                for (int j = 0; j < 2; j++)
-                    e->lw_same += (e->lw_e[(e->lw_first + k) % ww][j] > 0.0) == (e->lw_e[(e->lw_first + k - 1) % ww][j] > 0.0);
-            e->lw_failing = e->lw_same >= cfg->lab_white_bound;
+            /* per component, neighbours among the values outside the dead zone (those with a sign) */
+            for (int j = 0; j < 2; j++) {
+                int have = 0, prev = 0;
+                for (int k = 0; k < e->lw_n; k++) {
+                    double v = e->lw_e[(e->lw_first + k) % ww][j];
+                    if (!(fabs(v) > cfg->lab_white_dead_zone)) continue;
+                    if (have) {
+                        e->lw_pairs++;
+                        e->lw_same += (v > 0.0) == prev;
+                    }
+                    have = 1;
+                    prev = v > 0.0;
+                }
+            }
+            e->lw_failing = e->lw_same >= cfg->lab_white_bounds[e->lw_pairs];
             if (e->lw_failing) correction_mismatch(e);
         }
     }

@@ -24,7 +24,7 @@
 #define BT_EST_PENDING 16    /* assays waiting for the next filter step */
 #define BT_EST_LABS 512      /* assays per batch (duplicate check) */
 #define BT_EST_NIS 1024      /* temperature innovations in the health window */
-#define BT_EST_LAB_WINDOW 16 /* lab_bias_window and lab_white_window at most */
+#define BT_EST_LAB_WINDOW 16 /* lab_bias_window and lab_white_window at most (config.LAB_WINDOW_MAX) */
 #define BT_EST_MSG 256
 
 enum { BT_EST_OK = 0, BT_EST_REFUSED = 1, BT_EST_INTEGRATION = 2, BT_EST_FULL = 3 };
@@ -44,6 +44,7 @@ typedef struct {
     double huber_threshold, scan_jump_K, T_rate_max_K_per_s, lab_gate_nis;
     double nis_window_s, nis_clip, mismatch_persist_s, cusum_slack, cusum_threshold, cusum_clip;
     int lab_bias_window, lab_white_window;
+    double lab_white_dead_zone;
     double trust_shift_min, trust_shift_z, rate_shift_min;
     double stuck_time_s;
     int stuck_min_readings;
@@ -53,7 +54,7 @@ typedef struct {
     double nis_bound_small[30]; /* _window_bound(nis_alpha, n) for n < 30 */
     double nis_z;               /* normal_quantile(1 - nis_alpha): Wilson-Hilferty from n = 30 */
     double lab_bias_bound;      /* chi2_quantile(1 - lab_bias_alpha, 2) */
-    int lab_white_bound;        /* health.runs_min_same(lab_white_window, lab_white_alpha) */
+    int lab_white_bounds[2 * BT_EST_LAB_WINDOW - 1]; /* health.runs_bound(m, lab_white_alpha) for m pairs */
 } bt_est_config;
 
 typedef struct {
@@ -106,7 +107,7 @@ typedef struct {
     int lb_n, lb_first, lb_failing;
     long lb_count;
     double lw_e[BT_EST_LAB_WINDOW][2]; /* LabWhitenessTest */
-    int lw_n, lw_first, lw_same, lw_failing;
+    int lw_n, lw_first, lw_same, lw_pairs, lw_failing;
     int rate_prev; /* the rate-shift test held at the previous lab check */
     /* forecast (jacket held at its value, to plan_end) */
     double plan_end, t_forecast;

@@ -10,6 +10,9 @@ from twin_core.estimation.health import binomial_half_sf
 from twin_core.signals.table import C_HI, T_HI_K, T_LO_K
 from twin_core.validate import from_mapping, spec, validated
 
+LAB_WINDOW_MAX = 16
+"""The longest lab-test window (the C estimator's BT_EST_LAB_WINDOW, fmu/native/twin_estimator.h)."""
+
 
 @validated("softsensor")
 class SoftSensorConfig:
@@ -66,10 +69,11 @@ class SoftSensorConfig:
     cusum_slack: float = spec(2.0, ge=0.0)                         # CUSUM of normalised T innovations: shifts beyond ~2 sigma ...
     cusum_threshold: float = spec(10.0, gt=0.0)                    # ... accumulated to this -> T_SENSOR_DRIFT
     cusum_clip: float = spec(5.0, gt=0.0)                          # one innovation adds at most clip - slack (spikes)
-    lab_bias_window: int = spec(3, kind="int", ge=1)                 # CORRECTION_MISMATCH: windowed mean test over this many lab assays ...
+    lab_bias_window: int = spec(3, kind="int", ge=1, le=LAB_WINDOW_MAX)    # CORRECTION_MISMATCH: windowed mean test over this many lab assays ...
     lab_bias_alpha: float = spec(1e-4, gt=0.0, lt=0.5)             # ... at this false-alarm probability per test
-    lab_white_window: int = spec(8, kind="int", ge=2, le=16)         # ... and a whiteness (runs) test over this many ...
-    lab_white_alpha: float = spec(1e-4, gt=0.0, lt=0.5)            # ... at most this false-alarm probability per test
+    lab_white_window: int = spec(8, kind="int", ge=2, le=LAB_WINDOW_MAX)   # ... and a whiteness (runs) test over this many ...
+    lab_white_alpha: float = spec(1e-4, gt=0.0, lt=0.5)            # ... at most this false-alarm probability per test;
+    lab_white_dead_zone: float = spec(0.1, ge=0.0, lt=1.0)         # ... a whitened innovation within this of 0 has no sign there
     trust_shift_min: float = spec(0.25, gt=0.0)                    # CORRECTION_MISMATCH also when a trust weight moved more than this ...
     trust_shift_z: float = spec(2.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
     rate_shift_min: float = spec(0.25, gt=0.0)                     # ... or when the rates need a log-shift beyond this on top of the correction

@@ -344,15 +344,20 @@ def binomial_half_sf(k: int, n: int) -> float:
     return sum(math.comb(n, j) for j in range(max(k, 0), n + 1)) / 2.0 ** n
 
 
-def runs_min_same(window: int, alpha: float) -> int:
-    """The smallest count k of same-sign neighbours with P(X >= k) <= alpha for X ~ Bin(2 (window - 1),
-    1/2): the bound of :class:`LabWhitenessTest` (2 (window - 1) + 1, never reached, when even all
-    pairs alike is more likely than alpha)."""
-    n = 2 * (window - 1)
-    for k in range(n + 1):
-        if binomial_half_sf(k, n) <= alpha:
+@lru_cache(maxsize=256)
+def runs_bound(n_pairs: int, alpha: float) -> int:
+    """The smallest count k of same-sign neighbour pairs with P(X >= k) <= alpha for X ~ Bin(n_pairs,
+    1/2): the bound of :class:`LabWhitenessTest` over n_pairs pairs (n_pairs + 1, never reached, when
+    even all pairs alike is more likely than alpha)."""
+    for k in range(n_pairs + 1):
+        if binomial_half_sf(k, n_pairs) <= alpha:
             return k
-    return n + 1
+    return n_pairs + 1
+
+
+def runs_min_same(window: int, alpha: float) -> int:
+    """:func:`runs_bound` of a full window: 2 (window - 1) pairs, every innovation with a sign."""
+    return runs_bound(2 * (window - 1), alpha)
 
 
 class LabWhitenessTest:
@@ -361,43 +366,79 @@ class LabWhitenessTest:
     While the model fits, the whitened innovations e_k = L^-1 (z_k - H x_k) of successive assays are
     independent N(0, 1) pairs, so each component's sign is a fair coin and the products of
     neighbouring signs s_k s_(k-1) are independent fair coins as well (the map from signs to products
-    is one to one given the first). Over the last ``window`` assays the count of neighbours with the
-    same sign, both components, is therefore exactly Binomial(2 (window - 1), 1/2); the test fails
-    when it reaches the smallest k with P(X >= k) <= alpha (one-sided: a model error that drifts
-    keeps the innovations on one side for several assays, which a windowed mean can average away).
-    The attained false-alarm probability per test, ``size``, is at most alpha (the count is discrete);
-    tests/test_softsensor_mismatch.py checks it on simulated white innovations. No test before
-    ``window`` assays.
+    is one to one given the first). A value within ``dead_zone`` of zero is given no sign: the lab SD
+    has an absolute floor (SoftSensorConfig.lab_abs_std_mol_per_m3) that an assay of a low
+    concentration lies far inside, so there e is ~0 whatever the model does and its sign is set by
+    an error far below the test's concern, not by chance. Over the last ``window`` assays, per
+    component, the neighbours among the values with a sign are counted: given their number m (both
+    components), the count with the same sign is exactly Binomial(m, 1/2) (the signs of |e| >
+    dead_zone are still fair coins), and the test fails when it reaches the smallest k with
+    P(X >= k) <= alpha (:func:`runs_bound`; one-sided: a model error that drifts keeps the
+    innovations on one side for several assays, which a windowed mean can average away). So the
+    false-alarm probability per test is at most alpha whatever m; ``size`` is its exact value on
+    white innovations (:func:`runs_size`), which tests/test_softsensor_mismatch.py checks. No test
+    before ``window`` assays.
     """
 
-    def __init__(self, window: int, alpha: float) -> None:
+    def __init__(self, window: int, alpha: float, dead_zone: float = 0.0) -> None:
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window!r}")
+        if not 0.0 <= dead_zone < 1.0:
+            raise ValueError(f"dead_zone must be within [0, 1), got {dead_zone!r}")
         self.window = int(window)
         self.alpha = float(alpha)
-        self.bound = runs_min_same(self.window, self.alpha)
-        self.size = binomial_half_sf(self.bound, 2 * (self.window - 1))
+        self.dead_zone = float(dead_zone)
+        self.bounds = _runs_bounds(self.window, self.alpha)
+        self.bound = self.bounds[-1]          # with every innovation signed: 2 (window - 1) pairs
+        self.size = runs_size(self.window, self.alpha, self.dead_zone)
         self._e: deque[tuple[float, float]] = deque(maxlen=self.window)
         self.same = 0
+        self.pairs = 0
         self.failing = False
 
     def add(self, e: tuple[float, float]) -> bool:
         """Add one whitened innovation; True when the window test fails."""
         self._e.append((float(e[0]), float(e[1])))
+        self.same = self.pairs = 0
+        self.failing = False
         if len(self._e) < self.window:
-            self.same, self.failing = 0, False
             return False
-        v = list(self._e)
-        self.same = sum((v[k][j] > 0.0) == (v[k - 1][j] > 0.0) for k in range(1, len(v)) for j in (0, 1))
-        self.failing = self.same >= self.bound
+        dz = self.dead_zone
+        for j in (0, 1):
+            signs = [v[j] > 0.0 for v in self._e if abs(v[j]) > dz]
+            self.pairs += max(len(signs) - 1, 0)
+            self.same += sum(a == b for a, b in zip(signs, signs[1:]))
+        self.failing = self.same >= self.bounds[self.pairs]
         return self.failing
 
     def get_state(self) -> dict:
-        return {"e": [list(v) for v in self._e], "same": self.same, "failing": self.failing}
+        return {"e": [list(v) for v in self._e], "same": self.same, "pairs": self.pairs, "failing": self.failing}
 
     def set_state(self, s: dict) -> None:
         self._e = deque((tuple(map(float, v)) for v in s["e"]), maxlen=self.window)  # type: ignore[misc]
         self.same, self.failing = int(s["same"]), bool(s["failing"])
+        self.pairs = int(s.get("pairs", 2 * (len(self._e) - 1) if len(self._e) >= self.window else 0))
+
+
+@lru_cache(maxsize=64)
+def _runs_bounds(window: int, alpha: float) -> tuple[int, ...]:
+    return tuple(runs_bound(m, alpha) for m in range(2 * (window - 1) + 1))
+
+
+@lru_cache(maxsize=64)
+def runs_size(window: int, alpha: float, dead_zone: float = 0.0) -> float:
+    """Exact false-alarm probability of one :class:`LabWhitenessTest` on white N(0, 1) innovations:
+    each of the window's values has a sign with probability q = P(|e| > dead_zone), independently,
+    so the number n_j of signed values per component is Binomial(window, q), the pairs
+    m = sum max(n_j - 1, 0), and the size is E[P(Bin(m, 1/2) >= runs_bound(m, alpha))]."""
+    q = math.erfc(dead_zone / math.sqrt(2.0))
+    pn = [math.comb(window, n) * q ** n * (1.0 - q) ** (window - n) for n in range(window + 1)]
+    size = 0.0
+    for n1, p1 in enumerate(pn):
+        for n2, p2 in enumerate(pn):
+            m = max(n1 - 1, 0) + max(n2 - 1, 0)
+            size += p1 * p2 * binomial_half_sf(runs_bound(m, alpha), m)
+    return size
 
 
 def chi2_bounds_mean(dof: int, n: int, p: float = 0.95) -> tuple[float, float]:
@@ -435,7 +476,7 @@ class ModelHealth:
         self.cusum = Cusum(cfg.cusum_slack, cfg.cusum_threshold, cfg.cusum_clip)
         self.stuck = StuckDetector(cfg.stuck_time_s, cfg.stuck_min_readings, cfg.stuck_tolerance_K)
         self.lab_bias = LabBiasTest(cfg.lab_bias_window, cfg.lab_bias_alpha)
-        self.lab_white = LabWhitenessTest(cfg.lab_white_window, cfg.lab_white_alpha)
+        self.lab_white = LabWhitenessTest(cfg.lab_white_window, cfg.lab_white_alpha, cfg.lab_white_dead_zone)
         self.rate_prev = False       # the rate-shift test held at the previous lab check (confirmation)
         self._shift_min = cfg.trust_shift_min
         self._shift_z = cfg.trust_shift_z
@@ -513,8 +554,9 @@ class ModelHealth:
         if self.has_correction and white is not None and self.lab_bias.add(white):
             self._correction_mismatch(f"lab innovations biased (q={self.lab_bias.q:.1f} > {self.lab_bias.bound:.1f})")
         if self.has_correction and white is not None and self.lab_white.add(white):
-            self._correction_mismatch(f"lab innovations correlated ({self.lab_white.same} of "
-                                      f"{2 * (self.lab_white.window - 1)} neighbours alike >= {self.lab_white.bound})")
+            w = self.lab_white
+            self._correction_mismatch(f"lab innovations correlated ({w.same} of {w.pairs} neighbours "
+                                      f"alike >= {w.bounds[w.pairs]})")
         if nis > self._lab_gate:
             self.lab_fail_run += 1
             self.lab_warning = True
@@ -541,7 +583,7 @@ class ModelHealth:
         self.alarms = 0
         self.cusum.reset()
         self.lab_bias = LabBiasTest(self.lab_bias.window, self.lab_bias.alpha)
-        self.lab_white = LabWhitenessTest(self.lab_white.window, self.lab_white.alpha)
+        self.lab_white = LabWhitenessTest(self.lab_white.window, self.lab_white.alpha, self.lab_white.dead_zone)
         self.rate_prev = False
         self.warn_since = math.nan
         self.lab_fail_run = 0
