@@ -47,7 +47,7 @@ from twin_core.errors import IntegrationError, MeasurementError, ParameterError,
 from twin_core.estimation import IL1, IL2, Estimate, SoftSensor, SoftSensorConfig
 from twin_core.hybrid import CorrectionModel, HybridStepState, HybridTwin
 from twin_core.integrator import Tolerance
-from twin_core.signals.twin import params_from_signals
+from twin_core.signals.twin import PRIOR_SIGMAS, params_from_signals
 from twin_core.simulation import DEFAULT_TOLERANCE
 
 try:
@@ -76,8 +76,6 @@ _BY_NAME = {v.name: v for v in _VARS}
 _PARAM_TO_SIGNAL = {v.signal.param: v.name for v in _VARS if v.signal.param}
 _MODEL_PARAMS = tuple(v for v in _VARS if v.signal.param)
 _MODE_SLOT = len(_VARS)
-PRIOR_SIGMAS = ("sigma_UA_factor0", "sigma_k1_factor0", "sigma_k2_factor0", "sigma_lambda_1", "sigma_lambda_2")
-"""The estimator's prior SDs of (UA, k1, k2 factors, lambda_1, lambda_2): SoftSensor.start(prior_std=...)."""
 
 _GATE = {v.vr: _BY_NAME[MODE_GATES[v.name]].vr for v in _VARS if v.name in MODE_GATES}
 """Value reference of a mode's input -> value reference of the Boolean parameter turning the mode on."""

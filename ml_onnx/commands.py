@@ -1,6 +1,7 @@
 """``twin train``: fit the rate correction on plant data and export it to ONNX (ml_onnx.train);
-``twin train --update``: the batch-to-batch refit (ml_onnx.update); ``twin validate robustness``:
-the plant-family evaluation (validation/robustness.py)."""
+``twin train --update``: the batch-to-batch refit (ml_onnx.update); ``twin prior``: the soft
+sensor's prior for a plant's next batch from its recorded batches (ml_onnx.trust.PlantPrior);
+``twin validate robustness``: the plant-family evaluation (validation/robustness.py)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prior(args: argparse.Namespace) -> int:
+    """``twin prior``: run a plant's recorded batches in order through the soft sensor, each started
+    from the plant prior of the batches before it, and give the prior of the next batch as FMU
+    parameters (printed; with --out a TOML table for a reactor's ``[reactor.start]``)."""
+    from ml_onnx.runtime import OnnxCorrection
+    from ml_onnx.trust import PlantPrior, TrustTracker
+    from twin_core.errors import ParameterError
+    from twin_core.estimation import SoftSensorConfig
+    from twin_core.offline.batches import read_batches
+
+    if args.last is not None and args.last < 1:
+        raise ParameterError("--last", args.last, "must be >= 1")
+    if args.batches_since_cleaning is not None and args.batches_since_cleaning < 0:
+        raise ParameterError("--batches-since-cleaning", args.batches_since_cleaning, "must be >= 0")
+    batches = list(read_batches(args.data, with_truth=False).values())
+    if args.last is not None:
+        batches = batches[-args.last:]
+    if not batches:
+        raise ParameterError("--data", str(args.data), "holds no batch")
+    corr = OnnxCorrection(args.correction)
+    cfg = SoftSensorConfig()
+    prior = PlantPrior.for_config(TrustTracker(corr), cfg)
+    for b in batches:
+        prior.learn(b, corr, cfg)
+    n_next = args.batches_since_cleaning if args.batches_since_cleaning is not None \
+        else batches[-1].batches_since_cleaning + 1
+    params = prior.fmu_start(n_next)
+    print(f"plant prior from {len(batches)} batches of {args.data} (correction {args.correction}), "
+          f"for a batch {n_next} batches after cleaning:")
+    print(f"  lambda_1 {params['lambda_1']:.3f} +- {params['sigma_lambda_1']:.3f}, "
+          f"lambda_2 {params['lambda_2']:.3f} +- {params['sigma_lambda_2']:.3f}; "
+          f"UA factor {params['UA_factor0']:.3f} +- {params['sigma_UA_factor0']:.3f}; "
+          f"k-factor SDs {params['sigma_k1_factor0']:.3f}, {params['sigma_k2_factor0']:.3f} "
+          f"(interval scale {prior.scale:.2f})")
+    lines = [f"{k} = {v!r}" for k, v in params.items()]
+    text = ("# Plant prior of the soft sensor for the next batch (`twin prior`): FMU parameters,\n"
+            f"# from {len(batches)} batches of {args.data}; paste into the reactor's [reactor.start] table.\n"
+            + "\n".join(lines) + "\n")
+    if args.out is not None:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    if args.json:
+        print(json.dumps(params, indent=2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit the learned rate correction on plant data and export it to ONNX")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"plant data CSV (default {DEFAULT_DATA})")
@@ -74,6 +123,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--margin", type=float, default=0.05, help="release when candidate <= (1 - margin) * current (default 0.05)")
     u.add_argument("--prior-batches", type=float, default=3.0, help="weight of the previous model, in batches (default 3)")
     p.set_defaults(func=_dispatch)
+    q = sub.add_parser("prior", help="the soft sensor's prior for a plant's next batch, learned from its recorded batches")
+    q.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help=f"the plant's recorded batches, in order (data-set CSV; default {DEFAULT_DATA})")
+    q.add_argument("--correction", type=Path, default=DEFAULT_OUT,
+                   help=f"the ONNX correction the plant runs (default {DEFAULT_OUT})")
+    q.add_argument("--last", type=int, default=None, help="learn from the last N batches only")
+    q.add_argument("--batches-since-cleaning", type=int, default=None,
+                   help="of the next batch (default: the last batch's + 1)")
+    q.add_argument("--out", type=Path, default=None, help="write the parameters as TOML here")
+    q.add_argument("--json", action="store_true", help="also print them as JSON")
+    q.set_defaults(func=cmd_prior)
     register_validate(sub)
 
 

@@ -30,9 +30,12 @@ import numpy as np
 
 from ml_onnx.dataset import measured_temperature, propagate
 from twin_core.errors import ParameterError
+from twin_core.estimation import SoftSensor
 from twin_core.hybrid import CorrectionModel, HybridTwin
 from twin_core.offline.batches import Batch, jacket_input, params_for
+from twin_core.offline.softsensor_replay import ReplayResult, lab_z_scores, replay
 from twin_core.params import ModelParams
+from twin_core.signals.twin import PRIOR_SIGMAS
 
 TRUST_BOUNDS = (-3.0, 4.0)
 """Feasible range of each lambda_i (as the soft sensor's trust_min, trust_max)."""
@@ -319,6 +322,11 @@ class PlantPrior:
 
     def start_kwargs(self, batch: Batch) -> dict:
         """Keywords of SoftSensor.start for ``batch`` (only its recorded batches-since-cleaning used)."""
+        return self.start_kwargs_for(batch.batches_since_cleaning)
+
+    def start_kwargs_for(self, batches_since_cleaning: int) -> dict:
+        """Keywords of SoftSensor.start (trust0, factors0, prior_std) for the plant's next batch, run
+        ``batches_since_cleaning`` batches after the jacket was last cleaned."""
         tr, g = self.tracker, self.generic_std
         self._last_trust0 = tr.trust
         if not tr.history and not tr.ua_history and not self.k_records:
@@ -328,8 +336,29 @@ class PlantPrior:
         l1, l2 = self._lambda_sd() if tr.history else (g[3], g[4])
         k1, k2 = self._k_sd() if self.k_records else (g[1], g[2])
         s = self._last_scale = self.scale
-        return {"trust0": tr.trust, "factors0": (tr.UA_factor_for(batch.batches_since_cleaning), 1.0, 1.0),
+        return {"trust0": tr.trust, "factors0": (tr.UA_factor_for(batches_since_cleaning), 1.0, 1.0),
                 "prior_std": tuple(s * v for v in (self._UA_sd(), k1, k2, l1, l2))}
+
+    def fmu_start(self, batches_since_cleaning: int) -> dict[str, float]:
+        """:meth:`start_kwargs_for` as the FMUs' parameters (signal table names: ``lambda_1``,
+        ``lambda_2``, ``UA_factor0`` and twin_core.signals.twin.PRIOR_SIGMAS), for a reactor's
+        ``[reactor.start]`` table or any FMU host: the same start as SoftSensor.start(**kwargs)."""
+        kw = self.start_kwargs_for(batches_since_cleaning)
+        out = {"lambda_1": float(kw["trust0"][0]), "lambda_2": float(kw["trust0"][1]),
+               "UA_factor0": float(kw.get("factors0", (1.0, 1.0, 1.0))[0])}
+        out.update({n: float(v) for n, v in zip(PRIOR_SIGMAS, kw["prior_std"], strict=True)})
+        return out
+
+    def learn(self, batch: Batch, correction: CorrectionModel | None, config) -> ReplayResult:  # noqa: ANN001
+        """Run a finished ``batch`` (its measured columns; the hidden truth, if any, is not used)
+        through the soft sensor (``config``, a SoftSensorConfig) started from this prior, fold it
+        in (:meth:`update`) and return the replay. What `twin prior` does for each recorded batch."""
+        plain = batch.without_truth() if batch.truth is not None else batch
+        sensor = SoftSensor(params_for(plain), correction, config)
+        start = self.start_kwargs(plain)
+        res = replay(sensor, plain, start=start)
+        self.update(plain, tuple(res.x[-1, 4:9]), tuple(res.std[-1, 4:9]), lab_z_scores(plain, res, config))
+        return res
 
     @property
     def scale(self) -> float:
@@ -359,3 +388,4 @@ class PlantPrior:
             self.scale_records.append((self._last_scale, float(np.mean(np.square(z)))))
         self._last_trust0 = None
         self.tracker.update(batch)
+

@@ -23,7 +23,7 @@ from twin_core.params import ModelParams
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "simulated_batch_data.csv"
 SENSOR = int(SoftSensorAlarm.T_SENSOR_STUCK | SoftSensorAlarm.T_SENSOR_DRIFT)
-DETECT_WITHIN_S = 360.0
+DETECT_WITHIN_S = {"stuck": 600.0, "drift": 360.0}   # stuck: ten identical one-minute rows
 PLANT_DRIFT_K_PER_S = 0.005
 
 
@@ -66,11 +66,11 @@ def test_injected_fault_is_detected_in_time(holdout, clean_runs, kind, flag):
         clean = clean_runs[b.batch_id]
         assert c_B_rmse_percent(res.x[after, IB], b.truth[after, IB]) < \
             2.0 * c_B_rmse_percent(clean.x[after, IB], b.truth[after, IB]) + 1.0
-    assert max(delays) <= DETECT_WITHIN_S, delays
+    assert max(delays) <= DETECT_WITHIN_S[kind], delays
 
 
 def test_stuck_transmitter_at_plc_scan_rate():
-    """At a 1 s scan the stuck alarm needs a minute of frozen readings (stuck_time_s), not six."""
+    """At a 1 s scan the stuck alarm needs a minute of frozen readings (stuck_time_s), not ten."""
     b = make_batch(dt_s=1.0, seed=8, t_end_s=3 * 3600.0)
     cfg = SoftSensorConfig(T_sensor_lag_s=0.0)
     clean = run(SoftSensor(ModelParams(), None, cfg), b)

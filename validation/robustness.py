@@ -63,7 +63,7 @@ from ml_onnx.trust import PlantPrior, TrustTracker, open_loop_trust  # noqa: E40
 from ml_onnx.update import UpdateConfig, fit_on_batches, update_from_batches  # noqa: E402
 from twin_core.estimation import SENSOR_FAULTS, SoftSensor, SoftSensorAlarm, SoftSensorConfig  # noqa: E402
 from twin_core.offline.batches import Batch, c_B_rmse_percent, params_for, read_batches  # noqa: E402
-from twin_core.offline.softsensor_replay import replay, true_final_yield  # noqa: E402
+from twin_core.offline.softsensor_replay import lab_z_scores, replay, true_final_yield  # noqa: E402
 
 log = logging.getLogger("robustness")
 
@@ -115,7 +115,7 @@ def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, 
     of SoftSensor.start, e.g. a PlantPrior's factors0 and prior_std)."""
     s = SoftSensor(params_for(b), corr, cfg)
     t50 = 0.5 * b.t_end_s
-    res = replay(_Start(s, {"trust0": trust0, **(start or {})}), b, [t50])
+    res = replay(s, b, [t50], start={"trust0": trust0, **(start or {})})
     fc = res.forecasts[t50]
     y = true_final_yield(b)
     inside = np.abs(res.x[:, 1] - b.truth[:, 1]) <= 1.959963984540054 * res.std[:, 1]
@@ -124,14 +124,6 @@ def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, 
     live = b.truth[:, 1] >= 0.05 * float(np.max(b.truth[:, 1]))
     alarms = int(np.bitwise_or.reduce(res.alarms))
     i_opt = int(np.argmax(np.where(b.t_s <= b.t_end_s, b.truth[:, 1], -np.inf)))
-    # Each lab's c_B against the estimate shown at its sample time (before the assay was known),
-    # standardised by the estimate's SD and the assay's: what a plant can check its intervals by.
-    lab_z = []
-    for a in b.labs:
-        i = min(int(np.searchsorted(b.t_s, a.sample_s - 1e-9)), len(b.t_s) - 1)
-        if math.isfinite(a.c_B_mol_per_m3) and a.arrival_s > a.sample_s:
-            r = cfg.lab_std(abs(a.c_B_mol_per_m3))
-            lab_z.append(float((a.c_B_mol_per_m3 - res.x[i, 1]) / math.hypot(res.std[i, 1], r)))
     return {"rmse_pct": c_B_rmse_percent(res.x[:, 1], b.truth[:, 1]), "coverage95": float(np.mean(inside)),
             "coverage95_live": float(np.mean(inside[live])), "z_rms": float(np.sqrt(np.mean(
                 ((res.x[live, 1] - b.truth[live, 1]) / np.maximum(res.std[live, 1], 1e-9)) ** 2))),
@@ -142,20 +134,7 @@ def soft_sensor_row(b: Batch, corr, cfg: SoftSensorConfig, trust0: tuple[float, 
             "t_stop_interval_min": (fc.t_stop_opt_hi_s - fc.t_stop_opt_lo_s) / 60.0,
             "lambda_end": [float(res.x[-1, 7]), float(res.x[-1, 8])],
             "factors_end": [float(v) for v in res.x[-1, 4:9]], "factors_end_std": [float(v) for v in res.std[-1, 4:9]],
-            "lab_z": lab_z}
-
-
-class _Start:
-    """A SoftSensor whose start() (called by replay) uses the given trust prior."""
-
-    def __init__(self, sensor: SoftSensor, start: dict) -> None:
-        self._s, self._start = sensor, start
-
-    def start(self, *a, **k):
-        return self._s.start(*a, **{**k, **self._start})
-
-    def __getattr__(self, name: str):
-        return getattr(self._s, name)
+            "lab_z": lab_z_scores(b, res, cfg)}
 
 
 def _summary_ss(rows: list[dict]) -> dict:

@@ -78,7 +78,7 @@ class SoftSensorConfig:
     trust_shift_z: float = spec(2.0, gt=0.0)                       # ... and more than this many of its SD from its prior mean
     rate_shift_min: float = spec(0.25, gt=0.0)                     # ... or when the rates need a log-shift beyond this on top of the correction
     stuck_time_s: float = spec(60.0, unit="s", gt=0.0)
-    stuck_min_readings: int = spec(6, kind="int", ge=2)
+    stuck_min_readings: int = spec(10, kind="int", ge=2)             # identical readings by chance: ~0.08^(n-1) at 0.05 K noise, 0.01 K steps
     stuck_tolerance_K: float = spec(0.0, unit="K", ge=0.0)
     # -- forecast
     forecast_interval_s: float = spec(60.0, unit="s", ge=0.0)      # automatic forecast refresh (0: only on request)

@@ -18,7 +18,7 @@ import numpy as np
 
 from twin_core.analysis import yield_of_c_B
 from twin_core.errors import MeasurementError
-from twin_core.estimation import STATE_NAMES, Forecast, SoftSensor, SoftSensorAlarm
+from twin_core.estimation import STATE_NAMES, Forecast, SoftSensor, SoftSensorAlarm, SoftSensorConfig
 from twin_core.offline.batches import Batch, params_for
 
 
@@ -44,8 +44,9 @@ class ReplayResult:
 
 
 def replay(sensor: SoftSensor, batch: Batch, forecast_times_s: Sequence[float] = (),
-           keep_history: bool = False) -> ReplayResult:
-    """Run ``batch`` row by row through ``sensor`` (started here from the recorded charge).
+           keep_history: bool = False, start: dict | None = None) -> ReplayResult:
+    """Run ``batch`` row by row through ``sensor`` (started here from the recorded charge, with the
+    further keywords ``start`` of SoftSensor.start: a plant prior's trust0, factors0, prior_std).
 
     At each row: update with the readings, then the lab results that arrived on that row, then a
     forecast under the batch's recipe if a time of ``forecast_times_s`` has been reached. Refused
@@ -62,7 +63,8 @@ def replay(sensor: SoftSensor, batch: Batch, forecast_times_s: Sequence[float] =
     forecasts: dict[float, Forecast] = {}
     finite = np.isfinite(batch.T_reactor_K)
     T0 = float(batch.T_reactor_K[finite][0])
-    est = sensor.start(float(t[0]), x0=(float(batch.c_A0_recorded_mol_per_m3), 0.0, 0.0, T0), T_measured_K=T0)
+    est = sensor.start(float(t[0]), x0=(float(batch.c_A0_recorded_mol_per_m3), 0.0, 0.0, T0), T_measured_K=T0,
+                       **(start or {}))
     labs = sorted(batch.labs, key=lambda r: r[0])
     j = 0
     pending_fc = sorted(float(v) for v in forecast_times_s)
@@ -105,6 +107,20 @@ def inject_fault(batch: Batch, kind: str, t_fault_s: float, drift_K_per_s: float
     else:
         raise ValueError(f"unknown fault kind {kind!r}; expected 'stuck' or 'drift'")
     return replace(batch, T_reactor_K=T)
+
+
+def lab_z_scores(batch: Batch, result: ReplayResult, config: SoftSensorConfig) -> list[float]:
+    """Each lab c_B of ``batch`` against the estimate shown at its sample time (before the assay was
+    known), standardised by the estimate's SD and the assay's (config.lab_std): what a plant can
+    check its intervals by (ml_onnx.trust.PlantPrior's scale). Assays without a c_B or that arrived
+    with their sample (nothing was shown before them) are left out."""
+    out = []
+    for a in batch.labs:
+        i = min(int(np.searchsorted(batch.t_s, a.sample_s - 1e-9)), len(batch.t_s) - 1)
+        if math.isfinite(a.c_B_mol_per_m3) and a.arrival_s > a.sample_s:
+            r = config.lab_std(abs(a.c_B_mol_per_m3))
+            out.append(float((a.c_B_mol_per_m3 - result.x[i, 1]) / math.hypot(result.std[i, 1], r)))
+    return out
 
 
 def true_final_yield(batch: Batch) -> float:

@@ -128,6 +128,11 @@ TWIN_SIGNALS: tuple[Signal, ...] = (
 )
 
 
+PRIOR_SIGMAS = ("sigma_UA_factor0", "sigma_k1_factor0", "sigma_k2_factor0", "sigma_lambda_1", "sigma_lambda_2")
+"""The estimator's prior SDs of (UA, k1, k2 factors, lambda_1, lambda_2), in SoftSensor.start's
+prior_std order; the prior means are ``lambda_1``, ``lambda_2`` (trust0) and ``UA_factor0``."""
+
+
 def by_name(table: Iterable[Signal] = TWIN_SIGNALS) -> dict[str, Signal]:
     """Signals of ``table`` keyed by name."""
     return {s.name: s for s in table}
