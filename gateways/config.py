@@ -16,7 +16,7 @@ from typing import Any
 
 from gateways.fmu_runner import DEFAULT_FMU
 from twin_core.errors import ParameterError, ParameterTypeError
-from twin_core.signals.twin import by_name
+from twin_core.signals.twin import PRIOR_SIGMAS, by_name
 from twin_core.validate import from_mapping, load_toml, spec, validated
 
 DEFAULT_OPCUA_ENDPOINT = "opc.tcp://127.0.0.1:4840/batch-twin/"
@@ -27,7 +27,9 @@ class ReactorConfig:
     """One reactor: its name (OPC UA browse name), its PLC, the FMU it runs and how.
 
     start: FMU parameters set at the start of each batch (signal name -> value in SI units, e.g.
-    ``c_A0``, ``sigma_lab``); ``sample_interval_s``: the lab sampling a StartBatch asks of the PLC.
+    ``c_A0``, ``sigma_lab``); ``sample_interval_s``: the lab sampling a StartBatch asks of the PLC;
+    ``prior_file``: a TOML file of the soft sensor's plant prior (``twin prior --out``: PRIOR_PARAMETERS),
+    read again at every batch start and applied over ``start`` ("": none; see :func:`read_prior_file`).
     """
 
     name: str = spec("R1", kind="str")
@@ -37,19 +39,41 @@ class ReactorConfig:
     fmu: str = spec(str(DEFAULT_FMU), kind="str")
     start: dict = spec(kind=dict, default_factory=dict)
     sample_interval_s: float = spec(1800.0, unit="s", ge=0.0)
+    prior_file: str = spec("", kind="str")
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ParameterError("reactor.name", self.name, "must be letters, digits, '-' or '_'")
-        signals = by_name()
-        for key, value in self.start.items():
-            s = signals.get(key)
-            if s is None or s.role not in ("parameter", "input"):
-                raise ParameterError(f"reactor.start.{key}", value, "not a parameter or input of the FMU")
-            if isinstance(value, bool) != (s.type == "Boolean") or not isinstance(value, (int, float)):
-                raise ParameterTypeError(f"reactor.start.{key}", value, "a boolean" if s.type == "Boolean" else "a number")
-            if not (math.isfinite(float(value)) and s.min <= float(value) <= s.max):
-                raise ParameterError(f"reactor.start.{key}", value, f"must be within [{s.min}, {s.max}] {s.unit}")
+        check_start(self.start, "reactor.start")
+
+
+PRIOR_PARAMETERS = ("lambda_1", "lambda_2", "UA_factor0", *PRIOR_SIGMAS)
+"""What a plant-prior file may set: the soft sensor's prior means and SDs (ml_onnx.trust.PlantPrior.fmu_start)."""
+
+
+def check_start(values: Mapping[str, Any], where: str) -> None:
+    """FMU start values: known parameters or inputs of the signal table, of the right type, in range."""
+    signals = by_name()
+    for key, value in values.items():
+        s = signals.get(key)
+        if s is None or s.role not in ("parameter", "input"):
+            raise ParameterError(f"{where}.{key}", value, "not a parameter or input of the FMU")
+        if isinstance(value, bool) != (s.type == "Boolean") or not isinstance(value, (int, float)):
+            raise ParameterTypeError(f"{where}.{key}", value, "a boolean" if s.type == "Boolean" else "a number")
+        if not (math.isfinite(float(value)) and s.min <= float(value) <= s.max):
+            raise ParameterError(f"{where}.{key}", value, f"must be within [{s.min}, {s.max}] {s.unit}")
+
+
+def read_prior_file(path: str | Path) -> dict[str, float]:
+    """The plant prior of a ``prior_file`` (top-level keys of PRIOR_PARAMETERS, each checked like a
+    start value; others refused). ParameterError (ParameterTypeError for a value of the wrong type)
+    naming the file and the key on anything wrong, including a missing or malformed file."""
+    data = load_toml(path)
+    unknown = sorted(set(data) - set(PRIOR_PARAMETERS))
+    if unknown:
+        raise ParameterError(f"{path}", unknown, f"not plant-prior parameters; expected some of {list(PRIOR_PARAMETERS)}")
+    check_start(data, str(path))
+    return {k: float(v) for k, v in data.items()}
 
 
 @validated("runtime")

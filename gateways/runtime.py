@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateways.config import ReactorConfig, RuntimeConfig
+from gateways.config import ReactorConfig, RuntimeConfig, read_prior_file
 from gateways.fmu_runner import FmuError, FmuRunner
 from gateways.model import EventKind, Publisher, RequestRefused, TwinEvent, Value
 from gateways.plc_client import AsyncPlcClient, PlcRequestError
@@ -52,7 +52,7 @@ from gateways.recovery import (
     ReactorCheckpoint,
 )
 from twin_core.clock import PlantClock
-from twin_core.errors import ParameterError, TwinError
+from twin_core.errors import FieldError, ParameterError, TwinError
 from twin_core.recipe import Recipe
 from twin_core.signals.plc import COMMAND_NAMES, SETTING_RULES, Alarm, Phase
 from twin_core.signals.runtime import PUBLISHED, PUBLISHED_BY_NAME, LinkState, Quality, TwinMode
@@ -367,8 +367,9 @@ class ReactorRuntime:
         fmu = self.fmu
         assert fmu is not None
         t_end = self.settings.get("recipe_end_time", _SIGNALS["t_batch_end"].start or 36000.0)
-        params = {"estimator_on": 1, "correction_on": 1, "t_batch_end": t_end, **self.cfg.start, **self.tuning,
-                  "T0": m["T_reactor"], "T_measured": m["T_reactor"], "T_jacket": m["T_jacket"]}
+        prior, prior_note = self._plant_prior()
+        params = {"estimator_on": 1, "correction_on": 1, "t_batch_end": t_end, **self.cfg.start, **prior,
+                  **self.tuning, "T0": m["T_reactor"], "T_measured": m["T_reactor"], "T_jacket": m["T_jacket"]}
         if self.steps is not None:
             self.steps.append({"t0": m["batch_time"], "params": dict(params)})
         try:
@@ -388,7 +389,22 @@ class ReactorRuntime:
         self._last_health = 0
         self.out = fmu.read(_TWIN_OUT)
         await self._event(EventKind.BATCH_STARTED, f"batch {self.twin_batch} started; the twin tracks it "
-                          f"(planned end {t_end / 3600:.2f} h)")
+                          f"(planned end {t_end / 3600:.2f} h){prior_note}")
+
+    def _plant_prior(self) -> tuple[dict[str, float], str]:
+        """The reactor's plant-prior file, read now (a batch starts): its parameters and a note for the
+        batch-started event. A missing or invalid file is no reason to leave a batch untracked: the
+        twin starts on the configured prior and the event and the log say why."""
+        path = self.cfg.prior_file
+        if not path:
+            return {}, ""
+        try:
+            prior = read_prior_file(path)
+        except FieldError as exc:
+            log.warning("%s: plant prior not used: %s", self.name, exc)
+            return {}, f"; plant prior {path} NOT used ({exc}): the configured prior instead"
+        lam = f"lambda {prior.get('lambda_1', math.nan):.3f}, {prior.get('lambda_2', math.nan):.3f}"
+        return prior, f"; plant prior from {path} ({lam})"
 
     async def _batch_ended(self, m: dict[str, float], phase: Phase) -> None:
         out = self.out

@@ -202,3 +202,44 @@ def test_each_reactor_loads_its_fmu_once(dist_artifacts: Path) -> None:
             r.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["prior-used", "prior-refused"])
+def test_the_plant_prior_file_is_applied_at_each_batch_start(dist_artifacts: Path, tmp_path: Path, valid: bool) -> None:
+    """A reactor's ``prior_file`` (what `twin prior --out` writes) is read when a batch starts and set
+    over ``start``; a file that does not check leaves the batch tracked on the configured prior, and
+    the batch-started event says which."""
+    from dataclasses import replace
+
+    prior = {"lambda_1": 1.08, "lambda_2": 0.97, "UA_factor0": 0.85, "sigma_UA_factor0": 0.02,
+             "sigma_k1_factor0": 0.014, "sigma_k2_factor0": 0.015, "sigma_lambda_1": 0.066, "sigma_lambda_2": 0.04}
+    f = tmp_path / "R1.prior.toml"
+    text = "\n".join(f"{k} = {v!r}" for k, v in prior.items()) + "\n"
+    f.write_text(text if valid else text + "sigma_k1_factor0x = 1.0\n", encoding="utf-8")
+
+    async def main() -> tuple[Runtime, Recorder]:
+        rec = Recorder()
+        with PlantProcess(speed=SPEED, seed=6) as plant:
+            cfg = _config(plant.port, dist_artifacts / "BatchReactorTwin.fmu")
+            cfg = replace(cfg, reactors=(replace(cfg.reactors[0], start={"sigma_k1_factor0": 0.2, "c_A0": 1000.0},
+                                                 prior_file=str(f)),))
+            rt = Runtime(cfg, [rec])
+            rt.reactors["R1"].record_steps()
+            async with rt:
+                r1 = rt.reactors["R1"]
+                await until(lambda: r1.link.name == "UP")
+                await r1.start_batch(RECIPE)
+                await until(lambda: EventKind.BATCH_STARTED in rec.kinds(), timeout_s=60.0)
+                await until(lambda: r1.out.get("lambda_1_est") is not None)
+        return rt, rec
+
+    rt, rec = asyncio.run(main())
+    params = next(s["params"] for s in rt.reactors["R1"].steps if "params" in s)
+    started = next(e for e in rec.events if e.kind is EventKind.BATCH_STARTED)
+    if valid:
+        assert {k: params[k] for k in prior} == prior          # over start's sigma_k1_factor0 = 0.2
+        assert f"plant prior from {f}" in started.message and "lambda 1.080, 0.970" in started.message
+    else:
+        assert not set(prior) & (set(params) - {"sigma_k1_factor0"}) and params["sigma_k1_factor0"] == 0.2
+        assert "NOT used" in started.message and "sigma_k1_factor0x" in started.message
+    assert params["c_A0"] == 1000.0

@@ -58,3 +58,42 @@ def test_missing_and_malformed_files_are_parameter_errors(tmp_path: Path) -> Non
     (tmp_path / "bad.toml").write_text("scan_s = = 1", encoding="utf-8")
     with pytest.raises(ParameterError, match="not valid TOML"):
         load_runtime_config(tmp_path / "bad.toml")
+
+
+PRIOR_TEXT = """# as `twin prior --out` writes it
+lambda_1 = 1.08
+lambda_2 = 0.98
+UA_factor0 = 0.85
+sigma_UA_factor0 = 0.02
+sigma_k1_factor0 = 0.014
+sigma_k2_factor0 = 0.014
+sigma_lambda_1 = 0.066
+sigma_lambda_2 = 0.04
+"""
+
+
+def test_a_plant_prior_file_is_read_and_checked(tmp_path: Path) -> None:
+    from gateways.config import PRIOR_PARAMETERS, read_prior_file
+
+    f = tmp_path / "R1.prior.toml"
+    f.write_text(PRIOR_TEXT, encoding="utf-8")
+    prior = read_prior_file(f)
+    assert set(prior) == set(PRIOR_PARAMETERS) and prior["UA_factor0"] == 0.85 and prior["sigma_lambda_2"] == 0.04
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("c_A0 = 1000.0", "not plant-prior parameters"),            # a start value, but not a prior
+    ("lambda_9 = 1.0", "not plant-prior parameters"),
+    ("sigma_k1_factor0 = 0.0", "sigma_k1_factor0"),               # below the signal's range
+    ("lambda_1 = 'high'", "lambda_1"),
+    ("lambda_1 = ", "R1.prior.toml"),                             # not TOML
+])
+def test_a_bad_plant_prior_file_is_refused_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    from gateways.config import read_prior_file
+
+    f = tmp_path / "R1.prior.toml"
+    f.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises((ParameterError, ParameterTypeError), match=needle):
+        read_prior_file(f)
+    with pytest.raises(ParameterError, match="missing.toml"):
+        read_prior_file(tmp_path / "missing.toml")
