@@ -79,13 +79,15 @@ def cmd_prior(args: argparse.Namespace) -> int:
     corr = OnnxCorrection(args.correction)
     cfg = SoftSensorConfig()
     prior = PlantPrior.for_config(TrustTracker(corr), cfg)
-    for b in batches:
-        prior.learn(b, corr, cfg)
+    learned = [b.batch_id for b in batches if prior.learn(b, corr, cfg) is not None]
+    aborted = [b.batch_id for b in batches if b.aborted]
     n_next = args.batches_since_cleaning if args.batches_since_cleaning is not None \
         else batches[-1].batches_since_cleaning + 1
     params = prior.fmu_start(n_next)
-    print(f"plant prior from {len(batches)} batches of {args.data} (correction {args.correction}), "
+    print(f"plant prior from {len(learned)} batches of {args.data} (correction {args.correction}), "
           f"for a batch {n_next} batches after cleaning:")
+    if aborted:
+        print(f"  left out {len(aborted)} aborted batch(es): {', '.join(map(str, aborted))}")
     print(f"  lambda_1 {params['lambda_1']:.3f} +- {params['sigma_lambda_1']:.3f}, "
           f"lambda_2 {params['lambda_2']:.3f} +- {params['sigma_lambda_2']:.3f}; "
           f"UA factor {params['UA_factor0']:.3f} +- {params['sigma_UA_factor0']:.3f}; "
@@ -93,7 +95,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
           f"(interval scale {prior.scale:.2f})")
     lines = [f"{k} = {v!r}" for k, v in params.items()]
     text = ("# Plant prior of the soft sensor for the next batch (`twin prior`): FMU parameters,\n"
-            f"# from {len(batches)} batches of {args.data}; paste into the reactor's [reactor.start] table.\n"
+            f"# from {len(learned)} batches of {args.data}; paste into the reactor's [reactor.start] table.\n"
             + "\n".join(lines) + "\n")
     if args.out is not None:
         Path(args.out).write_text(text, encoding="utf-8")

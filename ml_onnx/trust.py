@@ -349,10 +349,14 @@ class PlantPrior:
         out.update({n: float(v) for n, v in zip(PRIOR_SIGMAS, kw["prior_std"], strict=True)})
         return out
 
-    def learn(self, batch: Batch, correction: CorrectionModel | None, config) -> ReplayResult:  # noqa: ANN001
+    def learn(self, batch: Batch, correction: CorrectionModel | None, config) -> ReplayResult | None:  # noqa: ANN001
         """Run a finished ``batch`` (its measured columns; the hidden truth, if any, is not used)
         through the soft sensor (``config``, a SoftSensorConfig) started from this prior, fold it
-        in (:meth:`update`) and return the replay. What `twin prior` does for each recorded batch."""
+        in (:meth:`update`) and return the replay. What `twin prior` does for each recorded batch.
+        An aborted batch (Batch.aborted: a trip or runaway, not the plant's normal behaviour) is
+        left out: None, the prior unchanged."""
+        if batch.aborted:
+            return None
         plain = batch.without_truth() if batch.truth is not None else batch
         sensor = SoftSensor(params_for(plain), correction, config)
         start = self.start_kwargs(plain)

@@ -126,13 +126,18 @@ def update(current_path: str | Path, data: str | Path, out: str | Path | None = 
 def update_from_batches(current_path: str | Path, batches: list[Batch], data_sha256: str, data_name: str,
                         out: str | Path | None = None, cfg: UpdateConfig | None = None,
                         report_path: str | Path | None = None) -> UpdateResult:
-    """:func:`update` on batches already read (the plant's completed batches, in order)."""
+    """:func:`update` on batches already read (the plant's completed batches, in order; aborted ones
+    are left out and listed in the gate record as ``skipped_aborted``)."""
     cfg = cfg or UpdateConfig()
     current_path = Path(current_path)
     out = Path(out) if out is not None else current_path
     current = OnnxCorrection(current_path)
+    # An aborted batch (interlock trip, runaway) says nothing about the plant's normal rates.
+    skipped = [b.batch_id for b in batches if b.aborted]
+    batches = [b for b in batches if not b.aborted]
     if len(batches) < cfg.window:
-        raise ParameterError(data_name, len(batches), f"needs at least window = {cfg.window} completed batches")
+        raise ParameterError(data_name, len(batches), f"needs at least window = {cfg.window} completed batches "
+                                                      f"that were not aborted")
     recent = [b.without_truth() for b in batches[-cfg.window:]]
     fit_b, gate_b = recent[:-cfg.gate_batches], recent[-cfg.gate_batches:]
     estimator = current.metadata.get("twin.estimator", "ridge_poly2")
@@ -151,7 +156,7 @@ def update_from_batches(current_path: str | Path, batches: list[Batch], data_sha
             "current": s_cur, "candidate": s_new, "margin": cfg.margin,
             "rule": "release when candidate <= (1 - margin) * current", "released": released,
             "gate_batches": [b.batch_id for b in gate_b], "fitted_batches": [b.batch_id for b in fit_b],
-            "prior_batches": cfg.prior_batches, "update_version": version, "parent_sha256": parent_sha,
+            "prior_batches": cfg.prior_batches, "skipped_aborted": skipped, "update_version": version, "parent_sha256": parent_sha,
             "parent_update_version": version - 1, "data": data_name}
     onx = to_onnx(model, data_sha256, MODEL_VERSION,
                   description=f"rate correction ({estimator}) updated batch to batch (update {version}) on "

@@ -110,3 +110,25 @@ def test_twin_train_update_cli(corr_path: Path, tmp_path: Path, capsys) -> None:
     assert main(["train", "--update", str(cur), "--data", str(data), "--window", "8", "--gate-batches", "3"]) == 0
     out = capsys.readouterr().out
     assert "update 1: fitted 5 batches" in out and ("RELEASED" in out or "REFUSED" in out)
+
+
+def test_aborted_batches_are_left_out(corr_path: Path, tmp_path: Path) -> None:
+    """A batch the PLC aborted (phase ABORTED: a trip or runaway) is neither fitted nor gated on; the
+    window is filled with the batches before it, and the record lists what was left out."""
+    from dataclasses import replace
+
+    from twin_core.signals.plc import Phase
+
+    cur = tmp_path / "current.onnx"
+    shutil.copy(corr_path, cur)
+    plant = campaign(OnnxCorrection(cur), (0.2, 0.4), 9, seed0=20)      # batches 21..29
+    ph = plant[5].phase.copy()
+    ph[len(ph) // 2:] = int(Phase.ABORTED)
+    plant[5] = replace(plant[5], phase=ph)                                 # batch 26 aborted
+    assert plant[5].aborted and not plant[4].aborted
+    r = update_from_batches(cur, plant, "1" * 64, "synthetic", cfg=CFG)
+    gate = json.loads(r.candidate.metadata["twin.update"])
+    assert gate["skipped_aborted"] == [26]
+    assert gate["fitted_batches"] == [21, 22, 23, 24, 25] and gate["gate_batches"] == [27, 28, 29]
+    with pytest.raises(ParameterError, match="not aborted"):
+        update_from_batches(cur, plant[:8], "1" * 64, "synthetic", cfg=CFG)   # 7 usable < window 8

@@ -113,3 +113,18 @@ def test_update_refuses_short_factors(corr) -> None:  # noqa: F811
     prior = PlantPrior.for_config(TrustTracker(corr), CFG)
     with pytest.raises(ParameterError, match="factors_end"):
         prior.update(plant_batch(corr, (1.0, 1.0)), (1.0, 1.0), (0.1, 0.1))
+
+
+def test_an_aborted_batch_teaches_the_prior_nothing(corr) -> None:  # noqa: F811
+    from dataclasses import replace
+
+    from twin_core.signals.plc import Phase
+
+    prior = PlantPrior.for_config(TrustTracker(corr), CFG)
+    b = plant_batch(corr, (1.0, 1.0))
+    ph = b.phase.copy()
+    ph[-5:] = int(Phase.ABORTED)
+    before = prior.fmu_start(1)
+    assert prior.learn(replace(b, phase=ph), corr, CFG) is None
+    assert prior.fmu_start(1) == before and not prior.k_records and not prior.tracker.history
+    assert prior.learn(b, corr, CFG) is not None and len(prior.k_records) == 1   # a normal one does

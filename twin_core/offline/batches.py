@@ -42,6 +42,7 @@ from twin_core.errors import ParameterError
 from twin_core.hybrid import CorrectionModel, HybridTwin
 from twin_core.params import ModelParams
 from twin_core.recipe import Recipe
+from twin_core.signals.plc import Phase
 
 # -- the schema ---------------------------------------------------------------------------------------
 DEFAULT_DATA = Path("data/simulated_batch_data.csv")
@@ -154,6 +155,12 @@ class Batch:
             raise ParameterError(f"{where}.c_A0_recorded", self.c_A0_recorded_mol_per_m3, "must be finite and > 0")
         if not np.isfinite(self.T_reactor_K).any():
             raise ParameterError(f"{where}.T_reactor_K", "all missing", "needs at least one reading")
+
+    @property
+    def aborted(self) -> bool:
+        """True when the PLC aborted the batch (phase ABORTED on any row: an interlock trip, a runaway):
+        not a batch to learn a plant's normal behaviour from."""
+        return bool(np.any(self.phase == int(Phase.ABORTED)))
 
     @property
     def t_end_s(self) -> float:
