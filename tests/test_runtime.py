@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,28 @@ def _config(port: int, fmu: Path, scan_s: float = 60.0) -> RuntimeConfig:
                          reactors=(ReactorConfig(name="R1", plc_port=port, fmu=str(fmu), sample_interval_s=1200.0),))
 
 
+def _run_batch(fmu: Path, seed: int, until_kind: EventKind, timeout_s: float,
+               reactor: Callable[[ReactorConfig], ReactorConfig] | None = None) -> tuple[Runtime, Recorder]:
+    """The plant process and the runtime (its FMU's starts and steps recorded; ``reactor`` edits the
+    reactor's configuration), StartBatch(RECIPE); returns once the runtime raised ``until_kind``."""
+    async def main() -> tuple[Runtime, Recorder]:
+        rec = Recorder()
+        with PlantProcess(speed=SPEED, seed=seed) as plant:
+            cfg = _config(plant.port, fmu)
+            if reactor is not None:
+                cfg = replace(cfg, reactors=(reactor(cfg.reactors[0]),))
+            rt = Runtime(cfg, [rec])
+            rt.reactors["R1"].record_steps()
+            async with rt:
+                r1 = rt.reactors["R1"]
+                await until(lambda: r1.link.name == "UP")
+                await r1.start_batch(RECIPE)
+                await until(lambda: until_kind in rec.kinds(), timeout_s=timeout_s)
+        return rt, rec
+
+    return asyncio.run(main())
+
+
 def test_every_published_value_is_in_each_snapshot(dist_artifacts: Path) -> None:
     async def main() -> None:
         rec = Recorder()
@@ -74,20 +98,7 @@ def test_every_published_value_is_in_each_snapshot(dist_artifacts: Path) -> None
 @pytest.mark.slow
 def test_batch_end_to_end_equals_an_offline_replay_of_the_same_readings(dist_artifacts: Path) -> None:
     fmu_path = dist_artifacts / "BatchReactorTwin.fmu"
-
-    async def main() -> tuple[Runtime, Recorder]:
-        rec = Recorder()
-        with PlantProcess(speed=SPEED, seed=5) as plant:
-            rt = Runtime(_config(plant.port, fmu_path), [rec])
-            rt.reactors["R1"].record_steps()
-            async with rt:
-                r1 = rt.reactors["R1"]
-                await until(lambda: r1.link.name == "UP")
-                await r1.start_batch(RECIPE)
-                await until(lambda: EventKind.BATCH_ENDED in rec.kinds(), timeout_s=120.0)
-        return rt, rec
-
-    rt, rec = asyncio.run(main())
+    rt, rec = _run_batch(fmu_path, 5, EventKind.BATCH_ENDED, 120.0)
     kinds = rec.kinds()
     assert kinds.index(EventKind.BATCH_STARTED) < kinds.index(EventKind.BATCH_ENDED)
     steps = rt.reactors["R1"].steps
@@ -209,31 +220,14 @@ def test_the_plant_prior_file_is_applied_at_each_batch_start(dist_artifacts: Pat
     """A reactor's ``prior_file`` (what `twin prior --out` writes) is read when a batch starts and set
     over ``start``; a file that does not check leaves the batch tracked on the configured prior, and
     the batch-started event says which."""
-    from dataclasses import replace
-
     prior = {"lambda_1": 1.08, "lambda_2": 0.97, "UA_factor0": 0.85, "sigma_UA_factor0": 0.02,
              "sigma_k1_factor0": 0.014, "sigma_k2_factor0": 0.015, "sigma_lambda_1": 0.066, "sigma_lambda_2": 0.04}
     f = tmp_path / "R1.prior.toml"
     text = "\n".join(f"{k} = {v!r}" for k, v in prior.items()) + "\n"
     f.write_text(text if valid else text + "sigma_k1_factor0x = 1.0\n", encoding="utf-8")
 
-    async def main() -> tuple[Runtime, Recorder]:
-        rec = Recorder()
-        with PlantProcess(speed=SPEED, seed=6) as plant:
-            cfg = _config(plant.port, dist_artifacts / "BatchReactorTwin.fmu")
-            cfg = replace(cfg, reactors=(replace(cfg.reactors[0], start={"sigma_k1_factor0": 0.2, "c_A0": 1000.0},
-                                                 prior_file=str(f)),))
-            rt = Runtime(cfg, [rec])
-            rt.reactors["R1"].record_steps()
-            async with rt:
-                r1 = rt.reactors["R1"]
-                await until(lambda: r1.link.name == "UP")
-                await r1.start_batch(RECIPE)
-                await until(lambda: EventKind.BATCH_STARTED in rec.kinds(), timeout_s=60.0)
-                await until(lambda: r1.out.get("lambda_1_est") is not None)
-        return rt, rec
-
-    rt, rec = asyncio.run(main())
+    rt, rec = _run_batch(dist_artifacts / "BatchReactorTwin.fmu", 6, EventKind.BATCH_STARTED, 60.0,
+                         lambda r: replace(r, start={"sigma_k1_factor0": 0.2, "c_A0": 1000.0}, prior_file=str(f)))
     params = next(s["params"] for s in rt.reactors["R1"].steps if "params" in s)
     started = next(e for e in rec.events if e.kind is EventKind.BATCH_STARTED)
     if valid:
