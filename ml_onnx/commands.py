@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ml_onnx.model import candidates
@@ -94,11 +95,16 @@ def cmd_prior(args: argparse.Namespace) -> int:
           f"k-factor SDs {params['sigma_k1_factor0']:.3f}, {params['sigma_k2_factor0']:.3f} "
           f"(interval scale {prior.scale:.2f})")
     lines = [f"{k} = {v!r}" for k, v in params.items()]
-    text = ("# Plant prior of the soft sensor for the next batch (`twin prior`): FMU parameters,\n"
-            f"# from {len(learned)} batches of {args.data}; paste into the reactor's [reactor.start] table.\n"
+    text = ("# Plant prior of the soft sensor for the next batch (`twin prior`): FMU parameters, from\n"
+            f"# {len(learned)} batches of {args.data}: the file a reactor's prior_file names (`twin run`\n"
+            "# reads it at every batch start), or lines to paste into its [reactor.start] table.\n"
             + "\n".join(lines) + "\n")
     if args.out is not None:
-        Path(args.out).write_text(text, encoding="utf-8")
+        # Written beside the target and renamed: a runtime starting a batch reads the old or the new one.
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
         print(f"wrote {args.out}")
     else:
         print(text, end="")
