@@ -80,8 +80,9 @@ def cmd_prior(args: argparse.Namespace) -> int:
     corr = OnnxCorrection(args.correction)
     cfg = SoftSensorConfig()
     prior = PlantPrior.for_config(TrustTracker(corr), cfg)
-    learned = [b.batch_id for b in batches if prior.learn(b, corr, cfg) is not None]
-    aborted = [b.batch_id for b in batches if b.aborted]
+    learned, aborted = [], []
+    for b in batches:
+        (learned if prior.learn(b, corr, cfg) is not None else aborted).append(b.batch_id)
     n_next = args.batches_since_cleaning if args.batches_since_cleaning is not None \
         else batches[-1].batches_since_cleaning + 1
     params = prior.fmu_start(n_next)

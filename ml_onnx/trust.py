@@ -357,7 +357,7 @@ class PlantPrior:
         left out: None, the prior unchanged."""
         if batch.aborted:
             return None
-        plain = batch.without_truth() if batch.truth is not None else batch
+        plain = batch.without_truth()
         sensor = SoftSensor(params_for(plain), correction, config)
         start = self.start_kwargs(plain)
         res = replay(sensor, plain, start=start)
